@@ -1,0 +1,474 @@
+//! Command-line interface, shaped like Litestream's: `replicate`, `restore`, `ltx`,
+//! `version`. Litestream's Go-style single-dash long flags (`-config`, `-txid`) are
+//! accepted alongside the usual `--config` form.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::config::{Config, DbSpec, ReplicaSpec, clean_db_path, default_config_path};
+use crate::db::DbOptions;
+use crate::replica_client::{ReplicaClient, client_from_url};
+use crate::restore::{self, IntegrityCheck, NoBackups, Target};
+use crate::{daemon, ltx};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Stream SQLite databases to a replica as they change, and restore them to any point in time.",
+    long_about = "Stream SQLite databases to a replica as they change, and restore them to any point in time.\n\
+                  Sluice reads and writes Litestream 0.5's replica format: either tool can restore what the other wrote.",
+    after_help = "Examples:\n  sluice replicate app.db file:///var/backups/app\n  sluice restore -o restored.db file:///var/backups/app\n  sluice replicate -config /etc/sluice.yml"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Replicate databases continuously (or once with -once).
+    #[command(
+        after_help = "Examples:\n  sluice replicate /var/lib/app.db file:///var/backups/app\n  sluice replicate -config /etc/sluice.yml"
+    )]
+    Replicate(ReplicateArgs),
+    /// Restore a database from its replica.
+    #[command(
+        after_help = "Examples:\n  sluice restore -o restored.db file:///var/backups/app\n  sluice restore -txid 0000000000000042 -o at42.db file:///var/backups/app\n  sluice restore /var/lib/app.db            (replica looked up in the config file)"
+    )]
+    Restore(RestoreArgs),
+    /// List the LTX files in a replica.
+    Ltx(LtxArgs),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// Config file (default: $SLUICE_CONFIG, $LITESTREAM_CONFIG, /etc/sluice.yml).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Do not replace $VAR and ${VAR} in the config file.
+    #[arg(long)]
+    pub no_expand_env: bool,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config> {
+        let path = self.config.clone().unwrap_or_else(default_config_path);
+        Config::load(&path, !self.no_expand_env)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ReplicateArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Sync and upload once, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// trace, debug, info, warn or error (default: $LOG_LEVEL, else info).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Database to replicate (instead of a config file).
+    #[arg(value_name = "DB_PATH")]
+    pub db_path: Option<String>,
+    /// Replica URL, e.g. file:///var/backups/app.
+    #[arg(value_name = "REPLICA_URL")]
+    pub replica_urls: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Output path (required with a replica URL; default: the database path from the config).
+    #[arg(short = 'o', value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Restore up to and including this TXID (16 hex digits).
+    #[arg(long, value_name = "TXID")]
+    pub txid: Option<String>,
+    /// Restore the state as of this time (RFC 3339, e.g. 2026-01-02T15:04:05Z).
+    #[arg(long, value_name = "TIME")]
+    pub timestamp: Option<String>,
+    /// Do nothing (exit 0) if the output database already exists.
+    #[arg(long)]
+    pub if_db_not_exists: bool,
+    /// Do nothing (exit 0) if the replica holds no backup.
+    #[arg(long)]
+    pub if_replica_exists: bool,
+    /// Print the files a restore would use, and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Overwrite an existing output database and its -wal/-shm files.
+    #[arg(long)]
+    pub force: bool,
+    /// Check the restored database: none, quick or full.
+    #[arg(long, value_name = "MODE", default_value = "none")]
+    pub integrity_check: IntegrityCheck,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Accepted for compatibility with Litestream; has no effect.
+    #[arg(long, value_name = "N", hide = true)]
+    pub parallelism: Option<u32>,
+    /// Database path (looked up in the config file) or replica URL.
+    #[arg(value_name = "DB_PATH|REPLICA_URL")]
+    pub target: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LtxArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Level to list: 0-9 or all.
+    #[arg(long, value_name = "LEVEL", default_value = "0")]
+    pub level: String,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Database path (looked up in the config file) or replica URL.
+    #[arg(value_name = "DB_PATH|REPLICA_URL")]
+    pub target: String,
+}
+
+/// Rewrites Go-style `-flag` / `-flag=value` into `--flag` for every long flag we know,
+/// so `sluice restore -txid ... -o out URL` works as it does with Litestream.
+pub fn normalize_args(args: Vec<String>) -> Vec<String> {
+    let mut longs: Vec<String> = vec!["help".into(), "version".into()];
+    fn collect(cmd: &clap::Command, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if let Some(l) = a.get_long() {
+                out.push(l.to_string());
+            }
+        }
+        for s in cmd.get_subcommands() {
+            collect(s, out);
+        }
+    }
+    collect(&Cli::command(), &mut longs);
+    let mut out = Vec::with_capacity(args.len());
+    let mut passthrough = false;
+    for (i, a) in args.into_iter().enumerate() {
+        if i == 0 || passthrough {
+            out.push(a);
+            continue;
+        }
+        if a == "--" {
+            passthrough = true;
+            out.push(a);
+            continue;
+        }
+        if a.starts_with('-') && !a.starts_with("--") && a.len() > 2 {
+            let name = a[1..].split('=').next().unwrap_or("");
+            if longs.iter().any(|l| l == name) {
+                out.push(format!("-{a}"));
+                continue;
+            }
+        }
+        out.push(a);
+    }
+    out
+}
+
+pub fn init_logging(level: Option<&str>) {
+    let level = level
+        .map(str::to_string)
+        .or_else(|| std::env::var("LOG_LEVEL").ok())
+        .unwrap_or_else(|| "info".into())
+        .to_ascii_lowercase();
+    let level = if level == "warning" {
+        "warn".to_string()
+    } else {
+        level
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("sluice={level}"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("sluice=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Replicate(a) => replicate(a),
+        Command::Restore(a) => restore_cmd(a),
+        Command::Ltx(a) => ltx_cmd(a),
+        Command::Version => {
+            println!("{}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+fn replicate(a: ReplicateArgs) -> Result<()> {
+    let specs = match &a.db_path {
+        Some(db) => {
+            if a.config.config.is_some() {
+                bail!("cannot specify a replica URL and -config together");
+            }
+            match a.replica_urls.len() {
+                0 => bail!("must specify at least one replica URL for {db}"),
+                1 => {}
+                _ => bail!(
+                    "multiple replicas on a single database are not supported; give one replica URL"
+                ),
+            }
+            init_logging(a.log_level.as_deref());
+            let client = client_from_url(&a.replica_urls[0])?;
+            vec![DbSpec {
+                path: clean_db_path(db)?,
+                options: DbOptions::default(),
+                replica: ReplicaSpec {
+                    client,
+                    sync_interval: std::time::Duration::from_secs(1),
+                },
+            }]
+        }
+        None => {
+            let cfg = a.config.load()?;
+            init_logging(a.log_level.as_deref().or(cfg.logging.level.as_deref()));
+            cfg.db_specs()?
+        }
+    };
+    daemon::run(specs, a.once)
+}
+
+/// A database path from the config file, or a replica URL.
+fn resolve_target(
+    target: &str,
+    config: &ConfigArgs,
+) -> Result<(Box<dyn ReplicaClient>, Option<PathBuf>)> {
+    if target.contains("://") && !target.starts_with("sqlite") {
+        return Ok((client_from_url(target)?, None));
+    }
+    let cfg = config.load()?;
+    let path = clean_db_path(target)?;
+    let db = cfg.find_db(&path)?;
+    let spec = cfg.db_spec(db)?;
+    Ok((spec.replica.client, Some(spec.path)))
+}
+
+fn parse_txid(s: &str) -> Result<u64> {
+    if s.len() != 16 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        bail!("invalid -txid {s:?}: a TXID is exactly 16 hex digits, e.g. 000000000000002a");
+    }
+    Ok(u64::from_str_radix(s, 16)?)
+}
+
+fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| anyhow!("invalid -timestamp {s:?}: use RFC 3339, e.g. 2026-01-02T15:04:05Z"))
+}
+
+fn restore_cmd(a: RestoreArgs) -> Result<()> {
+    init_logging(None);
+    if a.txid.is_some() && a.timestamp.is_some() {
+        bail!("cannot specify both -txid and -timestamp");
+    }
+    let target = Target {
+        txid: a.txid.as_deref().map(parse_txid).transpose()?,
+        timestamp: a.timestamp.as_deref().map(parse_timestamp).transpose()?,
+    };
+    let (client, db_path) = resolve_target(&a.target, &a.config)?;
+    let output = match (a.output.clone(), db_path) {
+        (Some(o), _) => o,
+        (None, Some(p)) => p,
+        (None, None) => bail!("-o PATH is required when restoring from a replica URL"),
+    };
+    if !a.dry_run {
+        if let Some(existing) = restore::output_exists(&output)? {
+            if a.if_db_not_exists {
+                eprintln!(
+                    "database {} already exists, skipping restore",
+                    output.display()
+                );
+                return Ok(());
+            }
+            if !a.force {
+                bail!(
+                    "output {} already exists; choose another -o path, or pass -force to overwrite it",
+                    existing.display()
+                );
+            }
+        }
+    }
+    let plan = match restore::plan(client.as_ref(), target) {
+        Ok(p) => p,
+        Err(e) if a.if_replica_exists && e.downcast_ref::<NoBackups>().is_some() => {
+            eprintln!(
+                "no backups found in {}, skipping restore",
+                client.location()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let max_txid = plan.last().map_or(0, |f| f.max_txid);
+    if a.dry_run {
+        return print_plan(&plan, &output, client.as_ref(), a.json);
+    }
+    if a.force {
+        restore::remove_output(&output)?;
+    }
+    let started = std::time::Instant::now();
+    let txid = restore::apply(client.as_ref(), &plan, &output, a.integrity_check)
+        .with_context(|| format!("restore to {} failed", output.display()))?;
+    debug_assert_eq!(txid, max_txid);
+    let ms = started.elapsed().as_millis();
+    if a.json {
+        println!(
+            "{{\"db_path\":{:?},\"replica\":{:?},\"txid\":\"{}\",\"duration_ms\":{ms},\"integrity_check\":\"{:?}\"}}",
+            output.display().to_string(),
+            client.location(),
+            ltx::format_txid(txid),
+            a.integrity_check
+        );
+    } else {
+        eprintln!(
+            "restored {} to TXID {} from {} ({} files, {ms} ms)",
+            output.display(),
+            ltx::format_txid(txid),
+            client.location(),
+            plan.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_plan(
+    plan: &[crate::replica_client::FileInfo],
+    output: &Path,
+    client: &dyn ReplicaClient,
+    json: bool,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let files: Vec<String> = plan
+            .iter()
+            .map(|f| {
+                format!(
+                    "{{\"level\":{},\"name\":\"{}\",\"min_txid\":\"{}\",\"max_txid\":\"{}\",\"size\":{},\"timestamp\":\"{}\"}}",
+                    f.level,
+                    f.name(),
+                    ltx::format_txid(f.min_txid),
+                    ltx::format_txid(f.max_txid),
+                    f.size,
+                    f.created_at.to_rfc3339_opts(SecondsFormat::Millis, true)
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "{{\"target_path\":{:?},\"replica\":{:?},\"files\":[{}]}}",
+            output.display().to_string(),
+            client.location(),
+            files.join(",")
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "restore plan for {} from {}:",
+        output.display(),
+        client.location()
+    )?;
+    for f in plan {
+        writeln!(
+            out,
+            "  level {}  {}  {:>10} bytes  {}",
+            f.level,
+            f.name(),
+            f.size,
+            f.created_at.to_rfc3339_opts(SecondsFormat::Millis, true)
+        )?;
+    }
+    Ok(())
+}
+
+fn ltx_cmd(a: LtxArgs) -> Result<()> {
+    let (client, _) = resolve_target(&a.target, &a.config)?;
+    let levels: Vec<u8> = if a.level == "all" {
+        (0..=crate::replica_client::SNAPSHOT_LEVEL).collect()
+    } else {
+        match a.level.parse::<u8>() {
+            Ok(l) if l <= 9 => vec![l],
+            _ => bail!("invalid -level {:?}: use 0-9 or all", a.level),
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if !a.json {
+        writeln!(out, "level\tmin_txid\tmax_txid\tsize\tcreated")?;
+    }
+    let mut rows = Vec::new();
+    for level in levels {
+        for f in client.list(level)? {
+            let created = f.created_at.to_rfc3339_opts(SecondsFormat::Secs, true);
+            if a.json {
+                rows.push(format!(
+                    "{{\"level\":{},\"min_txid\":\"{}\",\"max_txid\":\"{}\",\"size\":{},\"created_at\":\"{created}\"}}",
+                    f.level,
+                    ltx::format_txid(f.min_txid),
+                    ltx::format_txid(f.max_txid),
+                    f.size
+                ));
+            } else {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{created}",
+                    f.level,
+                    ltx::format_txid(f.min_txid),
+                    ltx::format_txid(f.max_txid),
+                    f.size
+                )?;
+            }
+        }
+    }
+    if a.json {
+        writeln!(out, "[{}]", rows.join(","))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_dash_long_flags_are_accepted() {
+        let args: Vec<String> = [
+            "sluice",
+            "restore",
+            "-txid",
+            "0000000000000002",
+            "-o",
+            "out.db",
+            "-if-replica-exists",
+            "file:///x",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let cli = Cli::try_parse_from(normalize_args(args)).unwrap();
+        let Command::Restore(r) = cli.command else {
+            panic!("not restore")
+        };
+        assert_eq!(r.txid.as_deref(), Some("0000000000000002"));
+        assert_eq!(r.output, Some(PathBuf::from("out.db")));
+        assert!(r.if_replica_exists);
+        assert_eq!(r.target, "file:///x");
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

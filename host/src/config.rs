@@ -1,0 +1,424 @@
+//! The YAML configuration file, in Litestream 0.5's shape:
+//!
+//! ```yaml
+//! dbs:
+//!   - path: /var/lib/app/app.db
+//!     replica:
+//!       url: file:///var/backups/app
+//! ```
+//! Unknown keys are ignored, as Litestream ignores them. Unless `-no-expand-env` is
+//! given, `$VAR` and `${VAR}` in the file are replaced by environment values first.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+
+use crate::db::DbOptions;
+use crate::file_client::FileClient;
+use crate::replica_client::{ReplicaClient, client_from_url};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Config {
+    #[serde(default)]
+    pub dbs: Vec<DbConfig>,
+    /// Replica settings given at the top level are defaults for every replica.
+    #[serde(flatten)]
+    pub defaults: ReplicaSettings,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LoggingConfig {
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DbConfig {
+    pub path: Option<String>,
+    pub dir: Option<String>,
+    pub meta_path: Option<String>,
+    pub monitor_interval: Option<String>,
+    pub checkpoint_interval: Option<String>,
+    pub busy_timeout: Option<String>,
+    pub min_checkpoint_page_count: Option<u32>,
+    pub truncate_page_n: Option<i64>,
+    pub max_sync_wal_bytes: Option<u64>,
+    pub replica: Option<ReplicaConfig>,
+    pub replicas: Option<Vec<ReplicaConfig>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ReplicaConfig {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub url: Option<String>,
+    pub path: Option<String>,
+    pub bucket: Option<String>,
+    #[serde(flatten)]
+    pub settings: ReplicaSettings,
+}
+
+/// Settings allowed on a replica and, as defaults, at the top level.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ReplicaSettings {
+    pub sync_interval: Option<String>,
+}
+
+impl ReplicaSettings {
+    fn or(&self, d: &ReplicaSettings) -> ReplicaSettings {
+        ReplicaSettings {
+            sync_interval: self
+                .sync_interval
+                .clone()
+                .or_else(|| d.sync_interval.clone()),
+        }
+    }
+}
+
+/// A database to replicate, resolved from the config file or the command line.
+pub struct DbSpec {
+    pub path: PathBuf,
+    pub options: DbOptions,
+    pub replica: ReplicaSpec,
+}
+
+pub struct ReplicaSpec {
+    pub client: Box<dyn ReplicaClient>,
+    pub sync_interval: Duration,
+}
+
+/// Replaces `$VAR` and `${VAR}` with environment values (empty when unset).
+pub fn expand_env(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.char_indices().peekable();
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    while let Some((i, c)) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        let rest = &text[i + 1..];
+        if let Some(inner) = rest.strip_prefix('{') {
+            if let Some(end) = inner.find('}') {
+                out.push_str(&std::env::var(&inner[..end]).unwrap_or_default());
+                for _ in 0..end + 2 {
+                    chars.next();
+                }
+                continue;
+            }
+            out.push(c);
+            continue;
+        }
+        let len = rest.find(|ch: char| !is_name(ch)).unwrap_or(rest.len());
+        if len == 0 {
+            out.push(c);
+            continue;
+        }
+        let name = &rest[..len];
+        let value = if name == "PID" {
+            std::process::id().to_string()
+        } else {
+            std::env::var(name).unwrap_or_default()
+        };
+        out.push_str(&value);
+        for _ in 0..len {
+            chars.next();
+        }
+    }
+    out
+}
+
+/// Parses a Go-style duration: `500ms`, `1s`, `1m30s`, `24h`, `0`.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let err = || {
+        anyhow!("invalid duration {s:?}: use a number with a unit, such as 500ms, 1s, 5m or 24h")
+    };
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
+        if num_len == 0 {
+            return Err(err());
+        }
+        let n: f64 = rest[..num_len].parse().map_err(|_| err())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(err()),
+        };
+        total += n * secs;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// The config file to read: `-config`, else `$SLUICE_CONFIG`, else `$LITESTREAM_CONFIG`,
+/// else `/etc/sluice.yml`, else `/etc/litestream.yml` if that exists.
+pub fn default_config_path() -> PathBuf {
+    for var in ["SLUICE_CONFIG", "LITESTREAM_CONFIG"] {
+        if let Ok(p) = std::env::var(var) {
+            if !p.is_empty() {
+                return PathBuf::from(p);
+            }
+        }
+    }
+    let sluice = PathBuf::from("/etc/sluice.yml");
+    let litestream = PathBuf::from("/etc/litestream.yml");
+    if !sluice.exists() && litestream.exists() {
+        litestream
+    } else {
+        sluice
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path, expand: bool) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow!(
+                "cannot read config file {}: {e} (pass -config PATH to use another file)",
+                path.display()
+            )
+        })?;
+        Self::parse(&text, expand)
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str, expand: bool) -> Result<Config> {
+        let text = if expand {
+            expand_env(text)
+        } else {
+            text.to_string()
+        };
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let cfg: Config = serde_yaml::from_str(&text).map_err(|e| anyhow!("{e}"))?;
+        Ok(cfg)
+    }
+
+    /// Resolves every `dbs:` entry into something the daemon can run.
+    pub fn db_specs(&self) -> Result<Vec<DbSpec>> {
+        let mut out = Vec::new();
+        for (i, db) in self.dbs.iter().enumerate() {
+            out.push(self.db_spec(db).with_context(|| format!("dbs[{i}]"))?);
+        }
+        Ok(out)
+    }
+
+    /// Finds the `dbs:` entry for a database path.
+    pub fn find_db(&self, path: &Path) -> Result<&DbConfig> {
+        let want = absolute(path)?;
+        for db in &self.dbs {
+            if let Some(p) = &db.path {
+                if clean_db_path(p)? == want {
+                    return Ok(db);
+                }
+            }
+        }
+        bail!(
+            "database {} is not in the config file; add it under dbs:, or restore from a replica URL",
+            want.display()
+        )
+    }
+
+    pub fn db_spec(&self, db: &DbConfig) -> Result<DbSpec> {
+        if db.dir.is_some() {
+            bail!(
+                "directory replication (dir:) is not supported yet; list each database with path:"
+            );
+        }
+        let path = clean_db_path(
+            db.path
+                .as_deref()
+                .ok_or_else(|| anyhow!("a database needs a path:"))?,
+        )?;
+        let mut options = DbOptions::default();
+        if let Some(p) = &db.meta_path {
+            options.meta_path = Some(clean_db_path(p)?);
+        }
+        let dur = |v: &Option<String>, name: &str| -> Result<Option<Duration>> {
+            v.as_deref()
+                .map(parse_duration)
+                .transpose()
+                .with_context(|| format!("{name}"))
+        };
+        if let Some(d) = dur(&db.monitor_interval, "monitor-interval")? {
+            options.monitor_interval = d;
+        }
+        if let Some(d) = dur(&db.checkpoint_interval, "checkpoint-interval")? {
+            options.checkpoint_interval = d;
+        }
+        if let Some(d) = dur(&db.busy_timeout, "busy-timeout")? {
+            options.busy_timeout = d;
+        }
+        if let Some(n) = db.min_checkpoint_page_count {
+            if n == 0 {
+                bail!("min-checkpoint-page-count must be greater than zero");
+            }
+            options.min_checkpoint_page_count = n;
+        }
+        if let Some(n) = db.truncate_page_n {
+            options.truncate_page_n = if n == 0 {
+                DbOptions::default().truncate_page_n
+            } else {
+                n
+            };
+        }
+        if let Some(n) = db.max_sync_wal_bytes {
+            options.max_sync_wal_bytes = n;
+        }
+        let replica = match (&db.replica, &db.replicas) {
+            (Some(_), Some(_)) => bail!("use either replica: or replicas:, not both"),
+            (Some(r), None) => r.clone(),
+            (None, Some(list)) if list.len() == 1 => list[0].clone(),
+            (None, Some(list)) if list.len() > 1 => {
+                bail!("multiple replicas on a single database are not supported; keep one replica:")
+            }
+            _ => bail!(
+                "database {} has no replica: configure one under replica:",
+                path.display()
+            ),
+        };
+        let replica = self.replica_spec(&replica)?;
+        Ok(DbSpec {
+            path,
+            options,
+            replica,
+        })
+    }
+
+    fn replica_spec(&self, r: &ReplicaConfig) -> Result<ReplicaSpec> {
+        let settings = r.settings.or(&self.defaults);
+        let sync_interval = match &settings.sync_interval {
+            Some(s) => parse_duration(s).context("sync-interval")?,
+            None => Duration::from_secs(1),
+        };
+        if sync_interval.is_zero() {
+            bail!("sync-interval must be greater than zero");
+        }
+        let client: Box<dyn ReplicaClient> = match (&r.url, &r.path) {
+            (Some(_), Some(_)) => bail!("replica url: and path: cannot both be set"),
+            (Some(url), None) => client_from_url(url)?,
+            (None, Some(path)) => match r.kind.as_deref().unwrap_or("file") {
+                "file" => {
+                    if path.contains("://") {
+                        bail!("replica path: must be a file path, not a URL; use url: instead");
+                    }
+                    Box::new(FileClient::new(clean_db_path(path)?))
+                }
+                other => {
+                    bail!("replica type {other:?} is not supported by this build of sluice yet")
+                }
+            },
+            (None, None) => bail!("a replica needs a url: or a path:"),
+        };
+        Ok(ReplicaSpec {
+            client,
+            sync_interval,
+        })
+    }
+}
+
+/// Expands `~`, strips `sqlite://` prefixes and makes the path absolute.
+pub fn clean_db_path(p: &str) -> Result<PathBuf> {
+    let p = p
+        .strip_prefix("sqlite3://")
+        .or_else(|| p.strip_prefix("sqlite://"))
+        .unwrap_or(p);
+    let p = if p == "~" || p.starts_with("~/") {
+        let home =
+            std::env::var("HOME").map_err(|_| anyhow!("cannot expand ~: HOME is not set"))?;
+        format!("{home}{}", &p[1..])
+    } else {
+        p.to_string()
+    };
+    absolute(Path::new(&p))
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(std::path::absolute(p)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("1 day").is_err());
+    }
+
+    #[test]
+    fn env_expansion() {
+        unsafe { std::env::set_var("SLUICE_TEST_X", "abc") };
+        assert_eq!(
+            expand_env("a $SLUICE_TEST_X b ${SLUICE_TEST_X}c $SLUICE_TEST_UNSET."),
+            "a abc b abcc ."
+        );
+        assert_eq!(expand_env("cost $ 5"), "cost $ 5");
+    }
+
+    #[test]
+    fn parses_the_litestream_shape() {
+        let cfg = Config::parse(
+            "dbs:\n  - path: /tmp/x.db\n    monitor-interval: 100ms\n    replica:\n      url: file:///tmp/rep\n      sync-interval: 2s\nunknown-key: 1\n",
+            true,
+        )
+        .unwrap();
+        let specs = cfg.db_specs().unwrap();
+        assert_eq!(specs[0].path, PathBuf::from("/tmp/x.db"));
+        assert_eq!(
+            specs[0].options.monitor_interval,
+            Duration::from_millis(100)
+        );
+        assert_eq!(specs[0].replica.sync_interval, Duration::from_secs(2));
+        assert_eq!(specs[0].replica.client.location(), "file:///tmp/rep");
+    }
+
+    #[test]
+    fn rejects_bad_configs_with_a_reason() {
+        let two =
+            "dbs:\n  - path: /a\n    replicas:\n      - url: file:///x\n      - url: file:///y\n";
+        let e = Config::parse(two, false).unwrap().db_specs().err().unwrap();
+        assert!(format!("{e:#}").contains("multiple replicas"));
+        let e = Config::parse("dbs: [ {path: /a", false).err().unwrap();
+        assert!(!format!("{e:#}").is_empty());
+        let e = Config::parse("dbs:\n  - path: /a\n", false)
+            .unwrap()
+            .db_specs()
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("no replica"));
+    }
+}

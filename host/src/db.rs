@@ -1,0 +1,751 @@
+//! Capturing a live SQLite database: every committed change in its WAL becomes one
+//! level-0 LTX file in `<dir>/.<name>-litestream/ltx/0/`, numbered by TXID.
+//!
+//! The scheme is Litestream 0.5's, so either tool can take over from the other:
+//! a long-lived read transaction stops anyone else from restarting the WAL, our own
+//! PASSIVE checkpoints run behind a write barrier, and the header of the newest L0
+//! file (its WAL offset, size and salts) is the only record of where we are. When
+//! that record does not match the WAL (someone truncated or rewrote it while we
+//! were not watching), the next file is a full snapshot instead of a wrong increment.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use rusqlite::{Connection, OpenFlags};
+use tracing::{debug, info};
+
+use crate::file_client::fsync_dir;
+use crate::ltx::{self, Header};
+use crate::wal::{self, FrameReader, WalHeader};
+
+/// Per-database settings, with Litestream's names and defaults.
+#[derive(Clone, Debug)]
+pub struct DbOptions {
+    /// Local state directory; default `<dir>/.<file name>-litestream`.
+    pub meta_path: Option<PathBuf>,
+    pub monitor_interval: Duration,
+    /// Time-based PASSIVE checkpoint; zero disables it.
+    pub checkpoint_interval: Duration,
+    pub busy_timeout: Duration,
+    pub min_checkpoint_page_count: u32,
+    /// Emergency TRUNCATE threshold in WAL pages; zero or negative disables it.
+    pub truncate_page_n: i64,
+    /// Most WAL bytes turned into one L0 file; zero means no limit.
+    pub max_sync_wal_bytes: u64,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            meta_path: None,
+            monitor_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(60),
+            busy_timeout: Duration::from_secs(1),
+            min_checkpoint_page_count: 1000,
+            truncate_page_n: 121_359,
+            max_sync_wal_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Open handles while the database is being replicated.
+struct Handles {
+    /// Writes: the checkpoint barrier and `_litestream_seq` bumps.
+    conn: Connection,
+    /// Holds the long-lived read transaction; also runs checkpoints.
+    rtx: Connection,
+    /// Pages are read from the database file through this one descriptor.
+    db_file: File,
+    page_size: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointMode {
+    Passive,
+    Truncate,
+}
+
+impl CheckpointMode {
+    fn sql(self) -> &'static str {
+        match self {
+            CheckpointMode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+            CheckpointMode::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+        }
+    }
+}
+
+/// Where one sync step starts reading the WAL.
+enum Plan {
+    /// Continue after the last captured frame.
+    Resume(u64),
+    /// Read from the first frame of a WAL that was restarted after we captured
+    /// everything in the previous one.
+    Restarted,
+    /// Write every page: the WAL cannot be proven to follow on from our position.
+    Snapshot(&'static str),
+}
+
+pub struct Db {
+    path: PathBuf,
+    wal_path: PathBuf,
+    meta_path: PathBuf,
+    opts: DbOptions,
+    handles: Option<Handles>,
+    /// Header of the newest local L0 file.
+    pos: Option<Header>,
+    /// The WAL has been checked against `pos` since the handles were opened.
+    verified: bool,
+    /// Salts of a WAL generation fully captured just before our own checkpoint
+    /// restarted the log: frames with newer salts are all new.
+    captured_generation: Option<(u32, u32)>,
+    /// WAL size and header at the last step that found nothing new.
+    idle_mark: Option<(u64, WalHeader)>,
+    last_checkpoint: Instant,
+    written_since_checkpoint: bool,
+}
+
+/// What one call to [`Db::sync`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SyncResult {
+    /// TXID of the newest L0 file written, if any.
+    pub wrote: Option<u64>,
+}
+
+fn wal_bytes(page_size: u32, frames: u64) -> u64 {
+    wal::HEADER_SIZE + frames * (wal::FRAME_HEADER_SIZE + page_size as u64)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Checks that `path` is an SQLite database (or an empty file SQLite will initialise).
+pub fn check_sqlite_file(path: &Path) -> Result<()> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            bail!(
+                "database {} does not exist: check the path, or create the database first",
+                path.display()
+            )
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot open database {}", path.display()));
+        }
+    };
+    if f.metadata()?.is_dir() {
+        bail!(
+            "database path {} is a directory, not an SQLite database file",
+            path.display()
+        );
+    }
+    let mut magic = [0u8; 16];
+    let mut n = 0;
+    while n < 16 {
+        match f.read(&mut magic[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    if n < 16 || &magic != b"SQLite format 3\0" {
+        bail!(
+            "{} is not an SQLite database (its header is not \"SQLite format 3\")",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The Litestream-compatible local state directory for a database path.
+pub fn default_meta_path(db_path: &Path) -> PathBuf {
+    let dir = db_path.parent().unwrap_or(Path::new("."));
+    let name = db_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(".{name}-litestream"))
+}
+
+impl Db {
+    pub fn new(path: impl Into<PathBuf>, opts: DbOptions) -> Db {
+        let path = path.into();
+        let mut wal_path = path.clone().into_os_string();
+        wal_path.push("-wal");
+        let meta_path = opts
+            .meta_path
+            .clone()
+            .unwrap_or_else(|| default_meta_path(&path));
+        Db {
+            path,
+            wal_path: wal_path.into(),
+            meta_path,
+            opts,
+            handles: None,
+            pos: None,
+            verified: false,
+            captured_generation: None,
+            idle_mark: None,
+            last_checkpoint: Instant::now(),
+            written_since_checkpoint: false,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn options(&self) -> &DbOptions {
+        &self.opts
+    }
+
+    /// `<meta>/ltx/0`, where local L0 files live.
+    pub fn l0_dir(&self) -> PathBuf {
+        self.meta_path.join("ltx").join("0")
+    }
+
+    pub fn l0_path(&self, txid: u64) -> PathBuf {
+        self.l0_dir().join(ltx::format_filename(txid, txid))
+    }
+
+    /// TXID of the newest local L0 file (0 if none).
+    pub fn txid(&self) -> u64 {
+        self.pos.as_ref().map_or(0, |h| h.max_txid)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.handles.is_some()
+    }
+
+    fn handles(&self) -> Result<&Handles> {
+        self.handles
+            .as_ref()
+            .ok_or_else(|| anyhow!("database {} is not open", self.path.display()))
+    }
+
+    fn open_conn(&self) -> Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(&self.path, flags)
+            .with_context(|| format!("cannot open database {}", self.path.display()))?;
+        conn.busy_timeout(self.opts.busy_timeout)?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+        // Keep the -wal file when our connections close, as Litestream does.
+        let mut persist: libc::c_int = 1;
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_file_control(
+                conn.handle(),
+                c"main".as_ptr(),
+                rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+                (&mut persist as *mut libc::c_int).cast(),
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            bail!("cannot set persistent WAL mode on {}", self.path.display());
+        }
+        Ok(conn)
+    }
+
+    /// Opens the database for replication: WAL mode, helper tables, the long-lived
+    /// read transaction and the local state directory.
+    pub fn open(&mut self) -> Result<()> {
+        if self.handles.is_some() {
+            return Ok(());
+        }
+        check_sqlite_file(&self.path)?;
+        let conn = self.open_conn()?;
+        let db_file = File::open(&self.path)
+            .with_context(|| format!("cannot open database {}", self.path.display()))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
+            .with_context(|| format!("cannot switch {} to WAL mode", self.path.display()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            bail!(
+                "cannot switch {} to WAL mode (journal mode is {mode})",
+                self.path.display()
+            );
+        }
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER);
+             CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER);",
+        )
+        .with_context(|| {
+            format!(
+                "cannot create replication tables in {}",
+                self.path.display()
+            )
+        })?;
+        let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        if wal::read_header(&self.wal_path)?.is_none() {
+            bump_seq(&conn)?;
+        }
+        let rtx = self.open_conn()?;
+        begin_read(&rtx)?;
+        fs::create_dir_all(self.l0_dir()).with_context(|| {
+            format!(
+                "cannot create local state directory {}",
+                self.l0_dir().display()
+            )
+        })?;
+        self.handles = Some(Handles {
+            conn,
+            rtx,
+            db_file,
+            page_size,
+        });
+        self.reload_position()?;
+        self.verified = false;
+        self.captured_generation = None;
+        self.idle_mark = None;
+        info!(db = %self.path.display(), page_size, txid = %ltx::format_txid(self.txid()), "database opened for replication");
+        Ok(())
+    }
+
+    /// Releases the read transaction and closes the connections (no checkpoint).
+    pub fn close(&mut self) {
+        if let Some(h) = self.handles.take() {
+            let _ = h.rtx.execute_batch("ROLLBACK");
+        }
+    }
+
+    /// Re-reads the newest local L0 header; removes stale staging files.
+    pub fn reload_position(&mut self) -> Result<()> {
+        let dir = self.l0_dir();
+        let mut newest: Option<(u64, PathBuf)> = None;
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".ltx.tmp") {
+                    let _ = fs::remove_file(entry.path());
+                    continue;
+                }
+                if let Some((_, max)) = ltx::parse_filename(&name) {
+                    if newest.as_ref().is_none_or(|(t, _)| max > *t) {
+                        newest = Some((max, entry.path()));
+                    }
+                }
+            }
+        }
+        self.pos = match newest {
+            Some((_, path)) => Some(ltx::read_header_file(&path)?),
+            None => None,
+        };
+        self.verified = false;
+        Ok(())
+    }
+
+    /// Deletes all local L0 files, so the next sync starts over with a snapshot.
+    pub fn reset_local_state(&mut self) -> Result<()> {
+        let dir = self.l0_dir();
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", dir.display())),
+        }
+        fs::create_dir_all(&dir)?;
+        self.pos = None;
+        self.verified = false;
+        Ok(())
+    }
+
+    /// Installs an L0 file fetched from the replica as the local position.
+    pub fn install_l0(&mut self, txid: u64, data: &mut dyn Read) -> Result<()> {
+        let path = self.l0_path(txid);
+        let tmp = path.with_extension("ltx.tmp");
+        let mut w = BufWriter::new(File::create(&tmp)?);
+        io::copy(data, &mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        drop(f);
+        ltx::Decoder::new(File::open(&tmp)?, tmp.display().to_string())?.verify()?;
+        fs::rename(&tmp, &path)?;
+        fsync_dir(&self.l0_dir())?;
+        self.reload_position()
+    }
+
+    /// Captures everything committed since the last call, then checkpoints if a
+    /// threshold is reached.
+    pub fn sync(&mut self) -> Result<SyncResult> {
+        self.open()?;
+        let mut result = SyncResult::default();
+        loop {
+            let (wrote, limited) = self.sync_step(false)?;
+            if wrote.is_some() {
+                result.wrote = wrote;
+            }
+            if !limited {
+                break;
+            }
+        }
+        if result.wrote.is_some() {
+            self.written_since_checkpoint = true;
+        }
+        self.checkpoint_if_needed()?;
+        Ok(result)
+    }
+
+    fn read_wal_header(&mut self) -> Result<WalHeader> {
+        if let Some(h) = wal::read_header(&self.wal_path)? {
+            return Ok(h);
+        }
+        // No WAL yet (or only a partial header): one tiny write makes SQLite create it.
+        bump_seq(&self.handles()?.conn)?;
+        wal::read_header(&self.wal_path)?.ok_or_else(|| {
+            anyhow!(
+                "the WAL of {} has no valid header after a write",
+                self.path.display()
+            )
+        })
+    }
+
+    /// Decides how the next step reads the WAL, verifying our position against it.
+    fn plan(&self, hdr: &WalHeader, wal_size: u64, pos: &Header) -> Result<Plan> {
+        let pos_salts = (pos.wal_salt1, pos.wal_salt2);
+        if pos.wal_offset < wal::HEADER_SIZE as i64 {
+            return Ok(Plan::Snapshot("local position does not come from this WAL"));
+        }
+        let prev_end = (pos.wal_offset + pos.wal_size) as u64;
+        if self.verified {
+            // Nothing can restart the WAL while we hold the read transaction, except
+            // our own checkpoint, which captured everything first.
+            if hdr.salts() == pos_salts && prev_end <= wal_size {
+                return Ok(Plan::Resume(prev_end));
+            }
+            if hdr.salts() != pos_salts && self.captured_generation == Some(pos_salts) {
+                return Ok(Plan::Restarted);
+            }
+        }
+        // Full verification: at start-up, or after a surprise.
+        if prev_end > wal_size {
+            return Ok(Plan::Snapshot("WAL truncated by another process"));
+        }
+        if prev_end == wal::HEADER_SIZE {
+            return Ok(if hdr.salts() == pos_salts {
+                Plan::Resume(prev_end)
+            } else {
+                Plan::Snapshot("WAL header salt reset")
+            });
+        }
+        let fs = hdr.frame_size();
+        if prev_end < wal::HEADER_SIZE + fs || (prev_end - wal::HEADER_SIZE) % fs != 0 {
+            return Ok(Plan::Snapshot(
+                "local position is not aligned with this WAL's frames",
+            ));
+        }
+        let prev_frame = prev_end - fs;
+        let wal_file = File::open(&self.wal_path)?;
+        let Some(fh) = wal::read_frame_header_at(&wal_file, prev_frame)? else {
+            return Ok(Plan::Snapshot("WAL truncated by another process"));
+        };
+        if (fh.salt1, fh.salt2) != pos_salts {
+            return Ok(Plan::Snapshot("WAL overwritten by another process"));
+        }
+        let mut data = vec![0u8; hdr.page_size as usize];
+        wal_file.read_exact_at(&mut data, prev_frame + wal::FRAME_HEADER_SIZE)?;
+        if !self.last_l0_has_page(pos, fh.pgno, &data)? {
+            return Ok(Plan::Snapshot("WAL overwritten by another process"));
+        }
+        if hdr.salts() == pos_salts {
+            return Ok(Plan::Resume(prev_end));
+        }
+        // The WAL was restarted after our last frame. If exactly one restart happened,
+        // every frame from the start up to our old frames carries the new salts.
+        let mut off = wal::HEADER_SIZE;
+        while off < prev_frame {
+            let Some(f) = wal::read_frame_header_at(&wal_file, off)? else {
+                break;
+            };
+            let salts = (f.salt1, f.salt2);
+            if salts == pos_salts {
+                break;
+            }
+            if salts != hdr.salts() {
+                return Ok(Plan::Snapshot(
+                    "more than one WAL restart while we were not watching",
+                ));
+            }
+            off += fs;
+        }
+        Ok(Plan::Restarted)
+    }
+
+    fn last_l0_has_page(&self, pos: &Header, pgno: u32, data: &[u8]) -> Result<bool> {
+        let path = self.l0_path(pos.max_txid);
+        let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut dec = ltx::Decoder::new(f, path.display().to_string())?;
+        let mut buf = Vec::new();
+        let mut found = false;
+        while let Some(p) = dec.next_page(&mut buf)? {
+            if p == pgno {
+                found = buf == data;
+            }
+        }
+        Ok(found)
+    }
+
+    /// One WAL-to-LTX step. Returns the TXID written (if any) and whether it stopped
+    /// early at `max-sync-wal-bytes` with more to read.
+    fn sync_step(&mut self, force_snapshot: bool) -> Result<(Option<u64>, bool)> {
+        let hdr = self.read_wal_header()?;
+        let page_size = self.handles()?.page_size;
+        if hdr.page_size != page_size {
+            bail!(
+                "WAL page size {} differs from database page size {page_size}",
+                hdr.page_size
+            );
+        }
+        let wal_size = fs::metadata(&self.wal_path)?.len();
+        if !force_snapshot && self.verified && self.idle_mark == Some((wal_size, hdr)) {
+            return Ok((None, false)); // nothing happened since we last looked
+        }
+        let plan = match (&self.pos, force_snapshot) {
+            (_, true) => Plan::Snapshot("forced"),
+            (None, _) => Plan::Snapshot("no local position"),
+            (Some(pos), _) => self.plan(&hdr, wal_size, pos)?,
+        };
+        let wal_file = File::open(&self.wal_path)?;
+        let (mut reader, snapshot_reason) = match plan {
+            Plan::Resume(off) => match FrameReader::resume_at(&wal_file, hdr, off)? {
+                Some(r) => (r, None),
+                None => (
+                    FrameReader::from_start(&wal_file, hdr),
+                    Some("WAL does not continue from our position"),
+                ),
+            },
+            Plan::Restarted => (FrameReader::from_start(&wal_file, hdr), None),
+            Plan::Snapshot(why) => (FrameReader::from_start(&wal_file, hdr), Some(why)),
+        };
+        let snapshot = snapshot_reason.is_some();
+        let start = reader.offset();
+
+        // Committed pages: pgno -> offset of its newest frame.
+        let mut pages: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut pending: Vec<(u32, u64)> = Vec::new();
+        let mut commit: Option<u32> = None;
+        let mut end = start;
+        let mut limited = false;
+        let limit = self.opts.max_sync_wal_bytes;
+        while let Some((off, fh)) = reader.next()? {
+            pending.push((fh.pgno, off));
+            if fh.commit != 0 {
+                for (p, o) in pending.drain(..) {
+                    pages.insert(p, o);
+                }
+                commit = Some(fh.commit);
+                end = reader.offset();
+                if !snapshot && limit > 0 && end - start >= limit {
+                    limited = true;
+                    break;
+                }
+            }
+        }
+        if !snapshot && commit.is_none() {
+            self.idle_mark = Some((wal_size, hdr));
+            self.verified = true;
+            return Ok((None, false));
+        }
+        let h = self.handles()?;
+        let commit = match commit {
+            Some(c) => c,
+            None => (h.db_file.metadata()?.len() / page_size as u64) as u32,
+        };
+        pages.retain(|&p, _| p <= commit);
+        const FROM_DB: u64 = u64::MAX;
+        if snapshot {
+            for p in 1..=commit {
+                pages.entry(p).or_insert(FROM_DB);
+            }
+        } else {
+            // Pages the database grew into must all be in the file.
+            let prev_commit = self.pos.as_ref().map_or(0, |p| p.commit);
+            for p in prev_commit.saturating_add(1)..=commit {
+                pages.entry(p).or_insert(FROM_DB);
+            }
+        }
+        pages.remove(&ltx::lock_pgno(page_size));
+
+        let txid = self.txid() + 1;
+        let header = Header {
+            flags: ltx::HEADER_FLAG_NO_CHECKSUM,
+            page_size,
+            commit,
+            min_txid: txid,
+            max_txid: txid,
+            timestamp: now_ms(),
+            wal_offset: start as i64,
+            wal_size: (end - start) as i64,
+            wal_salt1: hdr.salt1,
+            wal_salt2: hdr.salt2,
+            ..Default::default()
+        };
+        let path = self.l0_path(txid);
+        let tmp = path.with_extension("ltx.tmp");
+        let written = (|| -> Result<u64> {
+            let out = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+            let mut enc = ltx::Encoder::new(out, header.clone())?;
+            let mut buf = vec![0u8; page_size as usize];
+            for (&pgno, &off) in &pages {
+                if off == FROM_DB {
+                    h.db_file
+                        .read_exact_at(&mut buf, (pgno as u64 - 1) * page_size as u64)
+                        .map_err(|e| {
+                            anyhow!("cannot read page {pgno} of {}: {e}", self.path.display())
+                        })?;
+                } else {
+                    wal_file.read_exact_at(&mut buf, off + wal::FRAME_HEADER_SIZE)?;
+                }
+                enc.write_page(pgno, &buf)?;
+            }
+            let (w, size) = enc.finish()?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            Ok(size)
+        })();
+        let size = match written {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e.context(format!("cannot write local LTX file {}", path.display())));
+            }
+        };
+        fs::rename(&tmp, &path)?;
+        fsync_dir(&self.l0_dir())?;
+        match snapshot_reason {
+            Some(why) => {
+                info!(db = %self.path.display(), txid = %ltx::format_txid(txid), pages = pages.len(), size, reason = why, "wrote snapshot")
+            }
+            None => {
+                debug!(db = %self.path.display(), txid = %ltx::format_txid(txid), pages = pages.len(), size, "wrote LTX file")
+            }
+        }
+        self.pos = Some(header);
+        self.verified = true;
+        self.captured_generation = None;
+        self.idle_mark = if end == wal_size {
+            Some((wal_size, hdr))
+        } else {
+            None
+        };
+        Ok((Some(txid), limited))
+    }
+
+    fn checkpoint_if_needed(&mut self) -> Result<()> {
+        let Some(pos) = &self.pos else { return Ok(()) };
+        let page_size = pos.page_size;
+        let logical = (pos.wal_offset + pos.wal_size).max(0) as u64;
+        let truncate_n = self.opts.truncate_page_n;
+        if truncate_n > 0 && logical >= wal_bytes(page_size, truncate_n as u64) {
+            return self.checkpoint(CheckpointMode::Truncate);
+        }
+        if logical >= wal_bytes(page_size, self.opts.min_checkpoint_page_count as u64) {
+            return self.checkpoint(CheckpointMode::Passive);
+        }
+        let interval = self.opts.checkpoint_interval;
+        if !interval.is_zero()
+            && self.written_since_checkpoint
+            && self.last_checkpoint.elapsed() >= interval
+            && logical > wal_bytes(page_size, 1)
+        {
+            return self.checkpoint(CheckpointMode::Passive);
+        }
+        Ok(())
+    }
+
+    /// Checkpoints the WAL the way Litestream does, so that nothing committed is
+    /// ever copied into the database file without first being captured in L0.
+    pub fn checkpoint(&mut self, mode: CheckpointMode) -> Result<()> {
+        self.open()?;
+        // The barrier: holding SQLite's write lock, no commit can slip in between
+        // our last capture and the checkpoint.
+        if let Err(e) = self.handles()?.conn.execute_batch("BEGIN IMMEDIATE") {
+            debug!(db = %self.path.display(), error = %e, "checkpoint skipped: database is busy");
+            return Ok(());
+        }
+        let result = self.checkpoint_behind_barrier(mode);
+        let h = self.handles()?;
+        if !h.conn.is_autocommit() {
+            let _ = h.conn.execute_batch("ROLLBACK");
+        }
+        let before = result?;
+        self.last_checkpoint = Instant::now();
+        self.written_since_checkpoint = false;
+        // Make SQLite restart the WAL if the checkpoint copied everything.
+        bump_seq(&self.handles()?.conn)?;
+        let after = wal::read_header(&self.wal_path)?;
+        if mode == CheckpointMode::Truncate {
+            // Commits between our seal and the truncation cannot be proven captured.
+            self.handles()?.conn.execute_batch("BEGIN IMMEDIATE")?;
+            let r = self.sync_step(true);
+            let _ = self.handles()?.conn.execute_batch("ROLLBACK");
+            r?;
+        } else if after.map(|h| h.salts()) != Some(before.salts()) {
+            debug!(db = %self.path.display(), "WAL restarted after checkpoint");
+        }
+        Ok(())
+    }
+
+    /// Seals, checkpoints, and returns the WAL header from before the checkpoint.
+    fn checkpoint_behind_barrier(&mut self, mode: CheckpointMode) -> Result<WalHeader> {
+        loop {
+            let (_, limited) = self.sync_step(false)?;
+            if !limited {
+                break;
+            }
+        }
+        let before = self.read_wal_header()?;
+        let sealed = self
+            .pos
+            .as_ref()
+            .is_some_and(|p| (p.wal_salt1, p.wal_salt2) == before.salts());
+        let h = self.handles()?;
+        h.rtx.execute_batch("ROLLBACK")?;
+        if mode == CheckpointMode::Truncate {
+            // TRUNCATE needs the write lock itself.
+            h.conn.execute_batch("ROLLBACK")?;
+        }
+        let res: rusqlite::Result<(i64, i64, i64)> = h
+            .rtx
+            .query_row(mode.sql(), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+        let reopen = begin_read(&h.rtx);
+        let (busy, log, done) =
+            res.with_context(|| format!("checkpoint of {} failed", self.path.display()))?;
+        reopen?;
+        info!(db = %self.path.display(), mode = ?mode, busy, log, checkpointed = done, "checkpoint");
+        if sealed && mode == CheckpointMode::Passive {
+            self.captured_generation = Some(before.salts());
+        }
+        Ok(before)
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn bump_seq(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1",
+        [],
+    )
+    .context("cannot write to _litestream_seq")?;
+    Ok(())
+}
+
+fn begin_read(conn: &Connection) -> Result<()> {
+    conn.execute_batch("BEGIN")?;
+    conn.query_row("SELECT COUNT(1) FROM _litestream_seq", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .context("cannot start the long-lived read transaction")?;
+    Ok(())
+}

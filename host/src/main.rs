@@ -1,0 +1,14 @@
+use clap::Parser;
+
+fn main() {
+    let args = sluice::cli::normalize_args(std::env::args().collect());
+    let cli = match sluice::cli::Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = sluice::cli::run(cli) {
+        // One line: the cause chain joined with ": ".
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

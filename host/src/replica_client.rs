@@ -1,0 +1,92 @@
+//! What a replica backend must do: list, read, write and delete LTX files by level.
+//! Backends are chosen by URL scheme; each keeps Litestream's object layout for it.
+
+use std::fmt;
+use std::io::Read;
+
+use anyhow::{Result, bail};
+use chrono::{DateTime, Utc};
+
+use crate::file_client::FileClient;
+
+/// The level full snapshots live at.
+pub const SNAPSHOT_LEVEL: u8 = 9;
+
+/// One LTX file in a replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    pub level: u8,
+    pub min_txid: u64,
+    pub max_txid: u64,
+    pub size: u64,
+    /// When the file was made (the LTX header timestamp, as the backend records it).
+    pub created_at: DateTime<Utc>,
+}
+
+impl FileInfo {
+    pub fn name(&self) -> String {
+        crate::ltx::format_filename(self.min_txid, self.max_txid)
+    }
+}
+
+impl fmt::Display for FileInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "level {} {}", self.level, self.name())
+    }
+}
+
+/// A replica store. Implementations are blocking; the daemon calls them from its
+/// per-database worker thread.
+pub trait ReplicaClient: Send + Sync {
+    /// `file`, `s3`, ...
+    fn kind(&self) -> &'static str;
+
+    /// The replica's location, for messages (never includes credentials).
+    fn location(&self) -> String;
+
+    /// Files of one level, sorted by TXID. A level that does not exist is empty.
+    fn list(&self, level: u8) -> Result<Vec<FileInfo>>;
+
+    /// Opens a file for reading from its start.
+    fn open(&self, level: u8, min_txid: u64, max_txid: u64) -> Result<Box<dyn Read + Send>>;
+
+    /// Stores a complete file atomically: either the whole file becomes visible under
+    /// its final name or nothing does. `timestamp_ms` is the LTX header timestamp.
+    fn write(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        data: &mut dyn Read,
+    ) -> Result<FileInfo>;
+
+    /// Deletes files of one level; missing files are not an error.
+    fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()>;
+}
+
+/// Builds a client from a replica URL such as `file:///var/backups/db`.
+pub fn client_from_url(url: &str) -> Result<Box<dyn ReplicaClient>> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        bail!(
+            "invalid replica URL {url:?}: expected SCHEME://..., for example file:///var/lib/backups/app.db"
+        );
+    };
+    match scheme {
+        "file" => {
+            let path = rest.split(['?', '#']).next().unwrap_or("");
+            if !path.starts_with('/') {
+                bail!(
+                    "invalid file replica URL {url:?}: the path must be absolute, as in file:///var/backups/app"
+                );
+            }
+            Ok(Box::new(FileClient::new(path)))
+        }
+        "s3" | "gs" | "abs" | "sftp" | "webdav" | "webdavs" | "nats" | "oss" => bail!(
+            "replica type {scheme:?} is not supported by this build of sluice yet; use a file:// replica"
+        ),
+        other => {
+            bail!("unknown replica URL scheme {other:?} in {url:?}: supported schemes are file://")
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! Rebuilding a database from a replica, with Litestream 0.5's restore plan:
+//! the newest usable snapshot (level 9), then a greedy chain across levels 8..0,
+//! each step taking the file that reaches furthest.
+//!
+//! Files are applied in plan order to `<output>.tmp`: each page is written at its
+//! offset, and the file is cut to the LTX commit size after each file. Every file is
+//! decoded in full, its index and CRC-64 checked; any fault removes `<output>.tmp`,
+//! so a failed restore never leaves an output file. Only a verified result is
+//! fsynced and renamed to the output path.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{DateTime, Utc};
+
+use crate::file_client::fsync_dir;
+use crate::ltx;
+use crate::replica_client::{FileInfo, ReplicaClient, SNAPSHOT_LEVEL};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntegrityCheck {
+    None,
+    Quick,
+    Full,
+}
+
+impl std::str::FromStr for IntegrityCheck {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" | "" => Ok(IntegrityCheck::None),
+            "quick" => Ok(IntegrityCheck::Quick),
+            "full" => Ok(IntegrityCheck::Full),
+            other => Err(format!(
+                "invalid integrity check {other:?}: use none, quick or full"
+            )),
+        }
+    }
+}
+
+/// Which state to restore.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Target {
+    /// Restore up to and including this TXID.
+    pub txid: Option<u64>,
+    /// Restore the state as of files created strictly before this time.
+    pub timestamp: Option<DateTime<Utc>>,
+}
+
+/// The replica holds nothing that matches the request.
+#[derive(Debug)]
+pub struct NoBackups(pub String);
+
+impl fmt::Display for NoBackups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoBackups {}
+
+/// Lists every level of the replica.
+pub fn list_all(client: &dyn ReplicaClient) -> Result<Vec<Vec<FileInfo>>> {
+    (0..=SNAPSHOT_LEVEL)
+        .map(|level| client.list(level))
+        .collect()
+}
+
+fn eligible(f: &FileInfo, target: &Target) -> bool {
+    target.txid.is_none_or(|t| f.max_txid <= t) && target.timestamp.is_none_or(|t| f.created_at < t)
+}
+
+/// Computes the files to apply, in order.
+pub fn plan(client: &dyn ReplicaClient, target: Target) -> Result<Vec<FileInfo>> {
+    let levels = list_all(client)?;
+    plan_from_listing(&levels, target).map_err(|e| match e.downcast::<NoBackups>() {
+        Ok(nb) => anyhow::Error::new(NoBackups(format!("{} in {}", nb.0, client.location()))),
+        Err(e) => e,
+    })
+}
+
+/// The plan over an already listed replica (`levels[n]` = files of level n, sorted).
+pub fn plan_from_listing(levels: &[Vec<FileInfo>], target: Target) -> Result<Vec<FileInfo>> {
+    if levels.iter().all(|l| l.is_empty()) {
+        return Err(NoBackups("no backup files found".into()).into());
+    }
+    let mut plan: Vec<FileInfo> = Vec::new();
+    let mut cur = 0u64;
+    if let Some(snap) = levels[SNAPSHOT_LEVEL as usize]
+        .iter()
+        .filter(|f| eligible(f, &target))
+        .max_by_key(|f| f.max_txid)
+    {
+        cur = snap.max_txid;
+        plan.push(snap.clone());
+    }
+    // One cursor per level 0..=8 over files sorted by TXID.
+    let mut cursors = [0usize; SNAPSHOT_LEVEL as usize];
+    while target.txid.is_none_or(|t| cur < t) {
+        let mut best: Option<&FileInfo> = None;
+        for level in (0..SNAPSHOT_LEVEL as usize).rev() {
+            let files = &levels[level];
+            let c = &mut cursors[level];
+            while *c < files.len() && files[*c].max_txid <= cur {
+                *c += 1;
+            }
+            // Within a level files do not overlap, so only a file at or just after the
+            // cursor can start at or before cur+1.
+            for f in files[*c..].iter().take_while(|f| f.min_txid <= cur + 1) {
+                if !eligible(f, &target) {
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some(b) => {
+                        (
+                            f.max_txid,
+                            std::cmp::Reverse(f.min_txid),
+                            f.level,
+                            std::cmp::Reverse(f.created_at),
+                        ) > (
+                            b.max_txid,
+                            std::cmp::Reverse(b.min_txid),
+                            b.level,
+                            std::cmp::Reverse(b.created_at),
+                        )
+                    }
+                };
+                if better {
+                    best = Some(f);
+                }
+            }
+        }
+        let Some(b) = best else { break };
+        cur = b.max_txid;
+        plan.push(b.clone());
+    }
+    if plan.is_empty() {
+        return Err(match (target.txid, target.timestamp) {
+            (Some(t), _) => NoBackups(format!(
+                "no backup files at or before TXID {}",
+                ltx::format_txid(t)
+            ))
+            .into(),
+            (_, Some(ts)) => NoBackups(format!(
+                "no backup files created before {}",
+                ts.to_rfc3339()
+            ))
+            .into(),
+            _ => {
+                let oldest = levels
+                    .iter()
+                    .flatten()
+                    .min_by_key(|f| f.min_txid)
+                    .expect("non-empty");
+                anyhow!(
+                    "the replica has no snapshot or file starting at TXID 1 (its oldest file is {oldest}); it cannot be restored"
+                )
+            }
+        });
+    }
+    if plan[0].min_txid != 1 {
+        bail!(
+            "the replica has no snapshot or file starting at TXID 1 (its oldest usable file is {}); it cannot be restored",
+            plan[0]
+        );
+    }
+    if let Some(t) = target.txid {
+        if cur != t {
+            return Err(NoBackups(format!(
+                "TXID {} is not available (the replica can restore up to {})",
+                ltx::format_txid(t),
+                ltx::format_txid(cur)
+            ))
+            .into());
+        }
+    }
+    if target.txid.is_none() && target.timestamp.is_none() {
+        for level in levels.iter().take(SNAPSHOT_LEVEL as usize) {
+            if let Some(f) = level.iter().find(|f| f.min_txid > cur + 1) {
+                bail!(
+                    "non-contiguous LTX files: the chain ends at TXID {} but {} starts later; the replica has a gap",
+                    ltx::format_txid(cur),
+                    f
+                );
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Applies `plan` to `<output>.tmp`, verifies it, and renames it to `output`.
+/// Returns the TXID restored.
+pub fn apply(
+    client: &dyn ReplicaClient,
+    plan: &[FileInfo],
+    output: &Path,
+    integrity: IntegrityCheck,
+) -> Result<u64> {
+    let tmp = tmp_path(output);
+    let result = apply_to(client, plan, &tmp).and_then(|txid| {
+        check_integrity(&tmp, integrity)?;
+        fs::rename(&tmp, output)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), output.display()))?;
+        if let Some(dir) = output.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            fsync_dir(dir)?;
+        }
+        Ok(txid)
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub fn tmp_path(output: &Path) -> PathBuf {
+    let mut s = output.as_os_str().to_owned();
+    s.push(".tmp");
+    s.into()
+}
+
+fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path) -> Result<u64> {
+    let out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut page_size = 0u32;
+    let mut commit = 0u32;
+    let mut txid = 0u64;
+    let mut buf = Vec::new();
+    for (i, info) in plan.iter().enumerate() {
+        let name = format!("{} (level {})", info.name(), info.level);
+        let reader = client.open(info.level, info.min_txid, info.max_txid)?;
+        let mut dec = ltx::Decoder::new(reader, name.clone())?;
+        let h = dec.header().clone();
+        if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid) {
+            bail!(
+                "LTX file {name}: header says TXIDs {}-{}, which does not match its name",
+                h.min_txid,
+                h.max_txid
+            );
+        }
+        if i == 0 {
+            if h.min_txid != 1 {
+                bail!("LTX file {name}: a restore must start with a snapshot (TXID 1)");
+            }
+            page_size = h.page_size;
+        } else if h.page_size != page_size {
+            bail!(
+                "LTX file {name}: page size {} differs from the snapshot's {page_size}",
+                h.page_size
+            );
+        } else if h.min_txid > txid + 1 {
+            bail!("LTX file {name}: gap after TXID {}", ltx::format_txid(txid));
+        }
+        // Pages the database grows into must all be present in this file.
+        let lock = ltx::lock_pgno(page_size);
+        let grown_expected = if h.commit > commit {
+            (h.commit - commit) as u64 - u64::from((commit + 1..=h.commit).contains(&lock))
+        } else {
+            0
+        };
+        let mut grown = 0u64;
+        while let Some(pgno) = dec.next_page(&mut buf)? {
+            out.write_all_at(&buf, (pgno as u64 - 1) * page_size as u64)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            if pgno > commit {
+                grown += 1;
+            }
+        }
+        if grown != grown_expected {
+            bail!(
+                "LTX file {name}: the database grows from {commit} to {} pages but the file holds only {grown} of the new pages",
+                h.commit
+            );
+        }
+        commit = h.commit;
+        txid = h.max_txid;
+        out.set_len(commit as u64 * page_size as u64)?;
+    }
+    out.sync_all()
+        .with_context(|| format!("cannot fsync {}", tmp.display()))?;
+    Ok(txid)
+}
+
+/// Runs `PRAGMA quick_check` / `integrity_check` on a restored file without
+/// creating any -wal or -shm file next to it.
+pub fn check_integrity(path: &Path, check: IntegrityCheck) -> Result<()> {
+    let pragma = match check {
+        IntegrityCheck::None => return Ok(()),
+        IntegrityCheck::Quick => "PRAGMA quick_check",
+        IntegrityCheck::Full => "PRAGMA integrity_check",
+    };
+    let uri = format!("file:{}?immutable=1", path.display());
+    let conn = rusqlite::Connection::open_with_flags(
+        &uri,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    let mut stmt = conn.prepare(pragma)?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if rows != ["ok"] {
+        bail!(
+            "integrity check of the restored database failed: {}",
+            rows.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether `path` or any of its SQLite side files exists with content.
+pub fn output_exists(path: &Path) -> io::Result<Option<PathBuf>> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        match fs::metadata(&p) {
+            Ok(m) if suffix.is_empty() && m.len() == 0 => {}
+            Ok(_) => return Ok(Some(p)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Removes an output file and its side files (for `-force`).
+pub fn remove_output(path: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow!("cannot remove {}: {e}", PathBuf::from(p).display())),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn f(level: u8, min: u64, max: u64, secs: i64) -> FileInfo {
+        FileInfo {
+            level,
+            min_txid: min,
+            max_txid: max,
+            size: 1,
+            created_at: Utc.timestamp_opt(secs, 0).unwrap(),
+        }
+    }
+
+    fn levels(files: &[FileInfo]) -> Vec<Vec<FileInfo>> {
+        let mut l = vec![Vec::new(); 10];
+        for x in files {
+            l[x.level as usize].push(x.clone());
+        }
+        l
+    }
+
+    fn names(p: &[FileInfo]) -> Vec<(u8, u64, u64)> {
+        p.iter()
+            .map(|f| (f.level, f.min_txid, f.max_txid))
+            .collect()
+    }
+
+    #[test]
+    fn plans_like_litestream() {
+        // Snapshot 1-1, L1 2-5, L0 1..=5: latest = 9/1-1 + 1/2-5.
+        let mut files = vec![f(9, 1, 1, 10), f(1, 1, 1, 10), f(1, 2, 5, 50)];
+        for t in 1..=5 {
+            files.push(f(0, t, t, 10 * t as i64));
+        }
+        let l = levels(&files);
+        assert_eq!(
+            names(&plan_from_listing(&l, Target::default()).unwrap()),
+            vec![(9, 1, 1), (1, 2, 5)]
+        );
+        // -txid 3 = 9/1-1 + 0/2-2 + 0/3-3.
+        let t = Target {
+            txid: Some(3),
+            timestamp: None,
+        };
+        assert_eq!(
+            names(&plan_from_listing(&l, t).unwrap()),
+            vec![(9, 1, 1), (0, 2, 2), (0, 3, 3)]
+        );
+        // Timestamp strictly before 40 s: files created at 10..30 only.
+        let t = Target {
+            txid: None,
+            timestamp: Some(Utc.timestamp_opt(40, 0).unwrap()),
+        };
+        assert_eq!(
+            names(&plan_from_listing(&l, t).unwrap()),
+            vec![(9, 1, 1), (0, 2, 2), (0, 3, 3)]
+        );
+        // A TXID beyond the replica is not available.
+        let t = Target {
+            txid: Some(9),
+            timestamp: None,
+        };
+        assert!(
+            plan_from_listing(&l, t)
+                .unwrap_err()
+                .downcast_ref::<NoBackups>()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn refuses_gaps_and_chains_not_starting_at_one() {
+        let l = levels(&[f(0, 1, 1, 1), f(0, 3, 3, 3)]);
+        assert!(
+            plan_from_listing(&l, Target::default())
+                .unwrap_err()
+                .to_string()
+                .contains("non-contiguous")
+        );
+        let l = levels(&[f(0, 2, 2, 1)]);
+        assert!(
+            plan_from_listing(&l, Target::default())
+                .unwrap_err()
+                .to_string()
+                .contains("TXID 1")
+        );
+        let l = levels(&[]);
+        assert!(
+            plan_from_listing(&l, Target::default())
+                .unwrap_err()
+                .downcast_ref::<NoBackups>()
+                .is_some()
+        );
+    }
+}
