@@ -103,8 +103,6 @@ pub struct Db {
     /// Salts of a WAL generation fully captured just before our own checkpoint
     /// restarted the log: frames with newer salts are all new.
     captured_generation: Option<(u32, u32)>,
-    /// WAL size and header at the last step that found nothing new.
-    idle_mark: Option<(u64, WalHeader)>,
     last_checkpoint: Instant,
     written_since_checkpoint: bool,
 }
@@ -192,7 +190,6 @@ impl Db {
             pos: None,
             verified: false,
             captured_generation: None,
-            idle_mark: None,
             last_checkpoint: Instant::now(),
             written_since_checkpoint: false,
         }
@@ -304,7 +301,6 @@ impl Db {
         self.reload_position()?;
         self.verified = false;
         self.captured_generation = None;
-        self.idle_mark = None;
         info!(db = %self.path.display(), page_size, txid = %ltx::format_txid(self.txid()), "database opened for replication");
         Ok(())
     }
@@ -477,6 +473,19 @@ impl Db {
         Ok(Plan::Restarted)
     }
 
+    /// The cheap idle check, run every tick: is there a frame with the current salts
+    /// right after our position (or has the WAL been restarted)? Frames left over
+    /// from an earlier WAL generation carry other salts, so they do not count.
+    fn has_new_frames(&self, hdr: &WalHeader) -> Result<bool> {
+        let Some(pos) = &self.pos else { return Ok(true) };
+        if (pos.wal_salt1, pos.wal_salt2) != hdr.salts() || pos.wal_offset < wal::HEADER_SIZE as i64 {
+            return Ok(true);
+        }
+        let wal_file = File::open(&self.wal_path)?;
+        let next = (pos.wal_offset + pos.wal_size) as u64;
+        Ok(wal::read_frame_header_at(&wal_file, next)?.is_some_and(|f| (f.salt1, f.salt2) == hdr.salts()))
+    }
+
     fn last_l0_has_page(&self, pos: &Header, pgno: u32, data: &[u8]) -> Result<bool> {
         let path = self.l0_path(pos.max_txid);
         let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -502,10 +511,10 @@ impl Db {
                 hdr.page_size
             );
         }
-        let wal_size = fs::metadata(&self.wal_path)?.len();
-        if !force_snapshot && self.verified && self.idle_mark == Some((wal_size, hdr)) {
-            return Ok((None, false)); // nothing happened since we last looked
+        if !force_snapshot && self.verified && !self.has_new_frames(&hdr)? {
+            return Ok((None, false));
         }
+        let wal_size = fs::metadata(&self.wal_path)?.len();
         let plan = match (&self.pos, force_snapshot) {
             (_, true) => Plan::Snapshot("forced"),
             (None, _) => Plan::Snapshot("no local position"),
@@ -548,7 +557,6 @@ impl Db {
             }
         }
         if !snapshot && commit.is_none() {
-            self.idle_mark = Some((wal_size, hdr));
             self.verified = true;
             return Ok((None, false));
         }
@@ -629,11 +637,6 @@ impl Db {
         self.pos = Some(header);
         self.verified = true;
         self.captured_generation = None;
-        self.idle_mark = if end == wal_size {
-            Some((wal_size, hdr))
-        } else {
-            None
-        };
         Ok((Some(txid), limited))
     }
 

@@ -1,0 +1,213 @@
+//! Shared helpers for the end-to-end tests: run the real `sluice` binary, a writer
+//! in its own Python process (system SQLite), and compare databases by content.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use sluice::crc64::Crc64;
+use sluice::ltx;
+
+pub fn sluice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+pub fn writer_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/writer.py")
+}
+
+/// Runs the writer to completion in its own process.
+pub fn write(db: &Path, args: &[&str]) {
+    let out = Command::new("python3")
+        .arg(writer_script())
+        .arg(db)
+        .args(args)
+        .output()
+        .expect("python3 must be installed");
+    assert!(out.status.success(), "writer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn sluice(args: &[&str]) -> Output {
+    Command::new(sluice_bin()).args(args).env_remove("LOG_LEVEL").output().unwrap()
+}
+
+/// Asserts the command failed with a one-line error containing `needle`; returns it.
+pub fn assert_one_line_error(out: &Output, needle: &str) -> String {
+    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "error should be one line, got:\n{err}");
+    assert!(err.contains(needle), "error {err:?} should mention {needle:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+/// A running `sluice replicate`, stopped gracefully with SIGTERM.
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(args: &[&str], log: &Path) -> Daemon {
+        let f = fs::File::create(log).unwrap();
+        let child = Command::new(sluice_bin())
+            .arg("replicate")
+            .args(args)
+            .env("LOG_LEVEL", "debug")
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        Daemon { child: Some(child), log: log.to_path_buf() }
+    }
+
+    pub fn with_config(config: &Path, log: &Path) -> Daemon {
+        Daemon::start(&["-config", config.to_str().unwrap()], log)
+    }
+
+    /// SIGTERM, then waits; asserts a clean exit.
+    pub fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "sluice did not stop within 60 s after SIGTERM");
+            sleep(Duration::from_millis(20));
+        };
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(status.success(), "sluice exited with {status}:\n{log}");
+        assert!(!log.contains("panicked"), "{log}");
+        log
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A config file for one database with fast test intervals.
+pub fn write_config(path: &Path, db: &Path, replica_url: &str, extra_db_keys: &str) {
+    let text = format!(
+        "dbs:\n  - path: {}\n    monitor-interval: 50ms\n{extra_db_keys}    replica:\n      url: {replica_url}\n      sync-interval: 50ms\n",
+        db.display()
+    );
+    fs::write(path, text).unwrap();
+}
+
+/// Newest TXID in a file replica's level 0.
+pub fn replica_l0_max(replica_dir: &Path) -> u64 {
+    let dir = replica_dir.join("ltx/0");
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|e| ltx::parse_filename(&e.file_name().to_string_lossy()).map(|(_, max)| max))
+        .max()
+        .unwrap_or(0)
+}
+
+pub fn replica_levels(replica_dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for level in 0..=9u8 {
+        let dir = replica_dir.join(format!("ltx/{level}"));
+        if fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+            out.push(level);
+        }
+    }
+    out
+}
+
+/// Waits until the replica's newest TXID has not changed for `quiet`.
+pub fn wait_replica_settled(replica_dir: &Path, quiet: Duration) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = replica_l0_max(replica_dir);
+    let mut since = Instant::now();
+    loop {
+        sleep(Duration::from_millis(20));
+        let now = replica_l0_max(replica_dir);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if last > 0 && since.elapsed() >= quiet {
+            return last;
+        }
+        assert!(Instant::now() < deadline, "replica never settled");
+    }
+}
+
+/// Content digest of a database: schema and every row of every table, in rowid
+/// order, streamed through CRC-64 so that memory stays small for big databases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest {
+    pub rows: u64,
+    pub crc: u64,
+}
+
+pub fn digest(path: &Path) -> Digest {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    let mut crc = Crc64::new();
+    let mut rows = 0u64;
+    let tables: Vec<(String, String)> = conn
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type IN ('table','index') ORDER BY name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (name, sql) in &tables {
+        crc.update(name.as_bytes());
+        crc.update(sql.as_bytes());
+        if !sql.starts_with("CREATE TABLE") {
+            continue;
+        }
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{name}\" ORDER BY rowid")).unwrap();
+        let n = stmt.column_count();
+        let mut q = stmt.query([]).unwrap();
+        while let Some(row) = q.next().unwrap() {
+            rows += 1;
+            for i in 0..n {
+                use rusqlite::types::ValueRef::*;
+                match row.get_ref(i).unwrap() {
+                    Null => crc.update(b"N"),
+                    Integer(v) => crc.update(&v.to_le_bytes()),
+                    Real(v) => crc.update(&v.to_le_bytes()),
+                    Text(t) => crc.update(t),
+                    Blob(b) => crc.update(b),
+                }
+                crc.update(b"|");
+            }
+        }
+    }
+    Digest { rows, crc: crc.finish() }
+}
+
+pub fn integrity_ok(path: &Path) {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let r: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(r, "ok", "integrity_check of {}", path.display());
+}
+
+/// Restores with sluice into `out` and checks it against `expected`.
+pub fn restore_and_check(args: &[&str], out: &Path, expected: Digest) {
+    let mut full = vec!["restore", "-integrity-check", "full", "-o", out.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let o = sluice(&full);
+    assert!(o.status.success(), "restore {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    integrity_ok(out);
+    assert_eq!(digest(out), expected, "restored content differs ({args:?})");
+}
+
+pub fn file_url(p: &Path) -> String {
+    format!("file://{}", p.display())
+}
