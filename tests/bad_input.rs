@@ -1,0 +1,221 @@
+//! Bad input gets a clear one-line error and a non-zero exit, never a panic, a hang
+//! or a partial output file.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+
+use support::*;
+
+/// A small file replica made by sluice itself: returns (dir guard, db, replica dir).
+fn make_replica() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    write(&db, &["init", "4096"]);
+    write(&db, &["step", "0"]);
+    write(&db, &["step", "3"]);
+    let cfg = dir.path().join("sluice.yml");
+    write_config(&cfg, &db, &file_url(&replica), "");
+    let o = sluice(&["replicate", "-once", "-config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (dir, db, replica)
+}
+
+fn assert_no_output(out: &Path) {
+    assert!(
+        !out.exists(),
+        "{} must not exist after a failed restore",
+        out.display()
+    );
+    assert!(
+        !restore_tmp(out).exists(),
+        "no temporary file may be left behind"
+    );
+}
+
+fn restore_tmp(out: &Path) -> std::path::PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".tmp");
+    s.into()
+}
+
+#[test]
+fn missing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nope.db");
+    let o = sluice(&[
+        "replicate",
+        db.to_str().unwrap(),
+        &file_url(&dir.path().join("r")),
+    ]);
+    assert_one_line_error(&o, "does not exist");
+}
+
+#[test]
+fn non_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("notes.txt");
+    fs::write(&db, "this is not a database, just some notes\n").unwrap();
+    let o = sluice(&[
+        "replicate",
+        db.to_str().unwrap(),
+        &file_url(&dir.path().join("r")),
+    ]);
+    assert_one_line_error(&o, "is not an SQLite database");
+}
+
+#[test]
+fn unknown_replica_scheme() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    write(&db, &["init", "4096"]);
+    let o = sluice(&[
+        "replicate",
+        db.to_str().unwrap(),
+        "ftp://example.com/backups",
+    ]);
+    assert_one_line_error(&o, "unknown replica URL scheme \"ftp\"");
+    let o = sluice(&[
+        "restore",
+        "-o",
+        dir.path().join("x.db").to_str().unwrap(),
+        "ftp://example.com/b",
+    ]);
+    assert_one_line_error(&o, "unknown replica URL scheme");
+}
+
+#[test]
+fn malformed_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = sluice(&[
+        "replicate",
+        "-config",
+        dir.path().join("missing.yml").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "cannot read config file");
+    let cfg = dir.path().join("bad.yml");
+    fs::write(&cfg, "dbs:\n  - path: /tmp/x.db\n    replica: [unclosed\n").unwrap();
+    let o = sluice(&["replicate", "-config", cfg.to_str().unwrap()]);
+    assert_one_line_error(&o, "invalid config file");
+    fs::write(&cfg, "dbs:\n  - path: /tmp/x.db\n    monitor-interval: soon\n    replica:\n      url: file:///tmp/r\n")
+        .unwrap();
+    let o = sluice(&["replicate", "-config", cfg.to_str().unwrap()]);
+    assert_one_line_error(&o, "monitor-interval");
+}
+
+#[test]
+fn empty_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = dir.path().join("empty");
+    fs::create_dir_all(&replica).unwrap();
+    let out = dir.path().join("out.db");
+    let o = sluice(&["restore", "-o", out.to_str().unwrap(), &file_url(&replica)]);
+    assert_one_line_error(&o, "no backup files found");
+    assert_no_output(&out);
+    // -if-replica-exists turns "nothing to restore" into success, still with no output.
+    let o = sluice(&[
+        "restore",
+        "-if-replica-exists",
+        "-o",
+        out.to_str().unwrap(),
+        &file_url(&replica),
+    ]);
+    assert!(o.status.success());
+    assert_no_output(&out);
+}
+
+fn newest_l0(replica: &Path) -> std::path::PathBuf {
+    let txid = replica_l0_max(replica);
+    replica.join(format!("ltx/0/{txid:016x}-{txid:016x}.ltx"))
+}
+
+#[test]
+fn truncated_ltx_file() {
+    let (dir, _db, replica) = make_replica();
+    let victim = newest_l0(&replica);
+    let bytes = fs::read(&victim).unwrap();
+    fs::write(&victim, &bytes[..bytes.len() - 10]).unwrap();
+    let out = dir.path().join("out.db");
+    let o = sluice(&["restore", "-o", out.to_str().unwrap(), &file_url(&replica)]);
+    let err = assert_one_line_error(&o, "truncated");
+    assert!(
+        err.contains(&victim.file_name().unwrap().to_string_lossy().to_string()),
+        "names the file: {err}"
+    );
+    assert_no_output(&out);
+}
+
+#[test]
+fn bit_flipped_ltx_file() {
+    let (dir, _db, replica) = make_replica();
+    let victim = replica.join("ltx/0/0000000000000001-0000000000000001.ltx");
+    let mut bytes = fs::read(&victim).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    fs::write(&victim, &bytes).unwrap();
+    let out = dir.path().join("out.db");
+    let o = sluice(&["restore", "-o", out.to_str().unwrap(), &file_url(&replica)]);
+    let err = assert_one_line_error(&o, "0000000000000001-0000000000000001.ltx");
+    assert!(
+        err.contains("corrupt") || err.contains("checksum"),
+        "names the fault: {err}"
+    );
+    assert_no_output(&out);
+}
+
+#[test]
+fn existing_output_is_not_overwritten_without_force() {
+    let (dir, db, replica) = make_replica();
+    let out = dir.path().join("out.db");
+    fs::write(&out, "precious").unwrap();
+    let o = sluice(&["restore", "-o", out.to_str().unwrap(), &file_url(&replica)]);
+    assert_one_line_error(&o, "already exists");
+    assert_eq!(fs::read(&out).unwrap(), b"precious");
+    let o = sluice(&[
+        "restore",
+        "-if-db-not-exists",
+        "-o",
+        out.to_str().unwrap(),
+        &file_url(&replica),
+    ]);
+    assert!(o.status.success());
+    assert_eq!(fs::read(&out).unwrap(), b"precious");
+    let o = sluice(&[
+        "restore",
+        "-force",
+        "-o",
+        out.to_str().unwrap(),
+        &file_url(&replica),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(digest(&out), digest(&db));
+}
+
+#[test]
+fn restore_by_database_path_uses_the_config() {
+    let (dir, db, replica) = make_replica();
+    let cfg = dir.path().join("sluice.yml");
+    let expected = digest(&db);
+    // Restoring onto the live path is refused; the config's replica is found by path.
+    let o = sluice(&[
+        "restore",
+        "-config",
+        cfg.to_str().unwrap(),
+        db.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "already exists");
+    let out = dir.path().join("copy.db");
+    let o = sluice(&[
+        "restore",
+        "-config",
+        cfg.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        db.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(digest(&out), expected);
+    assert!(replica.join("ltx/0").exists());
+}
