@@ -24,15 +24,8 @@ fn make_replica() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf)
 }
 
 fn assert_no_output(out: &Path) {
-    assert!(
-        !out.exists(),
-        "{} must not exist after a failed restore",
-        out.display()
-    );
-    assert!(
-        !restore_tmp(out).exists(),
-        "no temporary file may be left behind"
-    );
+    assert!(!out.exists(), "{} must not exist after a failed restore", out.display());
+    assert!(!restore_tmp(out).exists(), "no temporary file may be left behind");
 }
 
 fn restore_tmp(out: &Path) -> std::path::PathBuf {
@@ -45,11 +38,7 @@ fn restore_tmp(out: &Path) -> std::path::PathBuf {
 fn missing_database() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("nope.db");
-    let o = sluice(&[
-        "replicate",
-        db.to_str().unwrap(),
-        &file_url(&dir.path().join("r")),
-    ]);
+    let o = sluice(&["replicate", db.to_str().unwrap(), &file_url(&dir.path().join("r"))]);
     assert_one_line_error(&o, "does not exist");
 }
 
@@ -58,11 +47,7 @@ fn non_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("notes.txt");
     fs::write(&db, "this is not a database, just some notes\n").unwrap();
-    let o = sluice(&[
-        "replicate",
-        db.to_str().unwrap(),
-        &file_url(&dir.path().join("r")),
-    ]);
+    let o = sluice(&["replicate", db.to_str().unwrap(), &file_url(&dir.path().join("r"))]);
     assert_one_line_error(&o, "is not an SQLite database");
 }
 
@@ -71,29 +56,16 @@ fn unknown_replica_scheme() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     write(&db, &["init", "4096"]);
-    let o = sluice(&[
-        "replicate",
-        db.to_str().unwrap(),
-        "ftp://example.com/backups",
-    ]);
+    let o = sluice(&["replicate", db.to_str().unwrap(), "ftp://example.com/backups"]);
     assert_one_line_error(&o, "unknown replica URL scheme \"ftp\"");
-    let o = sluice(&[
-        "restore",
-        "-o",
-        dir.path().join("x.db").to_str().unwrap(),
-        "ftp://example.com/b",
-    ]);
+    let o = sluice(&["restore", "-o", dir.path().join("x.db").to_str().unwrap(), "ftp://example.com/b"]);
     assert_one_line_error(&o, "unknown replica URL scheme");
 }
 
 #[test]
 fn malformed_config() {
     let dir = tempfile::tempdir().unwrap();
-    let o = sluice(&[
-        "replicate",
-        "-config",
-        dir.path().join("missing.yml").to_str().unwrap(),
-    ]);
+    let o = sluice(&["replicate", "-config", dir.path().join("missing.yml").to_str().unwrap()]);
     assert_one_line_error(&o, "cannot read config file");
     let cfg = dir.path().join("bad.yml");
     fs::write(&cfg, "dbs:\n  - path: /tmp/x.db\n    replica: [unclosed\n").unwrap();
@@ -115,13 +87,7 @@ fn empty_replica() {
     assert_one_line_error(&o, "no backup files found");
     assert_no_output(&out);
     // -if-replica-exists turns "nothing to restore" into success, still with no output.
-    let o = sluice(&[
-        "restore",
-        "-if-replica-exists",
-        "-o",
-        out.to_str().unwrap(),
-        &file_url(&replica),
-    ]);
+    let o = sluice(&["restore", "-if-replica-exists", "-o", out.to_str().unwrap(), &file_url(&replica)]);
     assert!(o.status.success());
     assert_no_output(&out);
 }
@@ -140,10 +106,7 @@ fn truncated_ltx_file() {
     let out = dir.path().join("out.db");
     let o = sluice(&["restore", "-o", out.to_str().unwrap(), &file_url(&replica)]);
     let err = assert_one_line_error(&o, "truncated");
-    assert!(
-        err.contains(&victim.file_name().unwrap().to_string_lossy().to_string()),
-        "names the file: {err}"
-    );
+    assert!(err.contains(&victim.file_name().unwrap().to_string_lossy().to_string()), "names the file: {err}");
     assert_no_output(&out);
 }
 
@@ -158,10 +121,7 @@ fn bit_flipped_ltx_file() {
     let out = dir.path().join("out.db");
     let o = sluice(&["restore", "-o", out.to_str().unwrap(), &file_url(&replica)]);
     let err = assert_one_line_error(&o, "0000000000000001-0000000000000001.ltx");
-    assert!(
-        err.contains("corrupt") || err.contains("checksum"),
-        "names the fault: {err}"
-    );
+    assert!(err.contains("corrupt") || err.contains("checksum"), "names the fault: {err}");
     assert_no_output(&out);
 }
 
@@ -173,22 +133,10 @@ fn existing_output_is_not_overwritten_without_force() {
     let o = sluice(&["restore", "-o", out.to_str().unwrap(), &file_url(&replica)]);
     assert_one_line_error(&o, "already exists");
     assert_eq!(fs::read(&out).unwrap(), b"precious");
-    let o = sluice(&[
-        "restore",
-        "-if-db-not-exists",
-        "-o",
-        out.to_str().unwrap(),
-        &file_url(&replica),
-    ]);
+    let o = sluice(&["restore", "-if-db-not-exists", "-o", out.to_str().unwrap(), &file_url(&replica)]);
     assert!(o.status.success());
     assert_eq!(fs::read(&out).unwrap(), b"precious");
-    let o = sluice(&[
-        "restore",
-        "-force",
-        "-o",
-        out.to_str().unwrap(),
-        &file_url(&replica),
-    ]);
+    let o = sluice(&["restore", "-force", "-o", out.to_str().unwrap(), &file_url(&replica)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(digest(&out), digest(&db));
 }
@@ -199,22 +147,10 @@ fn restore_by_database_path_uses_the_config() {
     let cfg = dir.path().join("sluice.yml");
     let expected = digest(&db);
     // Restoring onto the live path is refused; the config's replica is found by path.
-    let o = sluice(&[
-        "restore",
-        "-config",
-        cfg.to_str().unwrap(),
-        db.to_str().unwrap(),
-    ]);
+    let o = sluice(&["restore", "-config", cfg.to_str().unwrap(), db.to_str().unwrap()]);
     assert_one_line_error(&o, "already exists");
     let out = dir.path().join("copy.db");
-    let o = sluice(&[
-        "restore",
-        "-config",
-        cfg.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        db.to_str().unwrap(),
-    ]);
+    let o = sluice(&["restore", "-config", cfg.to_str().unwrap(), "-o", out.to_str().unwrap(), db.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(digest(&out), expected);
     assert!(replica.join("ltx/0").exists());

@@ -37,10 +37,7 @@ fn litestream_restore(args: &[&str], out: &Path) -> Digest {
 
 fn assert_no_errors(log: &str, who: &str) {
     for line in log.lines() {
-        assert!(
-            !line.contains("level=ERROR") && !line.contains(" ERROR "),
-            "{who} logged an error: {line}\n{log}"
-        );
+        assert!(!line.contains("level=ERROR") && !line.contains(" ERROR "), "{who} logged an error: {line}\n{log}");
     }
 }
 
@@ -60,33 +57,20 @@ fn litestream_restores_what_sluice_wrote() {
     let replica = dir.path().join("replica");
     write(&db, &["init", "4096"]);
     let cfg = dir.path().join("sluice.yml");
-    write_config(
-        &cfg,
-        &db,
-        &file_url(&replica),
-        "    min-checkpoint-page-count: 200\n",
-    );
+    write_config(&cfg, &db, &file_url(&replica), "    min-checkpoint-page-count: 200\n");
     let d = Daemon::with_config(&cfg, &dir.path().join("log"));
     slow_steps(&db, 0, 16, 100);
     wait_replica_settled(&replica, Duration::from_millis(300));
     d.stop();
     let expected = digest(&db);
     let url = file_url(&replica);
-    assert_eq!(
-        litestream_restore(&[&url], &dir.path().join("ls.db")),
-        expected
-    );
+    assert_eq!(litestream_restore(&[&url], &dir.path().join("ls.db")), expected);
     // At earlier TXIDs both tools rebuild the same state.
     let max = replica_l0_max(&replica);
     for txid in [2, max / 3, max / 2, max - 1] {
         let t = format!("{txid:016x}");
-        let theirs =
-            litestream_restore(&["-txid", &t, &url], &dir.path().join(format!("ls-{t}.db")));
-        restore_and_check(
-            &["-txid", &t, &url],
-            &dir.path().join(format!("sl-{t}.db")),
-            theirs,
-        );
+        let theirs = litestream_restore(&["-txid", &t, &url], &dir.path().join(format!("ls-{t}.db")));
+        restore_and_check(&["-txid", &t, &url], &dir.path().join(format!("sl-{t}.db")), theirs);
     }
 }
 
@@ -105,10 +89,7 @@ fn sluice_restores_what_litestream_wrote_including_compacted_levels() {
     let log = d.stop();
     assert_no_errors(&log, "litestream");
     let levels = replica_levels(&replica);
-    assert!(
-        levels.contains(&1) && levels.contains(&2),
-        "expected compacted levels, got {levels:?}"
-    );
+    assert!(levels.contains(&1) && levels.contains(&2), "expected compacted levels, got {levels:?}");
     let expected = digest(&db);
     let url = file_url(&replica);
     restore_and_check(&[&url], &dir.path().join("restored.db"), expected);
@@ -116,13 +97,8 @@ fn sluice_restores_what_litestream_wrote_including_compacted_levels() {
     let max = replica_l0_max(&replica);
     for txid in [1, max / 4, max / 2, max - 2] {
         let t = format!("{txid:016x}");
-        let theirs =
-            litestream_restore(&["-txid", &t, &url], &dir.path().join(format!("ls-{t}.db")));
-        restore_and_check(
-            &["-txid", &t, &url],
-            &dir.path().join(format!("sl-{t}.db")),
-            theirs,
-        );
+        let theirs = litestream_restore(&["-txid", &t, &url], &dir.path().join(format!("ls-{t}.db")));
+        restore_and_check(&["-txid", &t, &url], &dir.path().join(format!("sl-{t}.db")), theirs);
     }
 }
 
@@ -148,20 +124,10 @@ fn litestream_takes_over_from_sluice() {
     sleep(Duration::from_millis(1000));
     let log = d.stop();
     assert_no_errors(&log, "litestream");
-    assert!(
-        replica_l0_max(&replica) > handed_over,
-        "litestream continued the TXID sequence"
-    );
+    assert!(replica_l0_max(&replica) > handed_over, "litestream continued the TXID sequence");
     let expected = digest(&db);
-    restore_and_check(
-        &[&file_url(&replica)],
-        &dir.path().join("sluice-restored.db"),
-        expected,
-    );
-    assert_eq!(
-        litestream_restore(&[&file_url(&replica)], &dir.path().join("ls-restored.db")),
-        expected
-    );
+    restore_and_check(&[&file_url(&replica)], &dir.path().join("sluice-restored.db"), expected);
+    assert_eq!(litestream_restore(&[&file_url(&replica)], &dir.path().join("ls-restored.db")), expected);
 }
 
 #[test]
@@ -187,20 +153,10 @@ fn sluice_takes_over_from_litestream() {
     wait_replica_settled(&replica, Duration::from_millis(300));
     let log = d.stop();
     assert_no_errors(&log, "sluice");
-    assert!(
-        replica_l0_max(&replica) > handed_over,
-        "sluice continued the TXID sequence"
-    );
+    assert!(replica_l0_max(&replica) > handed_over, "sluice continued the TXID sequence");
     let expected = digest(&db);
-    restore_and_check(
-        &[&file_url(&replica)],
-        &dir.path().join("sluice-restored.db"),
-        expected,
-    );
-    assert_eq!(
-        litestream_restore(&[&file_url(&replica)], &dir.path().join("ls-restored.db")),
-        expected
-    );
+    restore_and_check(&[&file_url(&replica)], &dir.path().join("sluice-restored.db"), expected);
+    assert_eq!(litestream_restore(&[&file_url(&replica)], &dir.path().join("ls-restored.db")), expected);
 
     // And back again: Litestream resumes after Sluice without errors.
     let d = Daemon::litestream(&lcfg, &dir.path().join("ls2.log"));
@@ -209,13 +165,6 @@ fn sluice_takes_over_from_litestream() {
     let log = d.stop();
     assert_no_errors(&log, "litestream");
     let expected = digest(&db);
-    assert_eq!(
-        litestream_restore(&[&file_url(&replica)], &dir.path().join("ls-restored2.db")),
-        expected
-    );
-    restore_and_check(
-        &[&file_url(&replica)],
-        &dir.path().join("sluice-restored2.db"),
-        expected,
-    );
+    assert_eq!(litestream_restore(&[&file_url(&replica)], &dir.path().join("ls-restored2.db")), expected);
+    restore_and_check(&[&file_url(&replica)], &dir.path().join("sluice-restored2.db"), expected);
 }

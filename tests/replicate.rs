@@ -19,27 +19,15 @@ fn mixed_workload(page_size: u32) {
     let replica = dir.path().join("replica");
     write(&db, &["init", &page_size.to_string()]);
     let cfg = dir.path().join("sluice.yml");
-    write_config(
-        &cfg,
-        &db,
-        &file_url(&replica),
-        "    min-checkpoint-page-count: 200\n",
-    );
+    write_config(&cfg, &db, &file_url(&replica), "    min-checkpoint-page-count: 200\n");
     let daemon = Daemon::with_config(&cfg, &dir.path().join("log"));
     write(&db, &["steps", "0", "16"]);
     wait_replica_settled(&replica, Duration::from_millis(300));
     let log = daemon.stop();
-    assert!(
-        log.contains("checkpoint"),
-        "the workload should have triggered checkpoints:\n{log}"
-    );
+    assert!(log.contains("checkpoint"), "the workload should have triggered checkpoints:\n{log}");
     let expected = digest(&db);
     assert!(expected.rows > 1000);
-    restore_and_check(
-        &[&file_url(&replica)],
-        &dir.path().join("restored.db"),
-        expected,
-    );
+    restore_and_check(&[&file_url(&replica)], &dir.path().join("restored.db"), expected);
 }
 
 #[test]
@@ -85,16 +73,8 @@ fn point_in_time_by_txid_and_timestamp() {
     let url = file_url(&replica);
     for (i, (txid, at, d)) in points.iter().enumerate() {
         let txid = format!("{txid:016x}");
-        restore_and_check(
-            &["-txid", &txid, &url],
-            &dir.path().join(format!("txid-{i}.db")),
-            *d,
-        );
-        restore_and_check(
-            &["-timestamp", at, &url],
-            &dir.path().join(format!("ts-{i}.db")),
-            *d,
-        );
+        restore_and_check(&["-txid", &txid, &url], &dir.path().join(format!("txid-{i}.db")), *d);
+        restore_and_check(&["-timestamp", at, &url], &dir.path().join(format!("ts-{i}.db")), *d);
     }
     // The states really differ, so the restores above could not all pass by accident.
     assert_ne!(points[0].2, points[7].2);
@@ -125,15 +105,8 @@ fn application_checkpoint_while_stopped() {
     let d = Daemon::with_config(&cfg, &log);
     wait_replica_settled(&replica, Duration::from_millis(300));
     let log = d.stop();
-    assert!(
-        log.contains("wrote snapshot"),
-        "a changed WAL must lead to a snapshot:\n{log}"
-    );
-    restore_and_check(
-        &[&file_url(&replica)],
-        &dir.path().join("restored.db"),
-        digest(&db),
-    );
+    assert!(log.contains("wrote snapshot"), "a changed WAL must lead to a snapshot:\n{log}");
+    restore_and_check(&[&file_url(&replica)], &dir.path().join("restored.db"), digest(&db));
 }
 
 /// An idle database costs nothing: no new local or replica files.
@@ -170,13 +143,11 @@ fn database_over_one_gib_crosses_the_lock_page() {
     write(&db, &["bigfill", "1100"]);
     wait_replica_settled(&replica, Duration::from_millis(500));
     d.stop();
-    let size = fs::metadata(&db).unwrap().len()
-        + fs::metadata(dir.path().join("big.db-wal")).map_or(0, |m| m.len());
-    let pages: i64 =
-        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap()
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
-            .unwrap();
+    let size = fs::metadata(&db).unwrap().len() + fs::metadata(dir.path().join("big.db-wal")).map_or(0, |m| m.len());
+    let pages: i64 = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
     assert!(
         pages > sluice::ltx::lock_pgno(4096) as i64,
         "database must extend past the lock page ({pages} pages, {size} bytes)"

@@ -181,11 +181,7 @@ pub fn init_logging(level: Option<&str>) {
         .or_else(|| std::env::var("LOG_LEVEL").ok())
         .unwrap_or_else(|| "info".into())
         .to_ascii_lowercase();
-    let level = if level == "warning" {
-        "warn".to_string()
-    } else {
-        level
-    };
+    let level = if level == "warning" { "warn".to_string() } else { level };
     let filter = tracing_subscriber::EnvFilter::try_new(format!("sluice={level}"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("sluice=info"));
     let _ = tracing_subscriber::fmt()
@@ -217,19 +213,14 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
             match a.replica_urls.len() {
                 0 => bail!("must specify at least one replica URL for {db}"),
                 1 => {}
-                _ => bail!(
-                    "multiple replicas on a single database are not supported; give one replica URL"
-                ),
+                _ => bail!("multiple replicas on a single database are not supported; give one replica URL"),
             }
             init_logging(a.log_level.as_deref());
-            let client = client_from_url(&a.replica_urls[0])?;
+            let client = client_from_url(&a.replica_urls[0], &Default::default())?;
             vec![DbSpec {
                 path: clean_db_path(db)?,
                 options: DbOptions::default(),
-                replica: ReplicaSpec {
-                    client,
-                    sync_interval: std::time::Duration::from_secs(1),
-                },
+                replica: ReplicaSpec { client, sync_interval: std::time::Duration::from_secs(1) },
             }]
         }
         None => {
@@ -242,12 +233,9 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
 }
 
 /// A database path from the config file, or a replica URL.
-fn resolve_target(
-    target: &str,
-    config: &ConfigArgs,
-) -> Result<(Box<dyn ReplicaClient>, Option<PathBuf>)> {
+fn resolve_target(target: &str, config: &ConfigArgs) -> Result<(Box<dyn ReplicaClient>, Option<PathBuf>)> {
     if target.contains("://") && !target.starts_with("sqlite") {
-        return Ok((client_from_url(target)?, None));
+        return Ok((client_from_url(target, &Default::default())?, None));
     }
     let cfg = config.load()?;
     let path = clean_db_path(target)?;
@@ -287,10 +275,7 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
     if !a.dry_run {
         if let Some(existing) = restore::output_exists(&output)? {
             if a.if_db_not_exists {
-                eprintln!(
-                    "database {} already exists, skipping restore",
-                    output.display()
-                );
+                eprintln!("database {} already exists, skipping restore", output.display());
                 return Ok(());
             }
             if !a.force {
@@ -304,10 +289,7 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
     let plan = match restore::plan(client.as_ref(), target) {
         Ok(p) => p,
         Err(e) if a.if_replica_exists && e.downcast_ref::<NoBackups>().is_some() => {
-            eprintln!(
-                "no backups found in {}, skipping restore",
-                client.location()
-            );
+            eprintln!("no backups found in {}, skipping restore", client.location());
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -375,12 +357,7 @@ fn print_plan(
         )?;
         return Ok(());
     }
-    writeln!(
-        out,
-        "restore plan for {} from {}:",
-        output.display(),
-        client.location()
-    )?;
+    writeln!(out, "restore plan for {} from {}:", output.display(), client.location())?;
     for f in plan {
         writeln!(
             out,
@@ -444,23 +421,13 @@ mod tests {
 
     #[test]
     fn single_dash_long_flags_are_accepted() {
-        let args: Vec<String> = [
-            "sluice",
-            "restore",
-            "-txid",
-            "0000000000000002",
-            "-o",
-            "out.db",
-            "-if-replica-exists",
-            "file:///x",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args: Vec<String> =
+            ["sluice", "restore", "-txid", "0000000000000002", "-o", "out.db", "-if-replica-exists", "file:///x"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         let cli = Cli::try_parse_from(normalize_args(args)).unwrap();
-        let Command::Restore(r) = cli.command else {
-            panic!("not restore")
-        };
+        let Command::Restore(r) = cli.command else { panic!("not restore") };
         assert_eq!(r.txid.as_deref(), Some("0000000000000002"));
         assert_eq!(r.output, Some(PathBuf::from("out.db")));
         assert!(r.if_replica_exists);

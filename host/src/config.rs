@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::db::DbOptions;
 use crate::file_client::FileClient;
 use crate::replica_client::{ReplicaClient, client_from_url};
+use crate::s3_client::{S3Client, S3Settings, endpoint_with_scheme};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -60,26 +61,128 @@ pub struct ReplicaConfig {
     pub kind: Option<String>,
     pub url: Option<String>,
     pub path: Option<String>,
-    pub bucket: Option<String>,
     #[serde(flatten)]
     pub settings: ReplicaSettings,
 }
 
-/// Settings allowed on a replica and, as defaults, at the top level.
+/// Settings allowed on a replica and, as defaults, at the top level (Litestream lets
+/// any replica setting be given globally, e.g. `access-key-id`).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ReplicaSettings {
     pub sync_interval: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub region: Option<String>,
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub skip_verify: Option<bool>,
+    pub sign_payload: Option<bool>,
+    pub require_content_md5: Option<bool>,
+    pub storage_class: Option<String>,
+    pub part_size: Option<ByteSize>,
+    pub concurrency: Option<usize>,
+    pub sse_customer_algorithm: Option<String>,
+    pub sse_customer_key: Option<String>,
+    pub sse_customer_key_path: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// Litestream 0.3's client-side encryption block; refused with an explanation.
+    pub age: Option<serde_yaml::Value>,
+}
+
+/// A byte size: a number, or a string such as `5MiB`, `10MB`, `8388608`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSize {
+    Bytes(u64),
+    Text(String),
+}
+
+impl ByteSize {
+    pub fn bytes(&self) -> Result<u64> {
+        match self {
+            ByteSize::Bytes(n) => Ok(*n),
+            ByteSize::Text(t) => parse_byte_size(t),
+        }
+    }
+}
+
+/// Parses `5MiB`, `10MB`, `512KB`, `1GiB`, `4096`.
+pub fn parse_byte_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| anyhow!("invalid size {s:?}: use a number of bytes or e.g. 5MiB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => bail!("invalid size {s:?}: unknown unit {unit:?} (use B, KB, MB, GB, KiB, MiB or GiB)"),
+    };
+    Ok((n * mult) as u64)
 }
 
 impl ReplicaSettings {
+    /// Each setting from `self`, else from `d` (the top-level defaults).
     fn or(&self, d: &ReplicaSettings) -> ReplicaSettings {
+        let s = self.clone();
         ReplicaSettings {
-            sync_interval: self
-                .sync_interval
-                .clone()
-                .or_else(|| d.sync_interval.clone()),
+            sync_interval: s.sync_interval.or_else(|| d.sync_interval.clone()),
+            access_key_id: s.access_key_id.or_else(|| d.access_key_id.clone()),
+            secret_access_key: s.secret_access_key.or_else(|| d.secret_access_key.clone()),
+            region: s.region.or_else(|| d.region.clone()),
+            bucket: s.bucket.or_else(|| d.bucket.clone()),
+            endpoint: s.endpoint.or_else(|| d.endpoint.clone()),
+            force_path_style: s.force_path_style.or(d.force_path_style),
+            skip_verify: s.skip_verify.or(d.skip_verify),
+            sign_payload: s.sign_payload.or(d.sign_payload),
+            require_content_md5: s.require_content_md5.or(d.require_content_md5),
+            storage_class: s.storage_class.or_else(|| d.storage_class.clone()),
+            part_size: s.part_size.or_else(|| d.part_size.clone()),
+            concurrency: s.concurrency.or(d.concurrency),
+            sse_customer_algorithm: s.sse_customer_algorithm.or_else(|| d.sse_customer_algorithm.clone()),
+            sse_customer_key: s.sse_customer_key.or_else(|| d.sse_customer_key.clone()),
+            sse_customer_key_path: s.sse_customer_key_path.or_else(|| d.sse_customer_key_path.clone()),
+            sse_kms_key_id: s.sse_kms_key_id.or_else(|| d.sse_kms_key_id.clone()),
+            age: s.age.or_else(|| d.age.clone()),
         }
+    }
+
+    /// Config-file settings override what the URL said.
+    pub fn apply_to_s3(&self, s: &mut S3Settings) -> Result<()> {
+        if self.age.is_some() {
+            bail!("age: encryption in the replica config is not supported (Litestream 0.5 dropped it too)");
+        }
+        fn set<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
+            if let Some(v) = src {
+                *dst = Some(v.clone());
+            }
+        }
+        set(&mut s.access_key_id, &self.access_key_id);
+        set(&mut s.secret_access_key, &self.secret_access_key);
+        set(&mut s.region, &self.region.clone().filter(|v| !v.is_empty()));
+        set(&mut s.endpoint, &self.endpoint.as_deref().filter(|v| !v.is_empty()).map(endpoint_with_scheme));
+        set(&mut s.force_path_style, &self.force_path_style);
+        set(&mut s.sign_payload, &self.sign_payload);
+        set(&mut s.require_content_md5, &self.require_content_md5);
+        set(&mut s.storage_class, &self.storage_class);
+        set(&mut s.concurrency, &self.concurrency);
+        set(&mut s.sse_customer_algorithm, &self.sse_customer_algorithm);
+        set(&mut s.sse_customer_key, &self.sse_customer_key);
+        set(&mut s.sse_customer_key_path, &self.sse_customer_key_path);
+        set(&mut s.sse_kms_key_id, &self.sse_kms_key_id);
+        if let Some(v) = self.skip_verify {
+            s.skip_verify = v;
+        }
+        if let Some(v) = &self.part_size {
+            s.part_size = Some(v.bytes().context("part-size")?);
+        }
+        Ok(())
     }
 }
 
@@ -123,11 +226,8 @@ pub fn expand_env(text: &str) -> String {
             continue;
         }
         let name = &rest[..len];
-        let value = if name == "PID" {
-            std::process::id().to_string()
-        } else {
-            std::env::var(name).unwrap_or_default()
-        };
+        let value =
+            if name == "PID" { std::process::id().to_string() } else { std::env::var(name).unwrap_or_default() };
         out.push_str(&value);
         for _ in 0..len {
             chars.next();
@@ -142,26 +242,20 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    let err = || {
-        anyhow!("invalid duration {s:?}: use a number with a unit, such as 500ms, 1s, 5m or 24h")
-    };
+    let err = || anyhow!("invalid duration {s:?}: use a number with a unit, such as 500ms, 1s, 5m or 24h");
     let mut total = 0f64;
     let mut rest = s;
     if rest.is_empty() {
         return Err(err());
     }
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
         if num_len == 0 {
             return Err(err());
         }
         let n: f64 = rest[..num_len].parse().map_err(|_| err())?;
         rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let secs = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -189,31 +283,19 @@ pub fn default_config_path() -> PathBuf {
     }
     let sluice = PathBuf::from("/etc/sluice.yml");
     let litestream = PathBuf::from("/etc/litestream.yml");
-    if !sluice.exists() && litestream.exists() {
-        litestream
-    } else {
-        sluice
-    }
+    if !sluice.exists() && litestream.exists() { litestream } else { sluice }
 }
 
 impl Config {
     pub fn load(path: &Path, expand: bool) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            anyhow!(
-                "cannot read config file {}: {e} (pass -config PATH to use another file)",
-                path.display()
-            )
+            anyhow!("cannot read config file {}: {e} (pass -config PATH to use another file)", path.display())
         })?;
-        Self::parse(&text, expand)
-            .with_context(|| format!("invalid config file {}", path.display()))
+        Self::parse(&text, expand).with_context(|| format!("invalid config file {}", path.display()))
     }
 
     pub fn parse(text: &str, expand: bool) -> Result<Config> {
-        let text = if expand {
-            expand_env(text)
-        } else {
-            text.to_string()
-        };
+        let text = if expand { expand_env(text) } else { text.to_string() };
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
@@ -240,32 +322,20 @@ impl Config {
                 }
             }
         }
-        bail!(
-            "database {} is not in the config file; add it under dbs:, or restore from a replica URL",
-            want.display()
-        )
+        bail!("database {} is not in the config file; add it under dbs:, or restore from a replica URL", want.display())
     }
 
     pub fn db_spec(&self, db: &DbConfig) -> Result<DbSpec> {
         if db.dir.is_some() {
-            bail!(
-                "directory replication (dir:) is not supported yet; list each database with path:"
-            );
+            bail!("directory replication (dir:) is not supported yet; list each database with path:");
         }
-        let path = clean_db_path(
-            db.path
-                .as_deref()
-                .ok_or_else(|| anyhow!("a database needs a path:"))?,
-        )?;
+        let path = clean_db_path(db.path.as_deref().ok_or_else(|| anyhow!("a database needs a path:"))?)?;
         let mut options = DbOptions::default();
         if let Some(p) = &db.meta_path {
             options.meta_path = Some(clean_db_path(p)?);
         }
         let dur = |v: &Option<String>, name: &str| -> Result<Option<Duration>> {
-            v.as_deref()
-                .map(parse_duration)
-                .transpose()
-                .with_context(|| format!("{name}"))
+            v.as_deref().map(parse_duration).transpose().with_context(|| format!("{name}"))
         };
         if let Some(d) = dur(&db.monitor_interval, "monitor-interval")? {
             options.monitor_interval = d;
@@ -283,11 +353,7 @@ impl Config {
             options.min_checkpoint_page_count = n;
         }
         if let Some(n) = db.truncate_page_n {
-            options.truncate_page_n = if n == 0 {
-                DbOptions::default().truncate_page_n
-            } else {
-                n
-            };
+            options.truncate_page_n = if n == 0 { DbOptions::default().truncate_page_n } else { n };
         }
         if let Some(n) = db.max_sync_wal_bytes {
             options.max_sync_wal_bytes = n;
@@ -299,17 +365,10 @@ impl Config {
             (None, Some(list)) if list.len() > 1 => {
                 bail!("multiple replicas on a single database are not supported; keep one replica:")
             }
-            _ => bail!(
-                "database {} has no replica: configure one under replica:",
-                path.display()
-            ),
+            _ => bail!("database {} has no replica: configure one under replica:", path.display()),
         };
         let replica = self.replica_spec(&replica)?;
-        Ok(DbSpec {
-            path,
-            options,
-            replica,
-        })
+        Ok(DbSpec { path, options, replica })
     }
 
     fn replica_spec(&self, r: &ReplicaConfig) -> Result<ReplicaSpec> {
@@ -321,38 +380,42 @@ impl Config {
         if sync_interval.is_zero() {
             bail!("sync-interval must be greater than zero");
         }
-        let client: Box<dyn ReplicaClient> = match (&r.url, &r.path) {
-            (Some(_), Some(_)) => bail!("replica url: and path: cannot both be set"),
-            (Some(url), None) => client_from_url(url)?,
-            (None, Some(path)) => match r.kind.as_deref().unwrap_or("file") {
-                "file" => {
-                    if path.contains("://") {
-                        bail!("replica path: must be a file path, not a URL; use url: instead");
-                    }
-                    Box::new(FileClient::new(clean_db_path(path)?))
+        let kind = r.kind.as_deref().unwrap_or(if r.url.is_some() {
+            ""
+        } else if settings.bucket.is_some() {
+            "s3"
+        } else {
+            "file"
+        });
+        let client: Box<dyn ReplicaClient> = match (&r.url, kind) {
+            (Some(_), _) if r.path.is_some() => bail!("replica url: and path: cannot both be set"),
+            (Some(_), _) if r.settings.bucket.is_some() => bail!("replica url: and bucket: cannot both be set"),
+            (Some(url), _) => client_from_url(url, &settings)?,
+            (None, "file") => {
+                let path = r.path.as_deref().ok_or_else(|| anyhow!("a replica needs a url: or a path:"))?;
+                if path.contains("://") {
+                    bail!("replica path: must be a file path, not a URL; use url: instead");
                 }
-                other => {
-                    bail!("replica type {other:?} is not supported by this build of sluice yet")
-                }
-            },
-            (None, None) => bail!("a replica needs a url: or a path:"),
+                Box::new(FileClient::new(clean_db_path(path)?))
+            }
+            (None, "s3") => {
+                let bucket = settings.bucket.clone().ok_or_else(|| anyhow!("an s3 replica needs bucket:"))?;
+                // The path is used verbatim, as Litestream does (no cleaning).
+                let mut s = S3Settings { bucket, path: r.path.clone().unwrap_or_default(), ..Default::default() };
+                settings.apply_to_s3(&mut s)?;
+                Box::new(S3Client::new(s)?)
+            }
+            (None, other) => bail!("replica type {other:?} is not supported by this build of sluice yet"),
         };
-        Ok(ReplicaSpec {
-            client,
-            sync_interval,
-        })
+        Ok(ReplicaSpec { client, sync_interval })
     }
 }
 
 /// Expands `~`, strips `sqlite://` prefixes and makes the path absolute.
 pub fn clean_db_path(p: &str) -> Result<PathBuf> {
-    let p = p
-        .strip_prefix("sqlite3://")
-        .or_else(|| p.strip_prefix("sqlite://"))
-        .unwrap_or(p);
+    let p = p.strip_prefix("sqlite3://").or_else(|| p.strip_prefix("sqlite://")).unwrap_or(p);
     let p = if p == "~" || p.starts_with("~/") {
-        let home =
-            std::env::var("HOME").map_err(|_| anyhow!("cannot expand ~: HOME is not set"))?;
+        let home = std::env::var("HOME").map_err(|_| anyhow!("cannot expand ~: HOME is not set"))?;
         format!("{home}{}", &p[1..])
     } else {
         p.to_string()
@@ -382,10 +445,7 @@ mod tests {
     #[test]
     fn env_expansion() {
         unsafe { std::env::set_var("SLUICE_TEST_X", "abc") };
-        assert_eq!(
-            expand_env("a $SLUICE_TEST_X b ${SLUICE_TEST_X}c $SLUICE_TEST_UNSET."),
-            "a abc b abcc ."
-        );
+        assert_eq!(expand_env("a $SLUICE_TEST_X b ${SLUICE_TEST_X}c $SLUICE_TEST_UNSET."), "a abc b abcc .");
         assert_eq!(expand_env("cost $ 5"), "cost $ 5");
     }
 
@@ -398,27 +458,19 @@ mod tests {
         .unwrap();
         let specs = cfg.db_specs().unwrap();
         assert_eq!(specs[0].path, PathBuf::from("/tmp/x.db"));
-        assert_eq!(
-            specs[0].options.monitor_interval,
-            Duration::from_millis(100)
-        );
+        assert_eq!(specs[0].options.monitor_interval, Duration::from_millis(100));
         assert_eq!(specs[0].replica.sync_interval, Duration::from_secs(2));
         assert_eq!(specs[0].replica.client.location(), "file:///tmp/rep");
     }
 
     #[test]
     fn rejects_bad_configs_with_a_reason() {
-        let two =
-            "dbs:\n  - path: /a\n    replicas:\n      - url: file:///x\n      - url: file:///y\n";
+        let two = "dbs:\n  - path: /a\n    replicas:\n      - url: file:///x\n      - url: file:///y\n";
         let e = Config::parse(two, false).unwrap().db_specs().err().unwrap();
         assert!(format!("{e:#}").contains("multiple replicas"));
         let e = Config::parse("dbs: [ {path: /a", false).err().unwrap();
         assert!(!format!("{e:#}").is_empty());
-        let e = Config::parse("dbs:\n  - path: /a\n", false)
-            .unwrap()
-            .db_specs()
-            .err()
-            .unwrap();
+        let e = Config::parse("dbs:\n  - path: /a\n", false).unwrap().db_specs().err().unwrap();
         assert!(format!("{e:#}").contains("no replica"));
     }
 }

@@ -43,13 +43,7 @@ pub fn run(specs: Vec<DbSpec>, once: bool) -> Result<()> {
         let name = spec.path.display().to_string();
         let handle = thread::Builder::new()
             .name(format!("db:{name}"))
-            .spawn(move || {
-                if once {
-                    run_once(spec)
-                } else {
-                    worker(spec, rx, abort)
-                }
-            })?;
+            .spawn(move || if once { run_once(spec) } else { worker(spec, rx, abort) })?;
         workers.push((name, handle));
     }
     if !once {
@@ -60,8 +54,7 @@ pub fn run(specs: Vec<DbSpec>, once: bool) -> Result<()> {
         match h.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                error!(db = %name, "{e:#}");
-                failed.get_or_insert(e);
+                failed.get_or_insert(e.context(format!("replication of {name} stopped")));
             }
             Err(_) => {
                 failed.get_or_insert(anyhow!("replication of {name} stopped unexpectedly"));
@@ -77,26 +70,21 @@ pub fn run(specs: Vec<DbSpec>, once: bool) -> Result<()> {
 fn spawn_signal_thread(senders: Vec<Sender<()>>, abort: Arc<AtomicBool>) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut senders = Some(senders);
-            for sig in signals.forever() {
-                match senders.take() {
-                    Some(s) => {
-                        info!(signal = sig, "signal received, performing final sync");
-                        drop(s); // disconnecting wakes every worker
-                    }
-                    None => {
-                        warn!(
-                            signal = sig,
-                            "second signal received, exiting without waiting for the upload"
-                        );
-                        abort.store(true, Ordering::SeqCst);
-                    }
+    thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut senders = Some(senders);
+        for sig in signals.forever() {
+            match senders.take() {
+                Some(s) => {
+                    info!(signal = sig, "signal received, performing final sync");
+                    drop(s); // disconnecting wakes every worker
+                }
+                None => {
+                    warn!(signal = sig, "second signal received, exiting without waiting for the upload");
+                    abort.store(true, Ordering::SeqCst);
                 }
             }
-        })?;
+        }
+    })?;
     Ok(())
 }
 
@@ -188,9 +176,7 @@ fn shutdown(db: &mut Db, replica: &mut Replica, abort: &AtomicBool) -> Result<()
     };
     db.close();
     sync?;
-    uploaded.map_err(|e| {
-        e.context("final upload did not complete; the replica is behind the database")
-    })?;
+    uploaded.map_err(|e| e.context("final upload did not complete; the replica is behind the database"))?;
     info!(db = %db.path().display(), txid = %ltx::format_txid(db.txid()), "stopped after final sync");
     Ok(())
 }

@@ -127,20 +127,14 @@ pub fn check_sqlite_file(path: &Path) -> Result<()> {
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            bail!(
-                "database {} does not exist: check the path, or create the database first",
-                path.display()
-            )
+            bail!("database {} does not exist: check the path, or create the database first", path.display())
         }
         Err(e) => {
             return Err(e).with_context(|| format!("cannot open database {}", path.display()));
         }
     };
     if f.metadata()?.is_dir() {
-        bail!(
-            "database path {} is a directory, not an SQLite database file",
-            path.display()
-        );
+        bail!("database path {} is a directory, not an SQLite database file", path.display());
     }
     let mut magic = [0u8; 16];
     let mut n = 0;
@@ -154,10 +148,7 @@ pub fn check_sqlite_file(path: &Path) -> Result<()> {
         return Ok(());
     }
     if n < 16 || &magic != b"SQLite format 3\0" {
-        bail!(
-            "{} is not an SQLite database (its header is not \"SQLite format 3\")",
-            path.display()
-        );
+        bail!("{} is not an SQLite database (its header is not \"SQLite format 3\")", path.display());
     }
     Ok(())
 }
@@ -165,10 +156,7 @@ pub fn check_sqlite_file(path: &Path) -> Result<()> {
 /// The Litestream-compatible local state directory for a database path.
 pub fn default_meta_path(db_path: &Path) -> PathBuf {
     let dir = db_path.parent().unwrap_or(Path::new("."));
-    let name = db_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = db_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     dir.join(format!(".{name}-litestream"))
 }
 
@@ -177,10 +165,7 @@ impl Db {
         let path = path.into();
         let mut wal_path = path.clone().into_os_string();
         wal_path.push("-wal");
-        let meta_path = opts
-            .meta_path
-            .clone()
-            .unwrap_or_else(|| default_meta_path(&path));
+        let meta_path = opts.meta_path.clone().unwrap_or_else(|| default_meta_path(&path));
         Db {
             path,
             wal_path: wal_path.into(),
@@ -222,15 +207,11 @@ impl Db {
     }
 
     fn handles(&self) -> Result<&Handles> {
-        self.handles
-            .as_ref()
-            .ok_or_else(|| anyhow!("database {} is not open", self.path.display()))
+        self.handles.as_ref().ok_or_else(|| anyhow!("database {} is not open", self.path.display()))
     }
 
     fn open_conn(&self) -> Result<Connection> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(&self.path, flags)
             .with_context(|| format!("cannot open database {}", self.path.display()))?;
         conn.busy_timeout(self.opts.busy_timeout)?;
@@ -259,45 +240,28 @@ impl Db {
         }
         check_sqlite_file(&self.path)?;
         let conn = self.open_conn()?;
-        let db_file = File::open(&self.path)
-            .with_context(|| format!("cannot open database {}", self.path.display()))?;
+        let db_file =
+            File::open(&self.path).with_context(|| format!("cannot open database {}", self.path.display()))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
             .with_context(|| format!("cannot switch {} to WAL mode", self.path.display()))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            bail!(
-                "cannot switch {} to WAL mode (journal mode is {mode})",
-                self.path.display()
-            );
+            bail!("cannot switch {} to WAL mode (journal mode is {mode})", self.path.display());
         }
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER);
              CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER);",
         )
-        .with_context(|| {
-            format!(
-                "cannot create replication tables in {}",
-                self.path.display()
-            )
-        })?;
+        .with_context(|| format!("cannot create replication tables in {}", self.path.display()))?;
         let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         if wal::read_header(&self.wal_path)?.is_none() {
             bump_seq(&conn)?;
         }
         let rtx = self.open_conn()?;
         begin_read(&rtx)?;
-        fs::create_dir_all(self.l0_dir()).with_context(|| {
-            format!(
-                "cannot create local state directory {}",
-                self.l0_dir().display()
-            )
-        })?;
-        self.handles = Some(Handles {
-            conn,
-            rtx,
-            db_file,
-            page_size,
-        });
+        fs::create_dir_all(self.l0_dir())
+            .with_context(|| format!("cannot create local state directory {}", self.l0_dir().display()))?;
+        self.handles = Some(Handles { conn, rtx, db_file, page_size });
         self.reload_position()?;
         self.verified = false;
         self.captured_generation = None;
@@ -394,12 +358,8 @@ impl Db {
         }
         // No WAL yet (or only a partial header): one tiny write makes SQLite create it.
         bump_seq(&self.handles()?.conn)?;
-        wal::read_header(&self.wal_path)?.ok_or_else(|| {
-            anyhow!(
-                "the WAL of {} has no valid header after a write",
-                self.path.display()
-            )
-        })
+        wal::read_header(&self.wal_path)?
+            .ok_or_else(|| anyhow!("the WAL of {} has no valid header after a write", self.path.display()))
     }
 
     /// Decides how the next step reads the WAL, verifying our position against it.
@@ -432,9 +392,7 @@ impl Db {
         }
         let fs = hdr.frame_size();
         if prev_end < wal::HEADER_SIZE + fs || (prev_end - wal::HEADER_SIZE) % fs != 0 {
-            return Ok(Plan::Snapshot(
-                "local position is not aligned with this WAL's frames",
-            ));
+            return Ok(Plan::Snapshot("local position is not aligned with this WAL's frames"));
         }
         let prev_frame = prev_end - fs;
         let wal_file = File::open(&self.wal_path)?;
@@ -464,9 +422,7 @@ impl Db {
                 break;
             }
             if salts != hdr.salts() {
-                return Ok(Plan::Snapshot(
-                    "more than one WAL restart while we were not watching",
-                ));
+                return Ok(Plan::Snapshot("more than one WAL restart while we were not watching"));
             }
             off += fs;
         }
@@ -480,14 +436,12 @@ impl Db {
         let Some(pos) = &self.pos else {
             return Ok(true);
         };
-        if (pos.wal_salt1, pos.wal_salt2) != hdr.salts() || pos.wal_offset < wal::HEADER_SIZE as i64
-        {
+        if (pos.wal_salt1, pos.wal_salt2) != hdr.salts() || pos.wal_offset < wal::HEADER_SIZE as i64 {
             return Ok(true);
         }
         let wal_file = File::open(&self.wal_path)?;
         let next = (pos.wal_offset + pos.wal_size) as u64;
-        Ok(wal::read_frame_header_at(&wal_file, next)?
-            .is_some_and(|f| (f.salt1, f.salt2) == hdr.salts()))
+        Ok(wal::read_frame_header_at(&wal_file, next)?.is_some_and(|f| (f.salt1, f.salt2) == hdr.salts()))
     }
 
     fn last_l0_has_page(&self, pos: &Header, pgno: u32, data: &[u8]) -> Result<bool> {
@@ -510,10 +464,7 @@ impl Db {
         let hdr = self.read_wal_header()?;
         let page_size = self.handles()?.page_size;
         if hdr.page_size != page_size {
-            bail!(
-                "WAL page size {} differs from database page size {page_size}",
-                hdr.page_size
-            );
+            bail!("WAL page size {} differs from database page size {page_size}", hdr.page_size);
         }
         if !force_snapshot && self.verified && !self.has_new_frames(&hdr)? {
             return Ok((None, false));
@@ -528,10 +479,7 @@ impl Db {
         let (mut reader, snapshot_reason) = match plan {
             Plan::Resume(off) => match FrameReader::resume_at(&wal_file, hdr, off)? {
                 Some(r) => (r, None),
-                None => (
-                    FrameReader::from_start(&wal_file, hdr),
-                    Some("WAL does not continue from our position"),
-                ),
+                None => (FrameReader::from_start(&wal_file, hdr), Some("WAL does not continue from our position")),
             },
             Plan::Restarted => (FrameReader::from_start(&wal_file, hdr), None),
             Plan::Snapshot(why) => (FrameReader::from_start(&wal_file, hdr), Some(why)),
@@ -608,9 +556,7 @@ impl Db {
                 if off == FROM_DB {
                     h.db_file
                         .read_exact_at(&mut buf, (pgno as u64 - 1) * page_size as u64)
-                        .map_err(|e| {
-                            anyhow!("cannot read page {pgno} of {}: {e}", self.path.display())
-                        })?;
+                        .map_err(|e| anyhow!("cannot read page {pgno} of {}: {e}", self.path.display()))?;
                 } else {
                     wal_file.read_exact_at(&mut buf, off + wal::FRAME_HEADER_SIZE)?;
                 }
@@ -708,22 +654,17 @@ impl Db {
             }
         }
         let before = self.read_wal_header()?;
-        let sealed = self
-            .pos
-            .as_ref()
-            .is_some_and(|p| (p.wal_salt1, p.wal_salt2) == before.salts());
+        let sealed = self.pos.as_ref().is_some_and(|p| (p.wal_salt1, p.wal_salt2) == before.salts());
         let h = self.handles()?;
         h.rtx.execute_batch("ROLLBACK")?;
         if mode == CheckpointMode::Truncate {
             // TRUNCATE needs the write lock itself.
             h.conn.execute_batch("ROLLBACK")?;
         }
-        let res: rusqlite::Result<(i64, i64, i64)> = h
-            .rtx
-            .query_row(mode.sql(), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+        let res: rusqlite::Result<(i64, i64, i64)> =
+            h.rtx.query_row(mode.sql(), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
         let reopen = begin_read(&h.rtx);
-        let (busy, log, done) =
-            res.with_context(|| format!("checkpoint of {} failed", self.path.display()))?;
+        let (busy, log, done) = res.with_context(|| format!("checkpoint of {} failed", self.path.display()))?;
         reopen?;
         info!(db = %self.path.display(), mode = ?mode, busy, log, checkpointed = done, "checkpoint");
         if sealed && mode == CheckpointMode::Passive {
@@ -750,9 +691,7 @@ fn bump_seq(conn: &Connection) -> Result<()> {
 
 fn begin_read(conn: &Connection) -> Result<()> {
     conn.execute_batch("BEGIN")?;
-    conn.query_row("SELECT COUNT(1) FROM _litestream_seq", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .context("cannot start the long-lived read transaction")?;
+    conn.query_row("SELECT COUNT(1) FROM _litestream_seq", [], |r| r.get::<_, i64>(0))
+        .context("cannot start the long-lived read transaction")?;
     Ok(())
 }

@@ -37,11 +37,7 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn to_system_time(ms: i64) -> SystemTime {
-    if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms as u64)
-    } else {
-        UNIX_EPOCH
-    }
+    if ms >= 0 { UNIX_EPOCH + Duration::from_millis(ms as u64) } else { UNIX_EPOCH }
 }
 
 impl ReplicaClient for FileClient {
@@ -59,14 +55,12 @@ impl ReplicaClient for FileClient {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot list replica directory {}", dir.display()));
+                return Err(e).with_context(|| format!("cannot list replica directory {}", dir.display()));
             }
         };
         let mut out = Vec::new();
         for entry in entries {
-            let entry = entry
-                .with_context(|| format!("cannot list replica directory {}", dir.display()))?;
+            let entry = entry.with_context(|| format!("cannot list replica directory {}", dir.display()))?;
             let name = entry.file_name();
             let Some((min_txid, max_txid)) = name.to_str().and_then(ltx::parse_filename) else {
                 continue;
@@ -75,18 +69,11 @@ impl ReplicaClient for FileClient {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot stat {}", entry.path().display()));
+                    return Err(e).with_context(|| format!("cannot stat {}", entry.path().display()));
                 }
             };
             let created_at: DateTime<Utc> = meta.modified().unwrap_or(UNIX_EPOCH).into();
-            out.push(FileInfo {
-                level,
-                min_txid,
-                max_txid,
-                size: meta.len(),
-                created_at,
-            });
+            out.push(FileInfo { level, min_txid, max_txid, size: meta.len(), created_at });
         }
         out.sort_by_key(|f| (f.min_txid, f.max_txid));
         Ok(out)
@@ -94,8 +81,7 @@ impl ReplicaClient for FileClient {
 
     fn open(&self, level: u8, min_txid: u64, max_txid: u64) -> Result<Box<dyn Read + Send>> {
         let path = self.file_path(level, min_txid, max_txid);
-        let f = File::open(&path)
-            .with_context(|| format!("cannot open replica file {}", path.display()))?;
+        let f = File::open(&path).with_context(|| format!("cannot open replica file {}", path.display()))?;
         Ok(Box::new(f))
     }
 
@@ -108,8 +94,7 @@ impl ReplicaClient for FileClient {
         data: &mut dyn Read,
     ) -> Result<FileInfo> {
         let dir = self.level_dir(level);
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create replica directory {}", dir.display()))?;
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create replica directory {}", dir.display()))?;
         let path = self.file_path(level, min_txid, max_txid);
         let tmp = path.with_extension("ltx.tmp");
         let result = (|| -> io::Result<u64> {
@@ -128,18 +113,11 @@ impl ReplicaClient for FileClient {
             Ok(n) => n,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
-                return Err(e)
-                    .with_context(|| format!("cannot write replica file {}", path.display()));
+                return Err(e).with_context(|| format!("cannot write replica file {}", path.display()));
             }
         };
         let created_at = DateTime::<Utc>::from(to_system_time(timestamp_ms));
-        Ok(FileInfo {
-            level,
-            min_txid,
-            max_txid,
-            size,
-            created_at,
-        })
+        Ok(FileInfo { level, min_txid, max_txid, size, created_at })
     }
 
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
@@ -149,8 +127,7 @@ impl ReplicaClient for FileClient {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot delete replica file {}", path.display()));
+                    return Err(e).with_context(|| format!("cannot delete replica file {}", path.display()));
                 }
             }
         }

@@ -16,4 +16,5 @@ pub mod ltx;
 pub mod replica;
 pub mod replica_client;
 pub mod restore;
+pub mod s3_client;
 pub mod wal;

@@ -46,18 +46,11 @@ pub fn format_filename(min_txid: u64, max_txid: u64) -> String {
 pub fn parse_filename(name: &str) -> Option<(u64, u64)> {
     let stem = name.strip_suffix(".ltx")?;
     let (a, b) = stem.split_once('-')?;
-    let ok = |s: &str| {
-        s.len() == 16
-            && s.bytes()
-                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-    };
+    let ok = |s: &str| s.len() == 16 && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
     if !ok(a) || !ok(b) {
         return None;
     }
-    Some((
-        u64::from_str_radix(a, 16).ok()?,
-        u64::from_str_radix(b, 16).ok()?,
-    ))
+    Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
 }
 
 /// `%016x`, the text form of a TXID.
@@ -134,10 +127,7 @@ impl Header {
     pub fn validate(&self) -> Result<(), Fault> {
         let bad = |m: &str| Err(Fault::BadHeader(m.to_string()));
         if self.flags & !HEADER_FLAG_NO_CHECKSUM != 0 {
-            return Err(Fault::BadFlags(format!(
-                "unknown header flags 0x{:08x}",
-                self.flags
-            )));
+            return Err(Fault::BadFlags(format!("unknown header flags 0x{:08x}", self.flags)));
         }
         if !valid_page_size(self.page_size) {
             return bad(&format!("invalid page size {}", self.page_size));
@@ -240,12 +230,7 @@ struct PageOrder {
 
 impl PageOrder {
     fn new(h: &Header) -> Self {
-        PageOrder {
-            commit: h.commit,
-            lock: lock_pgno(h.page_size),
-            snapshot: h.is_snapshot(),
-            last: 0,
-        }
+        PageOrder { commit: h.commit, lock: lock_pgno(h.page_size), snapshot: h.is_snapshot(), last: 0 }
     }
 
     fn next_snapshot_pgno(&self) -> u32 {
@@ -258,24 +243,16 @@ impl PageOrder {
             return Err("page number 0".into());
         }
         if pgno == self.lock {
-            return Err(format!(
-                "page {pgno} is the lock page, which is never stored"
-            ));
+            return Err(format!("page {pgno} is the lock page, which is never stored"));
         }
         if pgno > self.commit {
-            return Err(format!(
-                "page {pgno} is beyond the commit size of {} pages",
-                self.commit
-            ));
+            return Err(format!("page {pgno} is beyond the commit size of {} pages", self.commit));
         }
         if pgno <= self.last {
             return Err(format!("page {pgno} follows page {}", self.last));
         }
         if self.snapshot && pgno != self.next_snapshot_pgno() {
-            return Err(format!(
-                "snapshot skips from page {} to page {pgno}",
-                self.last
-            ));
+            return Err(format!("snapshot skips from page {} to page {pgno}", self.last));
         }
         self.last = pgno;
         Ok(())
@@ -308,15 +285,7 @@ impl<W: Write> Encoder<W> {
         w.write_all(&bytes)?;
         let order = PageOrder::new(&header);
         let bound = lz4_flex::block::get_maximum_output_size(header.page_size as usize);
-        Ok(Encoder {
-            w,
-            header,
-            crc,
-            offset: HEADER_SIZE as u64,
-            index: Vec::new(),
-            order,
-            buf: vec![0; bound],
-        })
+        Ok(Encoder { w, header, crc, offset: HEADER_SIZE as u64, index: Vec::new(), order, buf: vec![0; bound] })
     }
 
     pub fn header(&self) -> &Header {
@@ -325,15 +294,10 @@ impl<W: Write> Encoder<W> {
 
     pub fn write_page(&mut self, pgno: u32, data: &[u8]) -> io::Result<()> {
         if data.len() != self.header.page_size as usize {
-            return Err(invalid(format!(
-                "page {pgno} has {} bytes, expected {}",
-                data.len(),
-                self.header.page_size
-            )));
+            return Err(invalid(format!("page {pgno} has {} bytes, expected {}", data.len(), self.header.page_size)));
         }
         self.order.check(pgno).map_err(invalid)?;
-        let csize = lz4_flex::block::compress_into(data, &mut self.buf)
-            .map_err(|e| invalid(e.to_string()))?;
+        let csize = lz4_flex::block::compress_into(data, &mut self.buf).map_err(|e| invalid(e.to_string()))?;
         let mut hdr = [0u8; PAGE_HEADER_SIZE + 4];
         hdr[0..4].copy_from_slice(&pgno.to_be_bytes());
         hdr[4..6].copy_from_slice(&PAGE_FLAG_SIZE.to_be_bytes());
@@ -373,11 +337,7 @@ impl<W: Write> Encoder<W> {
         self.w.write_all(&post)?;
         self.w.write_all(&file_checksum.to_be_bytes())?;
         self.w.flush()?;
-        let size = self.offset
-            + PAGE_HEADER_SIZE as u64
-            + self.index.len() as u64
-            + 8
-            + TRAILER_SIZE as u64;
+        let size = self.offset + PAGE_HEADER_SIZE as u64 + self.index.len() as u64 + 8 + TRAILER_SIZE as u64;
         Ok((self.w, size))
     }
 }
@@ -402,15 +362,9 @@ impl<R: Read> Decoder<R> {
         let name = name.into();
         let mut r = BufReader::with_capacity(128 * 1024, r);
         let mut bytes = [0u8; HEADER_SIZE];
-        read_exact(&mut r, &mut bytes).map_err(|fault| Error {
-            file: name.clone(),
-            fault,
-        })?;
+        read_exact(&mut r, &mut bytes).map_err(|fault| Error { file: name.clone(), fault })?;
         let header = Header::decode(&bytes).and_then(|h| h.validate().map(|_| h));
-        let header = header.map_err(|fault| Error {
-            file: name.clone(),
-            fault,
-        })?;
+        let header = header.map_err(|fault| Error { file: name.clone(), fault })?;
         let mut crc = Crc64::new();
         crc.update(&bytes);
         let order = PageOrder::new(&header);
@@ -436,10 +390,7 @@ impl<R: Read> Decoder<R> {
     }
 
     fn err(&self, fault: Fault) -> Error {
-        Error {
-            file: self.name.clone(),
-            fault,
-        }
+        Error { file: self.name.clone(), fault }
     }
 
     /// Decodes the next page into `buf` (resized to the page size) and returns its
@@ -458,9 +409,7 @@ impl<R: Read> Decoder<R> {
             self.done = true;
             return Ok(None);
         }
-        self.order
-            .check(pgno)
-            .map_err(|m| self.err(Fault::PageOrder(m)))?;
+        self.order.check(pgno).map_err(|m| self.err(Fault::PageOrder(m)))?;
         let page_size = self.header.page_size as usize;
         buf.clear();
         buf.resize(page_size, 0);
@@ -471,9 +420,7 @@ impl<R: Read> Decoder<R> {
                 self.crc.update(&sz);
                 let csize = u32::from_be_bytes(sz) as usize;
                 if csize > lz4_flex::block::get_maximum_output_size(page_size) {
-                    return Err(self.err(Fault::BadPage(format!(
-                        "page {pgno} claims {csize} compressed bytes"
-                    ))));
+                    return Err(self.err(Fault::BadPage(format!("page {pgno} claims {csize} compressed bytes"))));
                 }
                 self.compressed.resize(csize, 0);
                 read_exact(&mut self.r, &mut self.compressed).map_err(|f| self.err(f))?;
@@ -495,9 +442,7 @@ impl<R: Read> Decoder<R> {
                 (PAGE_HEADER_SIZE as u64) + n
             }
             other => {
-                return Err(self.err(Fault::BadFlags(format!(
-                    "page {pgno} has unknown flags 0x{other:04x}"
-                ))));
+                return Err(self.err(Fault::BadFlags(format!("page {pgno} has unknown flags 0x{other:04x}"))));
             }
         };
         self.crc.update(buf);
@@ -572,10 +517,7 @@ impl<R: Read> Decoder<R> {
             consumed += 4;
         }
         if filled != out.len() {
-            return Err(bad(
-                self,
-                &format!("decompressed to {filled} bytes, expected {}", out.len()),
-            ));
+            return Err(bad(self, &format!("decompressed to {filled} bytes, expected {}", out.len())));
         }
         Ok(consumed)
     }
@@ -592,9 +534,7 @@ impl<R: Read> Decoder<R> {
         let mut got = vec![0u8; self.index.len()];
         read_exact(&mut self.r, &mut got).map_err(|f| self.err(f))?;
         if got != self.index {
-            return Err(self.err(Fault::BadIndex(
-                "entries do not match the page frames".into(),
-            )));
+            return Err(self.err(Fault::BadIndex("entries do not match the page frames".into())));
         }
         let mut len = [0u8; 8];
         read_exact(&mut self.r, &mut len).map_err(|f| self.err(f))?;
@@ -640,10 +580,8 @@ fn read_exact<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), Fault> {
 
 /// Reads only the header of an LTX file on disk.
 pub fn read_header_file(path: &std::path::Path) -> Result<Header, Error> {
-    let f = std::fs::File::open(path).map_err(|e| Error {
-        file: path.display().to_string(),
-        fault: Fault::Io(e.to_string()),
-    })?;
+    let f = std::fs::File::open(path)
+        .map_err(|e| Error { file: path.display().to_string(), fault: Fault::Io(e.to_string()) })?;
     Ok(Decoder::new(f, path.display().to_string())?.header)
 }
 
@@ -664,9 +602,7 @@ mod tests {
     }
 
     fn page(pgno: u32, size: usize) -> Vec<u8> {
-        (0..size)
-            .map(|i| ((i as u32).wrapping_mul(31) ^ pgno.wrapping_mul(2654435761)) as u8 % 7)
-            .collect()
+        (0..size).map(|i| ((i as u32).wrapping_mul(31) ^ pgno.wrapping_mul(2654435761)) as u8 % 7).collect()
     }
 
     fn encode(h: Header, pages: &[u32]) -> Vec<u8> {
@@ -690,23 +626,11 @@ mod tests {
 
     #[test]
     fn filenames_round_trip() {
-        assert_eq!(
-            format_filename(1, 0x2b),
-            "0000000000000001-000000000000002b.ltx"
-        );
-        assert_eq!(
-            parse_filename("0000000000000001-000000000000002b.ltx"),
-            Some((1, 0x2b))
-        );
-        assert_eq!(
-            parse_filename("0000000000000001-000000000000002B.ltx"),
-            None
-        );
+        assert_eq!(format_filename(1, 0x2b), "0000000000000001-000000000000002b.ltx");
+        assert_eq!(parse_filename("0000000000000001-000000000000002b.ltx"), Some((1, 0x2b)));
+        assert_eq!(parse_filename("0000000000000001-000000000000002B.ltx"), None);
         assert_eq!(parse_filename("1-2.ltx"), None);
-        assert_eq!(
-            parse_filename("0000000000000001-0000000000000002.ltx.tmp"),
-            None
-        );
+        assert_eq!(parse_filename("0000000000000001-0000000000000002.ltx.tmp"), None);
     }
 
     #[test]
@@ -731,10 +655,7 @@ mod tests {
         let bytes = encode(header(2, 2, 6, 4096), &[4]);
         let csize = u32::from_be_bytes(bytes[106..110].try_into().unwrap()) as usize;
         assert_eq!(&bytes[0..4], b"LTX1");
-        assert_eq!(
-            u16::from_be_bytes(bytes[104..106].try_into().unwrap()),
-            PAGE_FLAG_SIZE
-        );
+        assert_eq!(u16::from_be_bytes(bytes[104..106].try_into().unwrap()), PAGE_FLAG_SIZE);
         let idx_len = 5; // pgno=4, offset=100 (2 bytes), size, terminator
         assert_eq!(bytes.len(), 100 + 10 + csize + 6 + idx_len + 8 + 16);
         let file_checksum = u64::from_be_bytes(bytes[bytes.len() - 8..].try_into().unwrap());
@@ -756,8 +677,7 @@ mod tests {
         assert_eq!(lock_pgno(1024), 1048577);
         let mut enc = Encoder::new(Vec::new(), header(3, 3, lock + 1, ps)).unwrap();
         assert!(enc.write_page(lock, &page(lock, ps as usize)).is_err());
-        enc.write_page(lock + 1, &page(lock + 1, ps as usize))
-            .unwrap();
+        enc.write_page(lock + 1, &page(lock + 1, ps as usize)).unwrap();
         let bytes = enc.finish().unwrap().0;
         assert_eq!(decode_all(&bytes).unwrap().1.len(), 1);
     }
@@ -770,10 +690,7 @@ mod tests {
         assert!(enc.write_page(4, &page(4, 512)).is_err());
         assert!(enc.write_page(11, &page(11, 512)).is_err());
         let enc = Encoder::new(Vec::new(), header(1, 1, 3, 512)).unwrap();
-        assert!(
-            enc.finish().is_err(),
-            "a snapshot missing pages must not be finished"
-        );
+        assert!(enc.finish().is_err(), "a snapshot missing pages must not be finished");
     }
 
     #[test]
@@ -789,20 +706,14 @@ mod tests {
     fn decoder_rejects_bad_header_flags() {
         let mut bytes = encode(header(1, 1, 2, 512), &[1, 2]);
         bytes[7] |= 0x1;
-        assert!(matches!(
-            decode_all(&bytes).unwrap_err().fault,
-            Fault::BadFlags(_)
-        ));
+        assert!(matches!(decode_all(&bytes).unwrap_err().fault, Fault::BadFlags(_)));
     }
 
     #[test]
     fn decoder_rejects_bad_page_flags() {
         let mut bytes = encode(header(1, 1, 2, 512), &[1, 2]);
         bytes[105] = 0x4;
-        assert!(matches!(
-            decode_all(&bytes).unwrap_err().fault,
-            Fault::BadFlags(_)
-        ));
+        assert!(matches!(decode_all(&bytes).unwrap_err().fault, Fault::BadFlags(_)));
     }
 
     #[test]
@@ -832,43 +743,24 @@ mod tests {
         let mut bytes = good.clone();
         bytes[second + 12] ^= 0x01;
         let e = decode_all(&bytes).unwrap_err();
-        assert!(
-            matches!(e.fault, Fault::ChecksumMismatch { .. } | Fault::BadPage(_)),
-            "{e}"
-        );
+        assert!(matches!(e.fault, Fault::ChecksumMismatch { .. } | Fault::BadPage(_)), "{e}");
         let mut bytes = good.clone();
         let n = bytes.len();
         bytes[n - 1] ^= 0x01;
-        assert!(matches!(
-            decode_all(&bytes).unwrap_err().fault,
-            Fault::ChecksumMismatch { .. }
-        ));
+        assert!(matches!(decode_all(&bytes).unwrap_err().fault, Fault::ChecksumMismatch { .. }));
     }
 
     #[test]
     fn decoder_rejects_a_wrong_checksum_in_the_header_region() {
         let mut bytes = encode(header(1, 1, 2, 512), &[1, 2]);
         bytes[90] ^= 0xff; // reserved bytes are not validated, but they are checksummed
-        assert!(matches!(
-            decode_all(&bytes).unwrap_err().fault,
-            Fault::ChecksumMismatch { .. }
-        ));
+        assert!(matches!(decode_all(&bytes).unwrap_err().fault, Fault::ChecksumMismatch { .. }));
     }
 
     #[test]
     fn decoder_rejects_truncation_anywhere() {
         let bytes = encode(header(1, 1, 3, 512), &[1, 2, 3]);
-        for cut in [
-            0,
-            50,
-            99,
-            100,
-            105,
-            120,
-            bytes.len() - 30,
-            bytes.len() - 17,
-            bytes.len() - 1,
-        ] {
+        for cut in [0, 50, 99, 100, 105, 120, bytes.len() - 30, bytes.len() - 17, bytes.len() - 1] {
             let e = decode_all(&bytes[..cut]).unwrap_err();
             assert_eq!(e.fault, Fault::Truncated, "cut at {cut}: {e}");
         }

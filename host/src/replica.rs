@@ -23,10 +23,7 @@ pub struct Replica {
 
 impl Replica {
     pub fn new(client: Box<dyn ReplicaClient>) -> Self {
-        Replica {
-            client,
-            remote_txid: None,
-        }
+        Replica { client, remote_txid: None }
     }
 
     pub fn client(&self) -> &dyn ReplicaClient {
@@ -62,12 +59,8 @@ impl Replica {
               "database is behind its replica; fetching the replica's newest L0 file");
         db.reset_local_state()?;
         let mut r = self.client.open(0, remote, remote)?;
-        db.install_l0(remote, &mut r).with_context(|| {
-            format!(
-                "cannot fetch L0 file {} from the replica",
-                ltx::format_txid(remote)
-            )
-        })?;
+        db.install_l0(remote, &mut r)
+            .with_context(|| format!("cannot fetch L0 file {} from the replica", ltx::format_txid(remote)))?;
         Ok(())
     }
 
@@ -97,15 +90,9 @@ impl Replica {
             };
             let header = ltx::read_header_file(&path)?;
             let mut r = BufReader::with_capacity(256 * 1024, f);
-            self.client
-                .write(0, txid, txid, header.timestamp, &mut r)
-                .with_context(|| {
-                    format!(
-                        "cannot upload L0 file {} to {}",
-                        ltx::format_txid(txid),
-                        self.client.location()
-                    )
-                })?;
+            self.client.write(0, txid, txid, header.timestamp, &mut r).with_context(|| {
+                format!("cannot upload L0 file {} to {}", ltx::format_txid(txid), self.client.location())
+            })?;
             self.remote_txid = Some(txid);
             n += 1;
         }

@@ -7,7 +7,9 @@ use std::io::Read;
 use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
 
+use crate::config::ReplicaSettings;
 use crate::file_client::FileClient;
+use crate::s3_client::{S3Client, S3Settings};
 
 /// The level full snapshots live at.
 pub const SNAPSHOT_LEVEL: u8 = 9;
@@ -47,6 +49,13 @@ pub trait ReplicaClient: Send + Sync {
     /// Files of one level, sorted by TXID. A level that does not exist is empty.
     fn list(&self, level: u8) -> Result<Vec<FileInfo>>;
 
+    /// Like `list`, but with `created_at` read from each file's own timestamp record
+    /// where the backend keeps one apart from the listing (S3 object metadata).
+    /// Timestamp restores use this.
+    fn list_with_timestamps(&self, level: u8) -> Result<Vec<FileInfo>> {
+        self.list(level)
+    }
+
     /// Opens a file for reading from its start.
     fn open(&self, level: u8, min_txid: u64, max_txid: u64) -> Result<Box<dyn Read + Send>>;
 
@@ -65,28 +74,30 @@ pub trait ReplicaClient: Send + Sync {
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()>;
 }
 
-/// Builds a client from a replica URL such as `file:///var/backups/db`.
-pub fn client_from_url(url: &str) -> Result<Box<dyn ReplicaClient>> {
+/// Builds a client from a replica URL such as `file:///var/backups/db` or
+/// `s3://bucket/path`, with settings from the config file (or defaults).
+pub fn client_from_url(url: &str, settings: &ReplicaSettings) -> Result<Box<dyn ReplicaClient>> {
     let Some((scheme, rest)) = url.split_once("://") else {
         bail!(
-            "invalid replica URL {url:?}: expected SCHEME://..., for example file:///var/lib/backups/app.db"
+            "invalid replica URL {url:?}: expected SCHEME://..., for example file:///var/lib/backups/app or s3://bucket/app"
         );
     };
     match scheme {
         "file" => {
             let path = rest.split(['?', '#']).next().unwrap_or("");
             if !path.starts_with('/') {
-                bail!(
-                    "invalid file replica URL {url:?}: the path must be absolute, as in file:///var/backups/app"
-                );
+                bail!("invalid file replica URL {url:?}: the path must be absolute, as in file:///var/backups/app");
             }
             Ok(Box::new(FileClient::new(path)))
         }
-        "s3" | "gs" | "abs" | "sftp" | "webdav" | "webdavs" | "nats" | "oss" => bail!(
-            "replica type {scheme:?} is not supported by this build of sluice yet; use a file:// replica"
-        ),
-        other => {
-            bail!("unknown replica URL scheme {other:?} in {url:?}: supported schemes are file://")
+        "s3" => {
+            let mut s = S3Settings::from_url(url)?;
+            settings.apply_to_s3(&mut s)?;
+            Ok(Box::new(S3Client::new(s)?))
         }
+        "gs" | "abs" | "sftp" | "webdav" | "webdavs" | "nats" | "oss" => bail!(
+            "replica type {scheme:?} is not supported by this build of sluice yet; use a file:// or s3:// replica"
+        ),
+        other => bail!("unknown replica URL scheme {other:?} in {url:?}: supported schemes are file:// and s3://"),
     }
 }

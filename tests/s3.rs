@@ -1,0 +1,410 @@
+//! The S3 guide (`shared/seed`) end to end, against real S3 servers on 127.0.0.1:
+//! s3s-fs in-process with SigV4 checked, and moto enforcing IAM policies.
+//! `AWS_ENDPOINT_URL_S3` (the AWS SDKs' standard variable) points the guide's
+//! commands, unchanged, at the local server.
+
+#[path = "support/s3.rs"]
+mod s3_support;
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use s3_support::*;
+use support::*;
+
+const BUCKET: &str = "sluice-bucket";
+
+fn guide_env(server: &S3Server) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+        ("AWS_ENDPOINT_URL_S3", server.endpoint()),
+    ]
+}
+
+fn env_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Replicates a live database with `start`, writes, stops, and checks a restore.
+fn replicate_and_restore(
+    dir: &Path,
+    server: &S3Server,
+    path: &str,
+    daemon: impl FnOnce(&Path) -> Daemon,
+    restore_env: &[(&str, &str)],
+) -> String {
+    let db = dir.join("app.db");
+    write(&db, &["init", "4096"]);
+    let d = daemon(&db);
+    write(&db, &["steps", "0", "8"]);
+    wait_s3_settled(server, BUCKET, path, Duration::from_millis(2500));
+    let log = d.stop();
+    let out = dir.join("restored.db");
+    restore_and_check_with(&[&format!("s3://{BUCKET}/{path}")], &out, digest(&db), restore_env);
+    log
+}
+
+#[test]
+fn guide_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    server.create_bucket(BUCKET);
+    let env = guide_env(&server);
+    let envr = env_refs(&env);
+    // `litestream replicate /path/to/db s3://BUCKETNAME/PATHNAME`, then
+    // `litestream restore -o my.db s3://BUCKETNAME/PATHNAME`, with sluice.
+    replicate_and_restore(
+        dir.path(),
+        &server,
+        "PATHNAME",
+        |db| {
+            Daemon::start_with(
+                &[db.to_str().unwrap(), &format!("s3://{BUCKET}/PATHNAME")],
+                &dir.path().join("log"),
+                &envr,
+            )
+        },
+        &envr,
+    );
+    // Litestream's layout: <path>/<level %04x>/<min>-<max>.ltx.
+    assert!(server.object_path(BUCKET, "PATHNAME/0000/0000000000000001-0000000000000001.ltx").exists());
+}
+
+fn config_test(yaml: impl Fn(&Path) -> String, creds_in_env: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    server.create_bucket(BUCKET);
+    let endpoint_only = vec![("AWS_ENDPOINT_URL_S3", server.endpoint())];
+    let env = if creds_in_env { guide_env(&server) } else { endpoint_only.clone() };
+    let envr = env_refs(&env);
+    let cfg = dir.path().join("sluice.yml");
+    let log = replicate_and_restore(
+        dir.path(),
+        &server,
+        "PATHNAME",
+        |db| {
+            fs::write(&cfg, yaml(db)).unwrap();
+            Daemon::start_with(&["-config", cfg.to_str().unwrap()], &dir.path().join("log"), &envr)
+        },
+        &env_refs(&guide_env(&server)),
+    );
+    assert!(!log.contains(SECRET_KEY), "the secret key must never be logged:\n{log}");
+    // `restore DB_PATH` finds the replica (and its credentials) in the config file.
+    let db = dir.path().join("app.db");
+    let out = dir.path().join("by-path.db");
+    let o = sluice_with(
+        &["restore", "-config", cfg.to_str().unwrap(), "-o", out.to_str().unwrap(), db.to_str().unwrap()],
+        &envr,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(digest(&out), digest(&db));
+}
+
+#[test]
+fn guide_config_global_keys_and_url() {
+    config_test(
+        |db| {
+            format!(
+                "access-key-id: {ACCESS_KEY}\nsecret-access-key: {SECRET_KEY}\n\ndbs:\n  - path: {}\n    replica:\n      url: s3://{BUCKET}/PATHNAME\n",
+                db.display()
+            )
+        },
+        false,
+    );
+}
+
+#[test]
+fn guide_config_expanded_fields() {
+    config_test(
+        |db| {
+            format!(
+                "dbs:\n  - path: {}\n    replica:\n      type: s3\n      bucket: {BUCKET}\n      path:   PATHNAME\n      region: us-east-1   # optional, set to your region\n",
+                db.display()
+            )
+        },
+        true,
+    );
+}
+
+#[test]
+fn guide_config_per_replica_keys_with_env_expansion() {
+    // Credentials per replica, here taken from the environment by $VAR expansion.
+    unsafe { std::env::set_var("SLUICE_TEST_SECRET", SECRET_KEY) };
+    config_test(
+        |db| {
+            format!(
+                "dbs:\n  - path: {}\n    replica:\n      url: s3://{BUCKET}/PATHNAME\n      access-key-id: {ACCESS_KEY}\n      secret-access-key: ${{SLUICE_TEST_SECRET}}\n",
+                db.display()
+            )
+        },
+        false,
+    );
+}
+
+#[test]
+fn wrong_secret_missing_bucket_and_unreachable_endpoint_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    server.create_bucket(BUCKET);
+    let db = dir.path().join("app.db");
+    write(&db, &["init", "4096"]);
+    let url = format!("s3://{BUCKET}/db");
+    let ep = server.endpoint();
+    let bad_secret =
+        [("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", "wrong"), ("AWS_ENDPOINT_URL_S3", &ep)];
+    let o = sluice_with(&["replicate", "-once", db.to_str().unwrap(), &url], &bad_secret);
+    let err = assert_one_line_error(&o, "secret access key is wrong");
+    assert!(!err.contains(SECRET_KEY));
+    let env = guide_env(&server);
+    let o = sluice_with(&["replicate", "-once", db.to_str().unwrap(), "s3://no-such-bucket/db"], &env_refs(&env));
+    assert_one_line_error(&o, "does not exist");
+    let dead = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9"),
+    ];
+    let o = sluice_with(&["restore", "-o", dir.path().join("x.db").to_str().unwrap(), &url], &dead);
+    assert_one_line_error(&o, "cannot reach S3");
+}
+
+/// Point-in-time over S3: `-timestamp` uses the `litestream-timestamp` metadata.
+#[test]
+fn point_in_time_over_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    server.create_bucket(BUCKET);
+    let env = guide_env(&server);
+    let envr = env_refs(&env);
+    let db = dir.path().join("app.db");
+    write(&db, &["init", "4096"]);
+    let url = format!("s3://{BUCKET}/pitr");
+    let d = Daemon::start_with(&[db.to_str().unwrap(), &url], &dir.path().join("log"), &envr);
+    let mut points = Vec::new();
+    for step in 0..5 {
+        write(&db, &["step", &step.to_string()]);
+        let (txid, dg) = loop {
+            let txid = wait_s3_settled(&server, BUCKET, "pitr", Duration::from_millis(1300));
+            let dg = digest(&db);
+            if s3_l0_max(&server, BUCKET, "pitr") == txid {
+                break (txid, dg);
+            }
+        };
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        points.push((txid, at, dg));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    d.stop();
+    for (i, (txid, at, dg)) in points.iter().enumerate() {
+        let t = format!("{txid:016x}");
+        restore_and_check_with(&["-txid", &t, &url], &dir.path().join(format!("t{i}.db")), *dg, &envr);
+        restore_and_check_with(&["-timestamp", at, &url], &dir.path().join(format!("s{i}.db")), *dg, &envr);
+    }
+}
+
+/// A snapshot larger than part-size goes up as a multipart upload and restores intact.
+#[test]
+fn large_snapshot_uses_multipart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    server.create_bucket(BUCKET);
+    let env = guide_env(&server);
+    let envr = env_refs(&env);
+    let db = dir.path().join("app.db");
+    write(&db, &["init", "4096"]);
+    write(&db, &["randomfill", "12"]); // ~12 MiB of incompressible data
+    let url = format!("s3://{BUCKET}/big?partSize=5242880&concurrency=2");
+    let o = sluice_with(&["replicate", "-once", db.to_str().unwrap(), &url], &envr);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let obj = server.object_path(BUCKET, "big/0000/0000000000000001-0000000000000001.ltx");
+    let size = fs::metadata(&obj).unwrap().len();
+    assert!(size > 2 * 5242880, "snapshot of {size} bytes spans three parts");
+    restore_and_check_with(&[&format!("s3://{BUCKET}/big")], &dir.path().join("r.db"), digest(&db), &envr);
+}
+
+/// The server fails requests and drops connections for a while, repeatedly, during
+/// replication: sluice catches up with no gap and the restore equals the source.
+#[test]
+fn survives_server_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    server.create_bucket(BUCKET);
+    let proxy = FaultProxy::start(server.port);
+    let via_proxy = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+        ("AWS_ENDPOINT_URL_S3", proxy.endpoint()),
+    ];
+    let db = dir.path().join("app.db");
+    write(&db, &["init", "4096"]);
+    let d = Daemon::start_with(
+        &[db.to_str().unwrap(), &format!("s3://{BUCKET}/faulty")],
+        &dir.path().join("log"),
+        &env_refs(&via_proxy),
+    );
+    for round in 0..3 {
+        write(&db, &["steps", &(round * 3).to_string(), &(round * 3 + 2).to_string()]);
+        proxy.set_faulty(true);
+        write(&db, &["step", &(round * 3 + 2).to_string()]);
+        std::thread::sleep(Duration::from_millis(1500));
+        proxy.set_faulty(false);
+    }
+    wait_s3_settled(&server, BUCKET, "faulty", Duration::from_millis(2500));
+    let log = d.stop();
+    assert!(proxy.faults_injected.load(std::sync::atomic::Ordering::SeqCst) > 0, "faults were injected");
+    // No gap: every TXID from 1 to the newest is in the replica's level 0.
+    let names: Vec<String> = fs::read_dir(server.object_path(BUCKET, "faulty/0000"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".ltx"))
+        .collect();
+    let max = s3_l0_max(&server, BUCKET, "faulty");
+    for t in 1..=max {
+        assert!(names.contains(&format!("{t:016x}-{t:016x}.ltx")), "TXID {t} missing from the replica:\n{log}");
+    }
+    let env = guide_env(&server);
+    restore_and_check_with(&[&format!("s3://{BUCKET}/faulty")], &dir.path().join("r.db"), digest(&db), &env_refs(&env));
+}
+
+/// Litestream 0.5.17 and sluice share one bucket and path over S3, both directions.
+#[test]
+fn interop_with_litestream_over_s3() {
+    assert_litestream_version();
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    server.create_bucket(BUCKET);
+    let env = guide_env(&server);
+    let envr = env_refs(&env);
+    let ls_url = format!("s3://{BUCKET}/shared?endpoint={}&forcePathStyle=true", server.endpoint());
+    let ls_env = [("LITESTREAM_ACCESS_KEY_ID", ACCESS_KEY), ("LITESTREAM_SECRET_ACCESS_KEY", SECRET_KEY)];
+
+    // Sluice writes, Litestream restores.
+    let db = dir.path().join("app.db");
+    write(&db, &["init", "4096"]);
+    let d =
+        Daemon::start_with(&[db.to_str().unwrap(), &format!("s3://{BUCKET}/shared")], &dir.path().join("s.log"), &envr);
+    write(&db, &["steps", "0", "6"]);
+    wait_s3_settled(&server, BUCKET, "shared", Duration::from_millis(2500));
+    d.stop();
+    let out = dir.path().join("ls.db");
+    let o = litestream_with(&["restore", "-o", out.to_str().unwrap(), &ls_url], &ls_env);
+    assert!(
+        o.status.success(),
+        "litestream restore: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(digest(&out), digest(&db));
+
+    // Litestream takes over the same database and path, then sluice restores.
+    let cfg = dir.path().join("litestream.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "levels:\n  - interval: 1s\nsnapshot:\n  interval: 2s\ndbs:\n  - path: {}\n    replica:\n      type: s3\n      bucket: {BUCKET}\n      path: shared\n      endpoint: {}\n      force-path-style: true\n      region: us-east-1\n      sync-interval: 100ms\n",
+            db.display(),
+            server.endpoint()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::litestream_with(&cfg, &dir.path().join("l.log"), &ls_env);
+    for s in 6..12 {
+        write(&db, &["step", &s.to_string()]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = d.stop();
+    assert!(!log.contains("level=ERROR"), "litestream logged errors:\n{log}");
+    assert!(server.object_path(BUCKET, "shared/0001").exists(), "litestream compacted into level 1");
+    restore_and_check_with(&[&format!("s3://{BUCKET}/shared")], &dir.path().join("sl.db"), digest(&db), &envr);
+}
+
+/// moto enforcing IAM: the guide's read-write policy replicates, its read-only
+/// policy restores, the path-specific policy replicates under its prefix only.
+#[test]
+fn iam_policies_from_the_guide() {
+    let moto = Moto::start(10);
+    let setup = std::process::Command::new("python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/moto_iam.py"))
+        .args([&moto.endpoint(), BUCKET])
+        .output()
+        .unwrap();
+    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    let users: Vec<(String, String, String)> = String::from_utf8_lossy(&setup.stdout)
+        .lines()
+        .map(|l| {
+            let v: Vec<&str> = l.split_whitespace().collect();
+            (v[0].to_string(), v[1].to_string(), v[2].to_string())
+        })
+        .collect();
+    let creds = |name: &str| {
+        let u = users.iter().find(|u| u.0 == name).unwrap();
+        vec![
+            ("AWS_ACCESS_KEY_ID", u.1.clone()),
+            ("AWS_SECRET_ACCESS_KEY", u.2.clone()),
+            ("AWS_ENDPOINT_URL_S3", moto.endpoint()),
+        ]
+    };
+    let (rw, ro, path_only) = (creds("readwrite"), creds("readonly"), creds("pathonly"));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    write(&db, &["init", "4096"]);
+    write(&db, &["steps", "0", "4"]);
+    let run = |args: &[&str], env: &Vec<(&'static str, String)>| sluice_with(args, &env_refs(env));
+    let dbs = db.to_str().unwrap();
+
+    let o = run(&["replicate", "-once", dbs, &format!("s3://{BUCKET}/app")], &rw);
+    assert!(o.status.success(), "read-write policy replicates: {}", String::from_utf8_lossy(&o.stderr));
+    restore_and_check_with(&[&format!("s3://{BUCKET}/app")], &dir.path().join("ro.db"), digest(&db), &env_refs(&ro));
+
+    let o = run(&["replicate", "-once", dbs, &format!("s3://{BUCKET}/other")], &ro);
+    assert_one_line_error(&o, "s3:PutObject");
+
+    // An access key the account does not have (AWS answers InvalidAccessKeyId).
+    let mut unknown = rw.clone();
+    unknown[0].1 = "AKIAUNKNOWNKEY000000".into();
+    let o = run(&["replicate", "-once", dbs, &format!("s3://{BUCKET}/app")], &unknown);
+    let err = assert_one_line_error(&o, "does not recognise the access key");
+    assert!(!err.contains(&rw[1].1), "no secret in errors: {err}");
+
+    // A second database, so its TXIDs start fresh under the path-specific prefix.
+    let db2 = dir.path().join("two.db");
+    write(&db2, &["init", "4096"]);
+    write(&db2, &["step", "0"]);
+    let o = run(&["replicate", "-once", db2.to_str().unwrap(), &format!("s3://{BUCKET}/litestream/two")], &path_only);
+    assert!(o.status.success(), "path policy replicates under its prefix: {}", String::from_utf8_lossy(&o.stderr));
+    restore_and_check_with(
+        &[&format!("s3://{BUCKET}/litestream/two")],
+        &dir.path().join("two-r.db"),
+        digest(&db2),
+        &env_refs(&path_only),
+    );
+    let db3 = dir.path().join("three.db");
+    write(&db3, &["init", "4096"]);
+    let o = run(&["replicate", "-once", db3.to_str().unwrap(), &format!("s3://{BUCKET}/elsewhere/three")], &path_only);
+    assert_one_line_error(&o, "access denied");
+}
+
+/// An idle database issues zero S3 requests (counted at the server).
+#[test]
+fn idle_database_makes_no_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("s3"));
+    server.create_bucket(BUCKET);
+    let env = guide_env(&server);
+    let db = dir.path().join("app.db");
+    write(&db, &["init", "4096"]);
+    let d = Daemon::start_with(
+        &[db.to_str().unwrap(), &format!("s3://{BUCKET}/idle")],
+        &dir.path().join("log"),
+        &env_refs(&env),
+    );
+    write(&db, &["steps", "0", "3"]);
+    wait_s3_settled(&server, BUCKET, "idle", Duration::from_millis(2500));
+    let before = server.requests();
+    std::thread::sleep(Duration::from_secs(4)); // four monitor and sync intervals
+    assert_eq!(server.requests(), before, "an idle database must not touch S3");
+    d.stop();
+}

@@ -1,0 +1,210 @@
+//! Real S3 servers on 127.0.0.1 for the tests: s3s-fs in-process (SigV4 checked),
+//! moto_server with IAM enforcement, and a TCP proxy that injects faults.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const ACCESS_KEY: &str = "AKIASLUICETEST000001";
+pub const SECRET_KEY: &str = "sluice/test+secret/KEY0123456789abcdefghij";
+
+/// An s3s-fs server storing objects as files under `root/<bucket>/<key>`.
+pub struct S3Server {
+    pub port: u16,
+    pub root: PathBuf,
+    requests: Arc<AtomicU64>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl S3Server {
+    pub fn start(root: &Path) -> S3Server {
+        std::fs::create_dir_all(root).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fs = s3s_fs::FileSystem::new(root).unwrap();
+        let mut b = s3s::service::S3ServiceBuilder::new(fs);
+        b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = b.build();
+        let counter = requests.clone();
+        rt.spawn(async move {
+            let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { continue };
+                let _ = sock.set_nodelay(true);
+                let counter = counter.clone();
+                let svc = service.clone();
+                let counted = hyper::service::service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let svc = svc.clone();
+                    async move { hyper::service::Service::call(&svc, req).await }
+                });
+                let conn = http.serve_connection(hyper_util::rt::TokioIo::new(sock), counted).into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+        S3Server { port, root: root.to_path_buf(), requests, _rt: rt }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        std::fs::create_dir_all(self.root.join(bucket)).unwrap();
+    }
+
+    /// Requests served so far (every request, whatever its outcome).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Where s3s-fs keeps an object's bytes.
+    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(bucket).join(key)
+    }
+}
+
+/// Newest L0 TXID stored under `<root>/<bucket>/<path>/0000/`.
+pub fn s3_l0_max(server: &S3Server, bucket: &str, path: &str) -> u64 {
+    let dir = server.root.join(bucket).join(path).join("0000");
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|e| sluice::ltx::parse_filename(&e.file_name().to_string_lossy()).map(|(_, m)| m))
+        .max()
+        .unwrap_or(0)
+}
+
+pub fn wait_s3_settled(server: &S3Server, bucket: &str, path: &str, quiet: Duration) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = s3_l0_max(server, bucket, path);
+    let mut since = Instant::now();
+    loop {
+        thread::sleep(Duration::from_millis(25));
+        let now = s3_l0_max(server, bucket, path);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if last > 0 && since.elapsed() >= quiet {
+            return last;
+        }
+        assert!(Instant::now() < deadline, "S3 replica never settled");
+    }
+}
+
+/// A TCP proxy in front of a server. While `faulty` is set, it answers every new
+/// connection with `503 Service Unavailable` or drops it, and it cuts the
+/// connections that were open when the fault began.
+pub struct FaultProxy {
+    pub port: u16,
+    faulty: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+    pub faults_injected: Arc<AtomicU64>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream_port: u16) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let faulty = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let faults = Arc::new(AtomicU64::new(0));
+        let (f, o, n) = (faulty.clone(), open.clone(), faults.clone());
+        thread::spawn(move || {
+            for (i, client) in listener.incoming().enumerate() {
+                let Ok(mut client) = client else { continue };
+                let _ = client.set_nodelay(true);
+                if f.load(Ordering::SeqCst) {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    if i % 2 == 0 {
+                        let mut buf = [0u8; 4096];
+                        let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+                        let _ = client.read(&mut buf);
+                        let body = "<Error><Code>SlowDown</Code><Message>injected by the test proxy</Message></Error>";
+                        let resp = format!(
+                            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = client.write_all(resp.as_bytes());
+                    }
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
+                let _ = server.set_nodelay(true);
+                o.lock().unwrap().push(client.try_clone().unwrap());
+                o.lock().unwrap().push(server.try_clone().unwrap());
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(Shutdown::Write);
+                });
+                let (mut c3, mut s3) = (client, server);
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut s3, &mut c3);
+                    let _ = c3.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        FaultProxy { port, faulty, open, faults_injected: faults }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_faulty(&self, on: bool) {
+        self.faulty.store(on, Ordering::SeqCst);
+        if on {
+            for s in self.open.lock().unwrap().drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// moto_server (`pip install 'moto[server]'`), started so that after `free_actions`
+/// unauthenticated set-up calls it enforces credentials and IAM policies.
+pub struct Moto {
+    pub port: u16,
+    child: Child,
+}
+
+impl Moto {
+    pub fn start(free_actions: u32) -> Moto {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", free_actions.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server not found: install it with `pip install 'moto[server]'` (.ci/run does)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            thread::sleep(Duration::from_millis(100));
+        }
+        Moto { port, child }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
