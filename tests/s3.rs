@@ -323,9 +323,10 @@ fn interop_with_litestream_over_s3() {
 
 /// moto enforcing IAM: the guide's read-write policy replicates, its read-only
 /// policy restores, the path-specific policy replicates under its prefix only.
+/// The bucket is versioned and SSE-KMS encrypted by default, as the guide advises.
 #[test]
 fn iam_policies_from_the_guide() {
-    let moto = Moto::start(10);
+    let moto = Moto::start(12);
     let setup = std::process::Command::new("python3")
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/moto_iam.py"))
         .args([&moto.endpoint(), BUCKET])

@@ -1,7 +1,8 @@
 """Sets up a moto server as the guide's AWS account: a bucket and three IAM users
 holding exactly the guide's read-write, read-only and path-specific policies.
 Prints one line per user: NAME ACCESS_KEY_ID SECRET_ACCESS_KEY.
-Usage: moto_iam.py ENDPOINT BUCKET   (makes exactly 10 requests)"""
+Usage: moto_iam.py ENDPOINT BUCKET   (makes exactly 12 requests)
+The bucket is versioned and encrypts with SSE-KMS by default, as the guide recommends."""
 import json
 import sys
 
@@ -30,6 +31,13 @@ policies = {
 }
 
 s3.create_bucket(Bucket=bucket)
+s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+s3.put_bucket_encryption(
+    Bucket=bucket,
+    ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}, "BucketKeyEnabled": True}]
+    },
+)
 for name, doc in policies.items():
     iam.create_user(UserName=name)
     iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(doc))
