@@ -388,7 +388,9 @@ fn iam_policies_from_the_guide() {
     assert_one_line_error(&o, "access denied");
 }
 
-/// An idle database issues zero S3 requests (counted at the server).
+/// After a burst of writes and the compactions, snapshots and retention passes it
+/// causes, an idle database issues zero S3 requests (counted at the server) for a
+/// period several times longer than every configured interval.
 #[test]
 fn idle_database_makes_no_requests() {
     let dir = tempfile::tempdir().unwrap();
@@ -397,15 +399,32 @@ fn idle_database_makes_no_requests() {
     let env = guide_env(&server);
     let db = dir.path().join("app.db");
     write(&db, &["init", "4096"]);
-    let d = Daemon::start_with(
-        &[db.to_str().unwrap(), &format!("s3://{BUCKET}/idle")],
-        &dir.path().join("log"),
-        &env_refs(&env),
-    );
-    write(&db, &["steps", "0", "3"]);
-    wait_s3_settled(&server, BUCKET, "idle", Duration::from_millis(2500));
-    let before = server.requests();
-    std::thread::sleep(Duration::from_secs(4)); // four monitor and sync intervals
-    assert_eq!(server.requests(), before, "an idle database must not touch S3");
+    let cfg = dir.path().join("sluice.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "levels:\n  - interval: 1s\n  - interval: 2s\nsnapshot:\n  interval: 2s\n  retention: 1h\n\
+             l0-retention: 1s\nl0-retention-check-interval: 500ms\n\
+             dbs:\n  - path: {}\n    monitor-interval: 100ms\n    replica:\n      url: s3://{BUCKET}/idle\n      sync-interval: 100ms\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&["-config", cfg.to_str().unwrap()], &dir.path().join("log"), &env_refs(&env));
+    write(&db, &["steps", "0", "4"]);
+    // Let the burst settle: no request for 3 s (longer than every interval).
+    let mut last = server.requests();
+    let mut quiet_since = std::time::Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = server.requests();
+        if now != last {
+            last = now;
+            quiet_since = std::time::Instant::now();
+        }
+    }
+    assert!(server.object_path(BUCKET, "idle/0001").exists() && server.object_path(BUCKET, "idle/0009").exists());
+    std::thread::sleep(Duration::from_secs(10)); // 5x the longest interval
+    assert_eq!(server.requests(), last, "an idle database must not touch S3");
     d.stop();
 }

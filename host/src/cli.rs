@@ -13,6 +13,7 @@ use crate::config::{Config, DbSpec, ReplicaSpec, clean_db_path, default_config_p
 use crate::db::DbOptions;
 use crate::replica_client::{ReplicaClient, client_from_url};
 use crate::restore::{self, IntegrityCheck, NoBackups, Target};
+use crate::store::StoreOptions;
 use crate::{daemon, ltx};
 
 #[derive(Parser, Debug)]
@@ -71,6 +72,15 @@ pub struct ReplicateArgs {
     /// Sync and upload once, then exit.
     #[arg(long)]
     pub once: bool,
+    /// With -once: also write a snapshot (level 9).
+    #[arg(long, requires = "once")]
+    pub force_snapshot: bool,
+    /// With -once: also enforce retention.
+    #[arg(long, requires = "once")]
+    pub enforce_retention: bool,
+    /// Restore a database that does not exist from its replica before replicating.
+    #[arg(long)]
+    pub restore_if_db_not_exists: bool,
     /// trace, debug, info, warn or error (default: $LOG_LEVEL, else info).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -221,6 +231,8 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
                 path: clean_db_path(db)?,
                 options: DbOptions::default(),
                 replica: ReplicaSpec { client, sync_interval: std::time::Duration::from_secs(1) },
+                store: StoreOptions::default(),
+                restore_if_db_not_exists: false,
             }]
         }
         None => {
@@ -229,7 +241,13 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
             cfg.db_specs()?
         }
     };
-    daemon::run(specs, a.once)
+    let opts = daemon::RunOptions {
+        once: a.once,
+        force_snapshot: a.force_snapshot,
+        enforce_retention: a.enforce_retention,
+        restore_if_db_not_exists: a.restore_if_db_not_exists,
+    };
+    daemon::run(specs, opts)
 }
 
 /// A database path from the config file, or a replica URL.

@@ -19,6 +19,7 @@ use crate::db::DbOptions;
 use crate::file_client::FileClient;
 use crate::replica_client::{ReplicaClient, client_from_url};
 use crate::s3_client::{S3Client, S3Settings, endpoint_with_scheme};
+use crate::store::StoreOptions;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -30,6 +31,33 @@ pub struct Config {
     pub defaults: ReplicaSettings,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Compaction levels L1..Ln (default 30s, 5m, 1h).
+    pub levels: Option<Vec<LevelConfig>>,
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
+    pub l0_retention: Option<String>,
+    pub l0_retention_check_interval: Option<String>,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LevelConfig {
+    pub interval: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SnapshotConfig {
+    pub interval: Option<String>,
+    pub retention: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RetentionConfig {
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +80,9 @@ pub struct DbConfig {
     pub max_sync_wal_bytes: Option<u64>,
     pub replica: Option<ReplicaConfig>,
     pub replicas: Option<Vec<ReplicaConfig>>,
+    /// Per-database snapshot settings are hoisted to the global ones, as in Litestream.
+    pub snapshot: Option<SnapshotConfig>,
+    pub restore_if_db_not_exists: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -191,6 +222,8 @@ pub struct DbSpec {
     pub path: PathBuf,
     pub options: DbOptions,
     pub replica: ReplicaSpec,
+    pub store: StoreOptions,
+    pub restore_if_db_not_exists: bool,
 }
 
 pub struct ReplicaSpec {
@@ -303,6 +336,63 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Levels, snapshot and retention settings, with Litestream's defaults.
+    pub fn store_options(&self) -> Result<StoreOptions> {
+        let mut o = StoreOptions::default();
+        if let Some(levels) = &self.levels {
+            if levels.len() > 8 {
+                bail!("levels: at most 8 compaction levels are allowed");
+            }
+            o.levels = levels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let d = parse_duration(l.interval.as_deref().unwrap_or(""))
+                        .with_context(|| format!("levels[{i}].interval"))?;
+                    if d.is_zero() {
+                        bail!("levels[{i}].interval must be greater than zero");
+                    }
+                    Ok(d)
+                })
+                .collect::<Result<_>>()?;
+        }
+        let mut snapshot = self.snapshot.clone();
+        for db in &self.dbs {
+            if let Some(s) = &db.snapshot {
+                for (mine, theirs, name) in [
+                    (&mut snapshot.interval, &s.interval, "snapshot.interval"),
+                    (&mut snapshot.retention, &s.retention, "snapshot.retention"),
+                ] {
+                    match (mine.as_ref(), theirs) {
+                        (_, None) => {}
+                        (None, Some(v)) => *mine = Some(v.clone()),
+                        (Some(a), Some(b)) if a == b => {}
+                        (Some(_), Some(_)) => bail!("conflicting {name} values: set it once, at the top level"),
+                    }
+                }
+            }
+        }
+        if let Some(v) = &snapshot.interval {
+            o.snapshot_interval = parse_duration(v).context("snapshot.interval")?;
+        }
+        if let Some(v) = &snapshot.retention {
+            o.snapshot_retention = parse_duration(v).context("snapshot.retention")?;
+        }
+        if let Some(v) = &self.l0_retention {
+            o.l0_retention = parse_duration(v).context("l0-retention")?;
+        }
+        if let Some(v) = &self.l0_retention_check_interval {
+            o.l0_retention_check_interval = parse_duration(v).context("l0-retention-check-interval")?;
+        }
+        if o.snapshot_interval.is_zero() || o.l0_retention_check_interval.is_zero() {
+            bail!("snapshot.interval and l0-retention-check-interval must be greater than zero");
+        }
+        if let Some(e) = self.retention.enabled {
+            o.retention_enabled = e;
+        }
+        Ok(o)
+    }
+
     /// Resolves every `dbs:` entry into something the daemon can run.
     pub fn db_specs(&self) -> Result<Vec<DbSpec>> {
         let mut out = Vec::new();
@@ -368,7 +458,14 @@ impl Config {
             _ => bail!("database {} has no replica: configure one under replica:", path.display()),
         };
         let replica = self.replica_spec(&replica)?;
-        Ok(DbSpec { path, options, replica })
+        let store = self.store_options()?;
+        Ok(DbSpec {
+            path,
+            options,
+            replica,
+            store,
+            restore_if_db_not_exists: db.restore_if_db_not_exists.unwrap_or(false),
+        })
     }
 
     fn replica_spec(&self, r: &ReplicaConfig) -> Result<ReplicaSpec> {

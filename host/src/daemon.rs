@@ -1,10 +1,16 @@
-//! `sluice replicate`: one worker thread per database, each turning WAL changes into
-//! L0 files every `monitor-interval` and uploading them at most every
-//! `sync-interval`. Workers sleep on a channel between ticks, so an idle database
-//! costs one stat and a 32-byte read per tick and no replica requests at all.
-//! SIGINT/SIGTERM wake every worker for a final sync and upload; a second signal
-//! abandons the upload retries.
+//! `sluice replicate`: two threads per database.
+//!
+//! - The *capture* thread owns the SQLite connections: every `monitor-interval` it
+//!   turns new WAL commits into L0 files and checkpoints when due.
+//! - The *replica* thread owns the replica: it uploads L0 files at most every
+//!   `sync-interval`, and runs compactions, snapshots and retention on their
+//!   schedules ([`Store`]). A slow or failing replica never stalls capture.
+//!
+//! Both sleep on channels between ticks, so an idle database costs one small WAL
+//! read per `monitor-interval` and no replica requests. SIGINT/SIGTERM trigger a
+//! final sync and upload (retried for up to 30 s; a second signal abandons it).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -12,41 +18,58 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
+use chrono::Utc;
 use tracing::{error, info, warn};
 
 use crate::config::DbSpec;
 use crate::db::{Db, check_sqlite_file};
 use crate::ltx;
-use crate::replica::Replica;
+use crate::replica_client::ReplicaClient;
+use crate::restore::{self, IntegrityCheck, NoBackups, Target};
+use crate::store::Store;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_SYNC_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Runs until a signal arrives (or, with `once`, until one sync and upload finish).
-pub fn run(specs: Vec<DbSpec>, once: bool) -> Result<()> {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Sync and upload once, then exit.
+    pub once: bool,
+    /// With `once`: also write a snapshot.
+    pub force_snapshot: bool,
+    /// With `once`: also enforce retention.
+    pub enforce_retention: bool,
+    /// Restore a missing database from its replica before replicating.
+    pub restore_if_db_not_exists: bool,
+}
+
+/// Runs until a signal arrives (or, with `once`, until the work is done).
+pub fn run(specs: Vec<DbSpec>, opts: RunOptions) -> Result<()> {
     if specs.is_empty() {
         return Err(anyhow!(
             "no databases to replicate: give DB_PATH REPLICA_URL, or list them under dbs: in the config"
         ));
     }
-    for s in &specs {
-        check_sqlite_file(&s.path)?;
+    let mut prepared = Vec::new();
+    for spec in specs {
+        let wait_for_creation = prepare(&spec, opts)?;
+        prepared.push((spec, wait_for_creation));
     }
     let abort = Arc::new(AtomicBool::new(false));
     let mut senders: Vec<Sender<()>> = Vec::new();
     let mut workers = Vec::new();
-    for spec in specs {
+    for (spec, wait) in prepared {
         let (tx, rx) = mpsc::channel();
         senders.push(tx);
         let abort = abort.clone();
         let name = spec.path.display().to_string();
         let handle = thread::Builder::new()
-            .name(format!("db:{name}"))
-            .spawn(move || if once { run_once(spec) } else { worker(spec, rx, abort) })?;
+            .name(format!("capture:{name}"))
+            .spawn(move || if opts.once { run_once(spec, opts) } else { capture_worker(spec, wait, rx, abort) })?;
         workers.push((name, handle));
     }
-    if !once {
+    if !opts.once {
         spawn_signal_thread(senders, abort)?;
     }
     let mut failed = None;
@@ -65,6 +88,28 @@ pub fn run(specs: Vec<DbSpec>, once: bool) -> Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Start-up checks; restores a missing database when asked to. Returns whether to
+/// wait for the application to create the database (nothing to restore).
+fn prepare(spec: &DbSpec, opts: RunOptions) -> Result<bool> {
+    let restore_missing = opts.restore_if_db_not_exists || spec.restore_if_db_not_exists;
+    if restore_missing && !spec.path.exists() {
+        let client = spec.replica.client.as_ref();
+        match restore::plan(client, Target::default()) {
+            Ok(plan) => {
+                let txid = restore::apply(client, &plan, &spec.path, IntegrityCheck::None)?;
+                info!(db = %spec.path.display(), txid = %ltx::format_txid(txid), "restored missing database from its replica");
+            }
+            Err(e) if e.downcast_ref::<NoBackups>().is_some() => {
+                info!(db = %spec.path.display(), "no backup to restore; waiting for the database to be created");
+                return Ok(true);
+            }
+            Err(e) => return Err(e.context(format!("cannot restore missing database {}", spec.path.display()))),
+        }
+    }
+    check_sqlite_file(&spec.path)?;
+    Ok(false)
 }
 
 fn spawn_signal_thread(senders: Vec<Sender<()>>, abort: Arc<AtomicBool>) -> Result<()> {
@@ -88,97 +133,182 @@ fn spawn_signal_thread(senders: Vec<Sender<()>>, abort: Arc<AtomicBool>) -> Resu
     Ok(())
 }
 
-fn open_and_reconcile(db: &mut Db, replica: &mut Replica) -> Result<()> {
-    db.open()?;
-    replica.reconcile(db)?;
+/// Start-up reconciliation (Litestream's `checkDatabaseBehindReplica`): when the
+/// replica is ahead of the local files (local state lost, or the database restored
+/// from an older backup), adopt the replica's newest L0 file as our position. The
+/// next sync verifies it against the WAL and, normally, writes a snapshot.
+pub fn reconcile(db: &mut Db, client: &dyn ReplicaClient) -> Result<()> {
+    let remote = client.list(0)?.last().map_or(0, |f| f.max_txid);
+    if remote == 0 || db.txid() >= remote {
+        return Ok(());
+    }
+    info!(db = %db.path().display(), local = %ltx::format_txid(db.txid()), remote = %ltx::format_txid(remote),
+          "database is behind its replica; fetching the replica's newest L0 file");
+    db.reset_local_state()?;
+    let mut r = client.open(0, remote, remote)?;
+    db.install_l0(remote, &mut r)?;
     Ok(())
 }
 
-fn run_once(spec: DbSpec) -> Result<()> {
+fn run_once(spec: DbSpec, opts: RunOptions) -> Result<()> {
+    let client: Arc<dyn ReplicaClient> = Arc::from(spec.replica.client);
     let mut db = Db::new(spec.path, spec.options);
-    let mut replica = Replica::new(spec.replica.client);
-    open_and_reconcile(&mut db, &mut replica)?;
+    db.open()?;
+    reconcile(&mut db, client.as_ref())?;
     db.sync()?;
-    while replica.upload(&mut db)? > 0 {}
+    let mut store = Store::new(client, db.shared(), spec.store);
+    while store.upload()? > 0 {}
+    if opts.force_snapshot {
+        store.snapshot(true, Utc::now())?;
+    }
+    if opts.enforce_retention {
+        store.enforce_snapshot_retention(Utc::now())?;
+        store.enforce_l0_retention(Utc::now())?;
+    }
     info!(db = %db.path().display(), txid = %ltx::format_txid(db.txid()), "replicated once");
     db.close();
     Ok(())
 }
 
-fn worker(spec: DbSpec, rx: Receiver<()>, abort: Arc<AtomicBool>) -> Result<()> {
-    let monitor = spec.options.monitor_interval;
-    let sync_interval = spec.replica.sync_interval;
-    let mut db = Db::new(spec.path, spec.options);
-    let mut replica = Replica::new(spec.replica.client);
-    info!(db = %db.path().display(), replica = %replica.client().location(), "replicating");
-    // Problems with the database itself at start-up are fatal: the user must fix them.
-    open_and_reconcile(&mut db, &mut replica)?;
-
-    let mut db_backoff: Option<Duration> = None;
-    let mut upload_backoff: Option<Duration> = None;
-    let mut next_upload = Instant::now();
-    loop {
-        match db.sync() {
-            Ok(_) => db_backoff = None,
-            Err(e) => {
-                let b = next_backoff(db_backoff, monitor);
-                error!(db = %db.path().display(), retry_in = ?b, "sync failed: {e:#}");
-                db_backoff = Some(b);
-                if !db.is_open() {
-                    let _ = open_and_reconcile(&mut db, &mut replica);
-                }
-            }
-        }
-        if Instant::now() >= next_upload {
-            match replica.upload(&mut db) {
-                Ok(_) => {
-                    upload_backoff = None;
-                    next_upload = Instant::now() + sync_interval;
-                }
-                Err(e) => {
-                    replica.invalidate();
-                    let b = next_backoff(upload_backoff, sync_interval);
-                    error!(db = %db.path().display(), retry_in = ?b, "upload failed: {e:#}");
-                    upload_backoff = Some(b);
-                    next_upload = Instant::now() + b;
-                }
-            }
-        }
-        let wait = db_backoff.unwrap_or(monitor).max(Duration::from_millis(10));
-        match rx.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => continue,
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    shutdown(&mut db, &mut replica, &abort)
+enum ToReplica {
+    /// A new L0 file was written.
+    Changed,
+    /// Final upload, then exit.
+    Stop,
 }
 
-/// Final sync, then upload retries for up to 30 s. No checkpoint is taken.
-fn shutdown(db: &mut Db, replica: &mut Replica, abort: &AtomicBool) -> Result<()> {
-    let sync = db.sync();
+/// Waits for `stop` or `d`; true when the worker should stop.
+fn sleep_or_stop(stop: &Receiver<()>, d: Duration) -> bool {
+    !matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Timeout))
+}
+
+fn wait_for_file(path: &Path, stop: &Receiver<()>, every: Duration) -> bool {
+    while !path.exists() {
+        if sleep_or_stop(stop, every) {
+            return false;
+        }
+    }
+    true
+}
+
+fn capture_worker(spec: DbSpec, wait: bool, stop: Receiver<()>, abort: Arc<AtomicBool>) -> Result<()> {
+    let monitor = spec.options.monitor_interval;
+    let sync_interval = spec.replica.sync_interval;
+    let client: Arc<dyn ReplicaClient> = Arc::from(spec.replica.client);
+    if wait && !wait_for_file(&spec.path, &stop, monitor) {
+        return Ok(());
+    }
+    let mut db = Db::new(spec.path, spec.options);
+    info!(db = %db.path().display(), replica = %client.location(), "replicating");
+    // Problems with the database or the replica at start-up are fatal: the user
+    // must fix them (wrong path, bad credentials, missing bucket...).
+    db.open()?;
+    reconcile(&mut db, client.as_ref())?;
+    let shared = db.shared();
+    let store = Store::new(client.clone(), shared.clone(), spec.store);
+    let (to_replica, from_capture) = mpsc::channel();
+    let replica = thread::Builder::new()
+        .name(format!("replica:{}", db.path().display()))
+        .spawn(move || replica_worker(store, from_capture, sync_interval, abort))?;
+
+    let mut backoff: Option<Duration> = None;
+    loop {
+        if shared.reset_requested.swap(false, Ordering::SeqCst) {
+            if let Err(e) = db.reset_local_state().and_then(|_| reconcile(&mut db, client.as_ref())) {
+                error!(db = %db.path().display(), "cannot reset local state: {e:#}");
+                shared.reset_requested.store(true, Ordering::SeqCst);
+            }
+        }
+        match db.sync() {
+            Ok(r) => {
+                backoff = None;
+                if r.wrote.is_some() {
+                    let _ = to_replica.send(ToReplica::Changed);
+                }
+            }
+            Err(e) => {
+                let b = next_backoff(backoff, monitor);
+                error!(db = %db.path().display(), retry_in = ?b, "sync failed: {e:#}");
+                backoff = Some(b);
+            }
+        }
+        if sleep_or_stop(&stop, backoff.unwrap_or(monitor).max(Duration::from_millis(10))) {
+            break;
+        }
+    }
+    // Final sync (no checkpoint), then let the replica thread upload and exit.
+    let sync = db.sync_without_checkpoint();
     if let Err(e) = &sync {
         error!(db = %db.path().display(), "final sync failed: {e:#}");
     }
+    let _ = to_replica.send(ToReplica::Stop);
+    let uploaded = replica.join().map_err(|_| anyhow!("replica thread stopped unexpectedly"))?;
+    db.close();
+    sync?;
+    uploaded?;
+    info!(db = %db.path().display(), txid = %ltx::format_txid(db.txid()), "stopped after final sync");
+    Ok(())
+}
+
+fn replica_worker(
+    mut store: Store,
+    rx: Receiver<ToReplica>,
+    sync_interval: Duration,
+    abort: Arc<AtomicBool>,
+) -> Result<()> {
+    let mut next_upload = Instant::now();
+    let mut backoff: Option<Duration> = None;
+    let mut retry_at = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= retry_at {
+            let result = (|| -> Result<()> {
+                if now >= next_upload && store.upload_pending()? {
+                    store.upload()?;
+                    next_upload = Instant::now() + sync_interval;
+                }
+                store.run_due(Utc::now())
+            })();
+            match result {
+                Ok(()) => backoff = None,
+                Err(e) => {
+                    store.invalidate();
+                    let b = next_backoff(backoff, sync_interval);
+                    error!(replica = %store.client().location(), retry_in = ?b, "replica update failed: {e:#}");
+                    backoff = Some(b);
+                    retry_at = Instant::now() + b;
+                }
+            }
+        }
+        let now = Instant::now();
+        let until_scheduled = (store.next_due() - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let mut wait = until_scheduled.min(retry_at.saturating_duration_since(now).max(Duration::ZERO));
+        if backoff.is_some() {
+            wait = retry_at.saturating_duration_since(now);
+        } else if store.upload_pending().unwrap_or(false) {
+            wait = wait.min(next_upload.saturating_duration_since(now));
+        }
+        match rx.recv_timeout(wait.max(Duration::from_millis(10))) {
+            Ok(ToReplica::Changed) | Err(RecvTimeoutError::Timeout) => continue,
+            Ok(ToReplica::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Final upload, retried for up to 30 s.
     let deadline = Instant::now() + SHUTDOWN_SYNC_TIMEOUT;
-    let uploaded = loop {
-        match replica.upload(db) {
-            Ok(0) => break Ok(()),
+    loop {
+        match store.upload() {
+            Ok(0) => return Ok(()),
             Ok(_) => continue,
             Err(e) => {
-                replica.invalidate();
+                store.invalidate();
                 if Instant::now() >= deadline || abort.load(Ordering::SeqCst) {
-                    break Err(e);
+                    return Err(e.context("final upload did not complete; the replica is behind the database"));
                 }
-                warn!(db = %db.path().display(), "final upload failed, retrying: {e:#}");
+                warn!(replica = %store.client().location(), "final upload failed, retrying: {e:#}");
                 thread::sleep(SHUTDOWN_SYNC_INTERVAL);
             }
         }
-    };
-    db.close();
-    sync?;
-    uploaded.map_err(|e| e.context("final upload did not complete; the replica is behind the database"))?;
-    info!(db = %db.path().display(), txid = %ltx::format_txid(db.txid()), "stopped after final sync");
-    Ok(())
+    }
 }
 
 fn next_backoff(prev: Option<Duration>, base: Duration) -> Duration {

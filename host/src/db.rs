@@ -13,6 +13,8 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -22,6 +24,78 @@ use tracing::{debug, info};
 use crate::file_client::fsync_dir;
 use crate::ltx::{self, Header};
 use crate::wal::{self, FrameReader, WalHeader};
+
+/// Streams a full snapshot of the live database at position `pos` into `out`:
+/// pages 1..commit from the WAL frames up to `pos`'s end, else from the database
+/// file. The caller holds `Shared::checkpoint_lock` (shared) so that the WAL is not
+/// restarted underneath. Returns `None` if the WAL no longer matches `pos` (a
+/// checkpoint restarted it and the new frames are not captured yet): try later.
+pub fn write_snapshot<W: std::io::Write>(
+    shared: &Shared,
+    pos: &Header,
+    timestamp: i64,
+    out: W,
+) -> Result<Option<(Header, W)>> {
+    let Some(hdr) = wal::read_header(&shared.wal_path)? else { return Ok(None) };
+    if hdr.salts() != (pos.wal_salt1, pos.wal_salt2) || hdr.page_size != pos.page_size {
+        return Ok(None);
+    }
+    let end = (pos.wal_offset + pos.wal_size).max(wal::HEADER_SIZE as i64) as u64;
+    let wal_file = File::open(&shared.wal_path)?;
+    let db_file = File::open(&shared.path).with_context(|| format!("cannot open {}", shared.path.display()))?;
+    let mut reader = FrameReader::from_start(&wal_file, hdr);
+    let mut pages: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut pending = Vec::new();
+    let mut reached = wal::HEADER_SIZE;
+    while reader.offset() < end {
+        let Some((off, fh)) = reader.next()? else { break };
+        pending.push((fh.pgno, off));
+        if fh.commit != 0 {
+            pages.extend(pending.drain(..));
+            reached = reader.offset();
+        }
+    }
+    if reached != end {
+        return Ok(None);
+    }
+    let page_size = pos.page_size;
+    let fs_ = hdr.frame_size();
+    let (wal_offset, wal_size) = if end > wal::HEADER_SIZE {
+        ((end - fs_).max(wal::HEADER_SIZE), end - (end - fs_).max(wal::HEADER_SIZE))
+    } else {
+        (wal::HEADER_SIZE, 0)
+    };
+    let header = Header {
+        flags: ltx::HEADER_FLAG_NO_CHECKSUM,
+        page_size,
+        commit: pos.commit,
+        min_txid: 1,
+        max_txid: pos.max_txid,
+        timestamp,
+        wal_offset: wal_offset as i64,
+        wal_size: wal_size as i64,
+        wal_salt1: hdr.salt1,
+        wal_salt2: hdr.salt2,
+        ..Default::default()
+    };
+    let mut enc = ltx::Encoder::new(out, header.clone())?;
+    let lock = ltx::lock_pgno(page_size);
+    let mut buf = vec![0u8; page_size as usize];
+    for pgno in 1..=pos.commit {
+        if pgno == lock {
+            continue;
+        }
+        match pages.get(&pgno) {
+            Some(&off) => wal_file.read_exact_at(&mut buf, off + wal::FRAME_HEADER_SIZE)?,
+            None => db_file
+                .read_exact_at(&mut buf, (pgno as u64 - 1) * page_size as u64)
+                .map_err(|e| anyhow!("cannot read page {pgno} of {}: {e}", shared.path.display()))?,
+        }
+        enc.write_page(pgno, &buf)?;
+    }
+    let (w, _) = enc.finish()?;
+    Ok(Some((header, w)))
+}
 
 /// Per-database settings, with Litestream's names and defaults.
 #[derive(Clone, Debug)]
@@ -90,7 +164,33 @@ enum Plan {
     Snapshot(&'static str),
 }
 
+/// What the capture thread shares with the replica thread of the same database.
+#[derive(Debug)]
+pub struct Shared {
+    pub path: PathBuf,
+    pub wal_path: PathBuf,
+    pub l0_dir: PathBuf,
+    /// Header of the newest local L0 file.
+    pub pos: Mutex<Option<Header>>,
+    /// Held shared while a snapshot streams from the live database; our checkpoints
+    /// take it exclusively (and are skipped while a snapshot runs).
+    pub checkpoint_lock: RwLock<()>,
+    /// Set by the replica side when local files it needs are gone.
+    pub reset_requested: AtomicBool,
+}
+
+impl Shared {
+    pub fn txid(&self) -> u64 {
+        self.pos.lock().unwrap().as_ref().map_or(0, |h| h.max_txid)
+    }
+
+    pub fn l0_path(&self, txid: u64) -> PathBuf {
+        self.l0_dir.join(ltx::format_filename(txid, txid))
+    }
+}
+
 pub struct Db {
+    shared: Arc<Shared>,
     path: PathBuf,
     wal_path: PathBuf,
     meta_path: PathBuf,
@@ -166,7 +266,16 @@ impl Db {
         let mut wal_path = path.clone().into_os_string();
         wal_path.push("-wal");
         let meta_path = opts.meta_path.clone().unwrap_or_else(|| default_meta_path(&path));
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            wal_path: PathBuf::from(wal_path.clone()),
+            l0_dir: meta_path.join("ltx").join("0"),
+            pos: Mutex::new(None),
+            checkpoint_lock: RwLock::new(()),
+            reset_requested: AtomicBool::new(false),
+        });
         Db {
+            shared,
             path,
             wal_path: wal_path.into(),
             meta_path,
@@ -182,6 +291,15 @@ impl Db {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    fn set_pos(&mut self, pos: Option<Header>) {
+        *self.shared.pos.lock().unwrap() = pos.clone();
+        self.pos = pos;
     }
 
     pub fn options(&self) -> &DbOptions {
@@ -294,10 +412,11 @@ impl Db {
                 }
             }
         }
-        self.pos = match newest {
+        let pos = match newest {
             Some((_, path)) => Some(ltx::read_header_file(&path)?),
             None => None,
         };
+        self.set_pos(pos);
         self.verified = false;
         Ok(())
     }
@@ -311,7 +430,7 @@ impl Db {
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", dir.display())),
         }
         fs::create_dir_all(&dir)?;
-        self.pos = None;
+        self.set_pos(None);
         self.verified = false;
         Ok(())
     }
@@ -334,6 +453,16 @@ impl Db {
     /// Captures everything committed since the last call, then checkpoints if a
     /// threshold is reached.
     pub fn sync(&mut self) -> Result<SyncResult> {
+        let result = self.sync_without_checkpoint()?;
+        if result.wrote.is_some() {
+            self.written_since_checkpoint = true;
+        }
+        self.checkpoint_if_needed()?;
+        Ok(result)
+    }
+
+    /// Captures everything committed, without checkpointing (the final sync at shutdown).
+    pub fn sync_without_checkpoint(&mut self) -> Result<SyncResult> {
         self.open()?;
         let mut result = SyncResult::default();
         loop {
@@ -342,14 +471,9 @@ impl Db {
                 result.wrote = wrote;
             }
             if !limited {
-                break;
+                return Ok(result);
             }
         }
-        if result.wrote.is_some() {
-            self.written_since_checkpoint = true;
-        }
-        self.checkpoint_if_needed()?;
-        Ok(result)
     }
 
     fn read_wal_header(&mut self) -> Result<WalHeader> {
@@ -357,6 +481,15 @@ impl Db {
             return Ok(h);
         }
         // No WAL yet (or only a partial header): one tiny write makes SQLite create it.
+        bump_seq(&self.handles()?.conn)?;
+        if let Some(h) = wal::read_header(&self.wal_path)? {
+            return Ok(h);
+        }
+        // Our connections write to a WAL that is no longer at its path (another
+        // process's last connection removed it as we opened): open them afresh.
+        debug!(db = %self.path.display(), "WAL file replaced under our connections; reopening");
+        self.close();
+        self.open()?;
         bump_seq(&self.handles()?.conn)?;
         wal::read_header(&self.wal_path)?
             .ok_or_else(|| anyhow!("the WAL of {} has no valid header after a write", self.path.display()))
@@ -584,7 +717,7 @@ impl Db {
                 debug!(db = %self.path.display(), txid = %ltx::format_txid(txid), pages = pages.len(), size, "wrote LTX file")
             }
         }
-        self.pos = Some(header);
+        self.set_pos(Some(header));
         self.verified = true;
         self.captured_generation = None;
         Ok((Some(txid), limited))
@@ -616,6 +749,11 @@ impl Db {
     /// ever copied into the database file without first being captured in L0.
     pub fn checkpoint(&mut self, mode: CheckpointMode) -> Result<()> {
         self.open()?;
+        let shared = self.shared.clone();
+        let Ok(_guard) = shared.checkpoint_lock.try_write() else {
+            debug!(db = %self.path.display(), "checkpoint skipped: a snapshot is being taken");
+            return Ok(());
+        };
         // The barrier: holding SQLite's write lock, no commit can slip in between
         // our last capture and the checkpoint.
         if let Err(e) = self.handles()?.conn.execute_batch("BEGIN IMMEDIATE") {

@@ -174,6 +174,7 @@ pub fn plan_from_listing(levels: &[Vec<FileInfo>], target: Target) -> Result<Vec
 /// Applies `plan` to `<output>.tmp`, verifies it, and renames it to `output`.
 /// Returns the TXID restored.
 pub fn apply(client: &dyn ReplicaClient, plan: &[FileInfo], output: &Path, integrity: IntegrityCheck) -> Result<u64> {
+    let _pin = pin_plan(&client.location(), plan);
     let tmp = tmp_path(output);
     let result = apply_to(client, plan, &tmp).and_then(|txid| {
         check_integrity(&tmp, integrity)?;
@@ -355,4 +356,61 @@ mod tests {
         let l = levels(&[]);
         assert!(plan_from_listing(&l, Target::default()).unwrap_err().downcast_ref::<NoBackups>().is_some());
     }
+}
+
+/// Where restores on this host record the files they are reading, so that a
+/// retention pass of a daemon on the same host leaves them alone.
+fn pin_dir() -> PathBuf {
+    std::env::temp_dir().join("sluice-restore-pins")
+}
+
+/// Removes its pin file when the restore ends.
+pub struct Pin(PathBuf);
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Records `plan` as in use by this process for the replica at `location`.
+pub fn pin_plan(location: &str, plan: &[FileInfo]) -> Option<Pin> {
+    let dir = pin_dir();
+    fs::create_dir_all(&dir).ok()?;
+    let path = dir.join(format!("{}-{}.pin", std::process::id(), rand::random::<u32>()));
+    let mut text = format!("{location}\n");
+    for f in plan {
+        text.push_str(&format!("{} {} {}\n", f.level, f.min_txid, f.max_txid));
+    }
+    fs::write(&path, text).ok()?;
+    Some(Pin(path))
+}
+
+/// Files of the replica at `location` pinned by live restores on this host.
+pub fn pinned_files(location: &str) -> std::collections::HashSet<(u8, u64, u64)> {
+    let mut out = std::collections::HashSet::new();
+    let Ok(entries) = fs::read_dir(pin_dir()) else { return out };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        // A pin whose process is gone is stale.
+        if unsafe { libc::kill(pid, 0) } != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            let _ = fs::remove_file(e.path());
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(e.path()) else { continue };
+        let mut lines = text.lines();
+        if lines.next() != Some(location) {
+            continue;
+        }
+        for l in lines {
+            let v: Vec<&str> = l.split_whitespace().collect();
+            if let [a, b, c] = v[..] {
+                if let (Ok(a), Ok(b), Ok(c)) = (a.parse(), b.parse(), c.parse()) {
+                    out.insert((a, b, c));
+                }
+            }
+        }
+    }
+    out
 }

@@ -209,6 +209,16 @@ pub struct Digest {
 }
 
 pub fn digest(path: &Path) -> Digest {
+    digest_tables(path, true)
+}
+
+/// The digest of the application's tables only, without Litestream's helper tables
+/// `_litestream_seq` and `_litestream_lock` (which replication itself writes).
+pub fn digest_app(path: &Path) -> Digest {
+    digest_tables(path, false)
+}
+
+fn digest_tables(path: &Path, helpers: bool) -> Digest {
     let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     conn.busy_timeout(Duration::from_secs(30)).unwrap();
     let mut crc = Crc64::new();
@@ -221,6 +231,9 @@ pub fn digest(path: &Path) -> Digest {
         .collect::<Result<_, _>>()
         .unwrap();
     for (name, sql) in &tables {
+        if !helpers && name.starts_with("_litestream_") {
+            continue;
+        }
         crc.update(name.as_bytes());
         crc.update(sql.as_bytes());
         if !sql.starts_with("CREATE TABLE") {

@@ -1,0 +1,369 @@
+//! The replica side of one database: uploading L0 files, compacting them into
+//! levels L1..Ln, taking L9 snapshots, and enforcing retention, on Litestream 0.5's
+//! wall-clock-aligned schedules.
+//!
+//! The replica is listed once (at start and after an error) and then tracked in
+//! memory: every decision below is taken from that listing, so a database that
+//! does not change costs no requests at all: no compaction, no snapshot and no
+//! retention pass lists or writes anything until something changes.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, TimeDelta, Utc};
+use tracing::{info, warn};
+
+use crate::compaction::{PipeReader, merge};
+use crate::db::{Shared, write_snapshot};
+use crate::ltx::{self, Decoder};
+use crate::replica_client::{FileInfo, ReplicaClient, SNAPSHOT_LEVEL};
+use crate::restore::{Target, pinned_files, plan_from_listing};
+
+/// Most L0 files uploaded in one pass (Litestream's `max-sync-ltx-files`).
+pub const MAX_UPLOADS_PER_PASS: u64 = 256;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreOptions {
+    /// Intervals of levels L1..Ln.
+    pub levels: Vec<Duration>,
+    pub snapshot_interval: Duration,
+    pub snapshot_retention: Duration,
+    pub l0_retention: Duration,
+    pub l0_retention_check_interval: Duration,
+    pub retention_enabled: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            levels: vec![Duration::from_secs(30), Duration::from_secs(300), Duration::from_secs(3600)],
+            snapshot_interval: Duration::from_secs(24 * 3600),
+            snapshot_retention: Duration::from_secs(24 * 3600),
+            l0_retention: Duration::from_secs(300),
+            l0_retention_check_interval: Duration::from_secs(15),
+            retention_enabled: true,
+        }
+    }
+}
+
+/// `t` rounded down to a multiple of `d` since the Unix epoch (UTC-aligned, like
+/// Go's `Time.Truncate` for intervals that divide a day).
+pub fn truncate(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    let ms = d.as_millis().max(1) as i64;
+    let at = t.timestamp_millis().div_euclid(ms) * ms;
+    DateTime::from_timestamp_millis(at).unwrap_or(t)
+}
+
+fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+pub struct Store {
+    client: Arc<dyn ReplicaClient>,
+    shared: Arc<Shared>,
+    opts: StoreOptions,
+    /// Files per level 0..=9, sorted by TXID; `None` until listed.
+    files: Option<Vec<Vec<FileInfo>>>,
+    next_compaction: Vec<DateTime<Utc>>,
+    next_snapshot: DateTime<Utc>,
+    next_l0_retention: DateTime<Utc>,
+}
+
+impl Store {
+    pub fn new(client: Arc<dyn ReplicaClient>, shared: Arc<Shared>, opts: StoreOptions) -> Store {
+        let now = Utc::now();
+        Store {
+            client,
+            shared,
+            next_compaction: vec![now; opts.levels.len()],
+            next_snapshot: now,
+            next_l0_retention: now + delta(opts.l0_retention_check_interval),
+            opts,
+            files: None,
+        }
+    }
+
+    pub fn client(&self) -> &Arc<dyn ReplicaClient> {
+        &self.client
+    }
+
+    /// Forget the listing (after an error), so it is read again.
+    pub fn invalidate(&mut self) {
+        self.files = None;
+    }
+
+    fn files(&mut self) -> Result<&mut Vec<Vec<FileInfo>>> {
+        if self.files.is_none() {
+            let mut levels = Vec::with_capacity(10);
+            for level in 0..=SNAPSHOT_LEVEL {
+                levels.push(self.client.list(level)?);
+            }
+            self.files = Some(levels);
+        }
+        Ok(self.files.as_mut().expect("just listed"))
+    }
+
+    /// Newest L0 TXID in the replica.
+    pub fn remote_txid(&mut self) -> Result<u64> {
+        Ok(self.files()?[0].last().map_or(0, |f| f.max_txid))
+    }
+
+    /// Whether local L0 files are waiting to be uploaded (no request if known).
+    pub fn upload_pending(&mut self) -> Result<bool> {
+        Ok(self.shared.txid() > self.remote_txid()?)
+    }
+
+    /// Uploads local L0 files newer than the replica's, oldest first. Returns how many.
+    pub fn upload(&mut self) -> Result<u64> {
+        let local = self.shared.txid();
+        let remote = self.remote_txid()?;
+        if local <= remote {
+            return Ok(0);
+        }
+        let last = local.min(remote + MAX_UPLOADS_PER_PASS);
+        let mut n = 0;
+        for txid in remote + 1..=last {
+            let path = self.shared.l0_path(txid);
+            let f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // The replica lacks files we no longer have: the capture side starts
+                    // a fresh chain that continues the replica's, rather than leave a gap.
+                    warn!(db = %self.shared.path.display(), txid = %ltx::format_txid(txid),
+                          "local L0 file needed by the replica is missing; resetting local state");
+                    self.shared.reset_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.invalidate();
+                    return Ok(n);
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+            };
+            let header = ltx::read_header_file(&path)?;
+            let mut r = BufReader::with_capacity(256 * 1024, f);
+            let info = self.client.write(0, txid, txid, header.timestamp, &mut r).with_context(|| {
+                format!("cannot upload L0 file {} to {}", ltx::format_txid(txid), self.client.location())
+            })?;
+            self.files()?[0].push(info);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Runs every compaction, snapshot and retention pass that is due.
+    pub fn run_due(&mut self, now: DateTime<Utc>) -> Result<()> {
+        for i in 0..self.opts.levels.len() {
+            if now >= self.next_compaction[i] {
+                let interval = self.opts.levels[i];
+                self.compact(i as u8 + 1, now)?;
+                self.next_compaction[i] = truncate(now, interval) + delta(interval);
+            }
+        }
+        if now >= self.next_snapshot {
+            self.snapshot(false, now)?;
+            if self.opts.retention_enabled {
+                self.enforce_snapshot_retention(now)?;
+            }
+            self.next_snapshot = truncate(now, self.opts.snapshot_interval) + delta(self.opts.snapshot_interval);
+        }
+        if now >= self.next_l0_retention {
+            self.enforce_l0_retention(now)?;
+            self.next_l0_retention = now + delta(self.opts.l0_retention_check_interval);
+        }
+        Ok(())
+    }
+
+    /// When the next scheduled pass is due.
+    pub fn next_due(&self) -> DateTime<Utc> {
+        let mut t = self.next_snapshot.min(self.next_l0_retention);
+        for c in &self.next_compaction {
+            t = t.min(*c);
+        }
+        t
+    }
+
+    fn open_input(&self, info: &FileInfo) -> Result<Decoder<Box<dyn Read + Send>>> {
+        let local = self.shared.l0_path(info.max_txid);
+        let reader: Box<dyn Read + Send> = if info.level == 0 && info.min_txid == info.max_txid && local.exists() {
+            Box::new(File::open(&local)?)
+        } else {
+            self.client.open(info.level, info.min_txid, info.max_txid)?
+        };
+        Ok(Decoder::new(reader, format!("{} (level {})", info.name(), info.level))?)
+    }
+
+    /// Merges the files of `level - 1` newer than `level`'s newest into one file at
+    /// `level`. Returns whether it wrote one.
+    pub fn compact(&mut self, level: u8, now: DateTime<Utc>) -> Result<bool> {
+        let interval = self.opts.levels[level as usize - 1];
+        let files = self.files()?;
+        let dst = &files[level as usize];
+        let dst_max = dst.last().map_or(0, |f| f.max_txid);
+        if dst.last().is_some_and(|f| f.created_at > truncate(now, interval)) {
+            return Ok(false); // compacted in this interval already
+        }
+        let inputs: Vec<FileInfo> =
+            files[level as usize - 1].iter().filter(|f| f.min_txid > dst_max).cloned().collect();
+        if inputs.is_empty() {
+            return Ok(false);
+        }
+        let decoders = inputs.iter().map(|f| self.open_input(f)).collect::<Result<Vec<_>>>()?;
+        let header =
+            crate::compaction::merged_header(&decoders.iter().map(|d| d.header().clone()).collect::<Vec<_>>())?;
+        let mut pipe = PipeReader::spawn(move |w| {
+            merge(decoders, w)?;
+            Ok(())
+        })?;
+        let info = self
+            .client
+            .write(level, header.min_txid, header.max_txid, header.timestamp, &mut pipe)
+            .with_context(|| format!("cannot write compacted file to level {level}"))?;
+        info!(db = %self.shared.path.display(), level, file = %info.name(), inputs = inputs.len(), "compacted");
+        self.files()?[level as usize].push(info);
+        Ok(true)
+    }
+
+    /// Writes an L9 snapshot `1-<txid>` streamed from the live database, unless the
+    /// newest snapshot already holds the current position (or, without `force`, one
+    /// was taken in this interval). Returns whether it wrote one.
+    pub fn snapshot(&mut self, force: bool, now: DateTime<Utc>) -> Result<bool> {
+        let interval = self.opts.snapshot_interval;
+        let txid = self.shared.txid();
+        let newest = self.files()?[SNAPSHOT_LEVEL as usize].last().cloned();
+        if txid == 0 || newest.as_ref().is_some_and(|s| s.max_txid >= txid) {
+            return Ok(false);
+        }
+        if !force && newest.as_ref().is_some_and(|s| s.created_at > truncate(now, interval)) {
+            return Ok(false);
+        }
+        let Some(pos) = self.shared.pos.lock().unwrap().clone() else { return Ok(false) };
+        let timestamp = now.timestamp_millis();
+        let shared = self.shared.clone();
+        let at = pos.clone();
+        let mut pipe = PipeReader::spawn(move |w| {
+            // No checkpoint of ours may restart the WAL while we read it.
+            let _guard = shared.checkpoint_lock.read().unwrap();
+            match write_snapshot(&shared, &at, timestamp, w)? {
+                Some(_) => Ok(()),
+                None => anyhow::bail!("the WAL was restarted as the snapshot began; it will be retried"),
+            }
+        })?;
+        let info = self
+            .client
+            .write(SNAPSHOT_LEVEL, 1, pos.max_txid, timestamp, &mut pipe)
+            .context("cannot write snapshot")?;
+        info!(db = %self.shared.path.display(), file = %info.name(), size = info.size, "snapshot written");
+        self.files()?[SNAPSHOT_LEVEL as usize].push(info);
+        Ok(true)
+    }
+
+    /// Files that must survive: those a restore on this host is reading.
+    fn pinned(&self) -> HashSet<(u8, u64, u64)> {
+        pinned_files(&self.client.location())
+    }
+
+    /// Deletes `victims` (level, min, max) only if the latest state stays restorable
+    /// exactly as before; returns how many were deleted.
+    fn delete_safely(&mut self, victims: Vec<FileInfo>, why: &str) -> Result<usize> {
+        let pinned = self.pinned();
+        let victims: Vec<FileInfo> =
+            victims.into_iter().filter(|f| !pinned.contains(&(f.level, f.min_txid, f.max_txid))).collect();
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let files = self.files()?.clone();
+        let before = plan_from_listing(&files, Target::default()).ok().and_then(|p| p.last().map(|f| f.max_txid));
+        let after_listing: Vec<Vec<FileInfo>> =
+            files.iter().map(|l| l.iter().filter(|f| !victims.contains(f)).cloned().collect()).collect();
+        let after =
+            plan_from_listing(&after_listing, Target::default()).ok().and_then(|p| p.last().map(|f| f.max_txid));
+        if before.is_none() || after != before {
+            warn!(db = %self.shared.path.display(), reason = why,
+                  "retention skipped: deleting {} file(s) would break the restorable chain", victims.len());
+            return Ok(0);
+        }
+        for level in 0..=SNAPSHOT_LEVEL {
+            let ids: Vec<(u64, u64)> =
+                victims.iter().filter(|f| f.level == level).map(|f| (f.min_txid, f.max_txid)).collect();
+            if ids.is_empty() {
+                continue;
+            }
+            self.client.delete(level, &ids)?;
+            if level == 0 {
+                for (_, max) in &ids {
+                    let _ = fs::remove_file(self.shared.l0_path(*max));
+                }
+            }
+        }
+        let n = victims.len();
+        self.files = Some(after_listing);
+        info!(db = %self.shared.path.display(), reason = why, files = n, "retention deleted files");
+        Ok(n)
+    }
+
+    /// Snapshot retention: delete snapshots older than `snapshot.retention` (never the
+    /// newest), then files of levels 1..n entirely below the oldest kept snapshot
+    /// (never the last file of a level).
+    pub fn enforce_snapshot_retention(&mut self, now: DateTime<Utc>) -> Result<usize> {
+        let cutoff = now - delta(self.opts.snapshot_retention);
+        let levels = self.opts.levels.len();
+        let files = self.files()?;
+        let snaps = &files[SNAPSHOT_LEVEL as usize];
+        let Some(newest) = snaps.last() else { return Ok(0) };
+        let old: Vec<FileInfo> = snaps.iter().filter(|s| s.created_at < cutoff && s != &newest).cloned().collect();
+        let Some(floor) = old.iter().map(|s| s.max_txid).max() else { return Ok(0) };
+        let mut victims = old;
+        for level in files.iter().take(levels + 1).skip(1) {
+            let n = level.len();
+            victims.extend(level.iter().take(n.saturating_sub(1)).filter(|f| f.max_txid < floor).cloned());
+        }
+        self.delete_safely(victims, "snapshot retention")
+    }
+
+    /// L0 retention: delete L0 files already compacted into L1 and older than
+    /// `l0-retention` (never the newest L0 file). Local copies go with them; they go
+    /// even when remote retention is disabled.
+    pub fn enforce_l0_retention(&mut self, now: DateTime<Utc>) -> Result<usize> {
+        if self.opts.levels.is_empty() {
+            return Ok(0);
+        }
+        let cutoff = now - delta(self.opts.l0_retention);
+        let files = self.files()?;
+        let Some(compacted) = files[1].last().map(|f| f.max_txid) else { return Ok(0) };
+        let l0 = &files[0];
+        let mut victims = Vec::new();
+        for (i, f) in l0.iter().enumerate() {
+            if f.created_at > cutoff || i + 1 == l0.len() {
+                break;
+            }
+            if f.max_txid <= compacted {
+                victims.push(f.clone());
+            }
+        }
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        if !self.opts.retention_enabled {
+            for f in &victims {
+                let _ = fs::remove_file(self.shared.l0_path(f.max_txid));
+            }
+            return Ok(0);
+        }
+        self.delete_safely(victims, "l0 retention")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_is_wall_clock_aligned() {
+        let t = DateTime::parse_from_rfc3339("2026-11-24T10:17:45.500Z").unwrap().with_timezone(&Utc);
+        assert_eq!(truncate(t, Duration::from_secs(30)).to_rfc3339(), "2026-11-24T10:17:30+00:00");
+        assert_eq!(truncate(t, Duration::from_secs(3600)).to_rfc3339(), "2026-11-24T10:00:00+00:00");
+        assert_eq!(truncate(t, Duration::from_secs(86400)).to_rfc3339(), "2026-11-24T00:00:00+00:00");
+    }
+}
