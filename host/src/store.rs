@@ -239,7 +239,9 @@ impl Store {
             return Ok(false);
         }
         let Some(pos) = self.shared.pos.lock().unwrap().clone() else { return Ok(false) };
-        let timestamp = now.timestamp_millis();
+        // Taken after the position: a snapshot must never claim a time before the
+        // newest change it holds, or a timestamp restore could pick it too early.
+        let timestamp = Utc::now().timestamp_millis().max(pos.timestamp);
         let shared = self.shared.clone();
         let at = pos.clone();
         let mut pipe = PipeReader::spawn(move |w| {
