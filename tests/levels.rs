@@ -208,3 +208,61 @@ fn once_with_snapshot_and_retention_and_restore_if_missing() {
     assert!(replica_l0_max(&replica) > before);
     restore_and_check(&[&url], &dir.path().join("r.db"), digest(&db));
 }
+
+/// `restore -f` keeps a readable copy current as the source changes, and resumes
+/// from `<copy>-txid` after a restart.
+#[test]
+fn follow_mode_keeps_a_copy_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    write(&db, &["init", "4096"]);
+    let cfg = dir.path().join("sluice.yml");
+    level_config(&cfg, &db, &replica, "1h", "1h", "1h");
+    let d = Daemon::with_config(&cfg, &dir.path().join("log"));
+    write(&db, &["steps", "0", "3"]);
+    wait_replica_settled(&replica, Duration::from_millis(300));
+    let copy = dir.path().join("copy.db");
+    let url = file_url(&replica);
+    let start_follower = || {
+        std::process::Command::new(sluice_bin())
+            .args(["restore", "-f", "-follow-interval", "100ms", "-o", copy.to_str().unwrap(), &url])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let caught_up = |want: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let txid = fs::read_to_string(dir.path().join("copy.db-txid"))
+                .ok()
+                .and_then(|t| u64::from_str_radix(t.trim(), 16).ok());
+            if txid == Some(want) {
+                return;
+            }
+            sleep(Duration::from_millis(50));
+        }
+        panic!("the copy did not reach TXID {want}");
+    };
+    let stop = |mut c: std::process::Child| {
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        assert!(c.wait().unwrap().success());
+    };
+    let follower = start_follower();
+    for round in 0..3 {
+        write(&db, &["steps", &(3 + round * 2).to_string(), &(5 + round * 2).to_string()]);
+        let want = wait_replica_settled(&replica, Duration::from_millis(300));
+        caught_up(want);
+        integrity_ok(&copy);
+        assert_eq!(digest(&copy), digest(&db), "the copy follows the source (round {round})");
+    }
+    stop(follower);
+    // Changes made while the follower is down are applied when it resumes.
+    write(&db, &["steps", "9", "11"]);
+    let want = wait_replica_settled(&replica, Duration::from_millis(300));
+    let follower = start_follower();
+    caught_up(want);
+    assert_eq!(digest(&copy), digest(&db));
+    stop(follower);
+    d.stop();
+}

@@ -123,6 +123,13 @@ pub struct RestoreArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Follow: after restoring, keep applying new changes until interrupted. The copy
+    /// stays readable (rollback-journal mode); its TXID is kept in `<output>-txid`.
+    #[arg(short = 'f', conflicts_with_all = ["txid", "timestamp"])]
+    pub follow: bool,
+    /// How often follow mode checks the replica.
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub follow_interval: String,
     /// Accepted for compatibility with Litestream; has no effect.
     #[arg(long, value_name = "N", hide = true)]
     pub parallelism: Option<u32>,
@@ -290,6 +297,13 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
         (None, Some(p)) => p,
         (None, None) => bail!("-o PATH is required when restoring from a replica URL"),
     };
+    let follow_interval = crate::config::parse_duration(&a.follow_interval).context("-follow-interval")?;
+    if a.follow {
+        if let Some(txid) = restore::read_txid_file(&output).filter(|_| output.exists()) {
+            eprintln!("resuming follow of {} at TXID {}", output.display(), ltx::format_txid(txid));
+            return follow_until_signal(client.as_ref(), &output, txid, follow_interval);
+        }
+    }
     if !a.dry_run {
         if let Some(existing) = restore::output_exists(&output)? {
             if a.if_db_not_exists {
@@ -324,6 +338,10 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
         .with_context(|| format!("restore to {} failed", output.display()))?;
     debug_assert_eq!(txid, max_txid);
     let ms = started.elapsed().as_millis();
+    if a.follow {
+        eprintln!("restored {} to TXID {}; following {}", output.display(), ltx::format_txid(txid), client.location());
+        return follow_until_signal(client.as_ref(), &output, txid, follow_interval);
+    }
     if a.json {
         println!(
             "{{\"db_path\":{:?},\"replica\":{:?},\"txid\":\"{}\",\"duration_ms\":{ms},\"integrity_check\":\"{:?}\"}}",
@@ -342,6 +360,20 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Follow mode until SIGINT or SIGTERM.
+fn follow_until_signal(client: &dyn ReplicaClient, output: &Path, txid: u64, every: std::time::Duration) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            let _ = tx.send(());
+        }
+    });
+    let stop = |d: std::time::Duration| !matches!(rx.recv_timeout(d), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+    restore::follow(client, output, txid, every, &stop)
 }
 
 fn print_plan(

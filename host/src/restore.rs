@@ -197,6 +197,63 @@ pub fn tmp_path(output: &Path) -> PathBuf {
     s.into()
 }
 
+/// Where an applied chain stands: page size, database size in pages, TXID.
+#[derive(Clone, Copy, Debug, Default)]
+struct Applied {
+    page_size: u32,
+    commit: u32,
+    txid: u64,
+}
+
+/// Applies one LTX file on top of `at` into `out`, checking that it continues the
+/// chain and holds every page the database grows into.
+fn apply_file<R: std::io::Read>(mut dec: ltx::Decoder<R>, at: Applied, out: &fs::File) -> Result<Applied> {
+    let name = dec.name().to_string();
+    let h = dec.header().clone();
+    if at.txid == 0 {
+        if h.min_txid != 1 {
+            bail!("LTX file {name}: a restore must start with a snapshot (TXID 1)");
+        }
+    } else if h.page_size != at.page_size {
+        bail!("LTX file {name}: page size {} differs from the snapshot's {}", h.page_size, at.page_size);
+    } else if h.min_txid > at.txid + 1 || h.max_txid <= at.txid {
+        bail!("LTX file {name}: does not continue the chain after TXID {}", ltx::format_txid(at.txid));
+    }
+    let (page_size, commit) = (h.page_size, at.commit);
+    let lock = ltx::lock_pgno(page_size);
+    let grown_expected = if h.commit > commit {
+        (h.commit - commit) as u64 - u64::from((commit + 1..=h.commit).contains(&lock))
+    } else {
+        0
+    };
+    let mut grown = 0u64;
+    let mut buf = Vec::new();
+    while let Some(pgno) = dec.next_page(&mut buf)? {
+        out.write_all_at(&buf, (pgno as u64 - 1) * page_size as u64).context("cannot write the output")?;
+        if pgno > commit {
+            grown += 1;
+        }
+    }
+    if grown != grown_expected {
+        bail!(
+            "LTX file {name}: the database grows from {commit} to {} pages but the file holds only {grown} of the new pages",
+            h.commit
+        );
+    }
+    out.set_len(h.commit as u64 * page_size as u64)?;
+    Ok(Applied { page_size, commit: h.commit, txid: h.max_txid })
+}
+
+fn open_checked(client: &dyn ReplicaClient, info: &FileInfo) -> Result<ltx::Decoder<Box<dyn std::io::Read + Send>>> {
+    let name = format!("{} (level {})", info.name(), info.level);
+    let dec = ltx::Decoder::new(client.open(info.level, info.min_txid, info.max_txid)?, name.clone())?;
+    let h = dec.header();
+    if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid) {
+        bail!("LTX file {name}: header says TXIDs {}-{}, which does not match its name", h.min_txid, h.max_txid);
+    }
+    Ok(dec)
+}
+
 fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path) -> Result<u64> {
     let out = OpenOptions::new()
         .write(true)
@@ -204,55 +261,137 @@ fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path) -> Result
         .truncate(true)
         .open(tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut page_size = 0u32;
-    let mut commit = 0u32;
-    let mut txid = 0u64;
-    let mut buf = Vec::new();
-    for (i, info) in plan.iter().enumerate() {
-        let name = format!("{} (level {})", info.name(), info.level);
-        let reader = client.open(info.level, info.min_txid, info.max_txid)?;
-        let mut dec = ltx::Decoder::new(reader, name.clone())?;
-        let h = dec.header().clone();
-        if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid) {
-            bail!("LTX file {name}: header says TXIDs {}-{}, which does not match its name", h.min_txid, h.max_txid);
-        }
-        if i == 0 {
-            if h.min_txid != 1 {
-                bail!("LTX file {name}: a restore must start with a snapshot (TXID 1)");
-            }
-            page_size = h.page_size;
-        } else if h.page_size != page_size {
-            bail!("LTX file {name}: page size {} differs from the snapshot's {page_size}", h.page_size);
-        } else if h.min_txid > txid + 1 {
-            bail!("LTX file {name}: gap after TXID {}", ltx::format_txid(txid));
-        }
-        // Pages the database grows into must all be present in this file.
-        let lock = ltx::lock_pgno(page_size);
-        let grown_expected = if h.commit > commit {
-            (h.commit - commit) as u64 - u64::from((commit + 1..=h.commit).contains(&lock))
-        } else {
-            0
-        };
-        let mut grown = 0u64;
-        while let Some(pgno) = dec.next_page(&mut buf)? {
-            out.write_all_at(&buf, (pgno as u64 - 1) * page_size as u64)
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-            if pgno > commit {
-                grown += 1;
-            }
-        }
-        if grown != grown_expected {
-            bail!(
-                "LTX file {name}: the database grows from {commit} to {} pages but the file holds only {grown} of the new pages",
-                h.commit
-            );
-        }
-        commit = h.commit;
-        txid = h.max_txid;
-        out.set_len(commit as u64 * page_size as u64)?;
+    let mut at = Applied::default();
+    for info in plan {
+        at = apply_file(open_checked(client, info)?, at, &out)?;
     }
     out.sync_all().with_context(|| format!("cannot fsync {}", tmp.display()))?;
-    Ok(txid)
+    Ok(at.txid)
+}
+
+/// `<output>-txid`: the TXID a followed copy holds.
+pub fn txid_path(output: &Path) -> PathBuf {
+    let mut s = output.as_os_str().to_owned();
+    s.push("-txid");
+    s.into()
+}
+
+fn write_txid_file(output: &Path, txid: u64) -> Result<()> {
+    let path = txid_path(output);
+    let tmp = tmp_path(&path);
+    fs::write(&tmp, format!("{}\n", ltx::format_txid(txid)))?;
+    fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// Reads the TXID a followed copy holds, if it was made by follow mode.
+pub fn read_txid_file(output: &Path) -> Option<u64> {
+    let text = fs::read_to_string(txid_path(output)).ok()?;
+    u64::from_str_radix(text.trim(), 16).ok()
+}
+
+/// Makes the copy readable by SQLite without a WAL (rollback journal mode) and
+/// changes its change counter so open readers notice new content.
+fn mark_changed(out: &fs::File) -> Result<()> {
+    out.write_all_at(&[1, 1], 18)?;
+    out.write_all_at(&rand::random::<u32>().to_be_bytes(), 24)?;
+    Ok(())
+}
+
+/// The files that continue a chain from `txid`, across levels 0..8 (greedy, as
+/// the restore plan does). L0 is listed first; other levels only to bridge a gap.
+fn follow_plan(client: &dyn ReplicaClient, txid: u64) -> Result<Vec<FileInfo>> {
+    let chain = |levels: &[Vec<FileInfo>]| {
+        let mut cur = txid;
+        let mut out = Vec::new();
+        loop {
+            let best = levels
+                .iter()
+                .flatten()
+                .filter(|f| f.min_txid <= cur + 1 && f.max_txid > cur)
+                .max_by_key(|f| (f.max_txid, std::cmp::Reverse(f.min_txid), f.level));
+            let Some(b) = best else { break };
+            cur = b.max_txid;
+            out.push(b.clone());
+        }
+        out
+    };
+    let l0 = client.list(0)?;
+    let newest = l0.last().map_or(txid, |f| f.max_txid);
+    let plan = chain(std::slice::from_ref(&l0));
+    if plan.last().map_or(txid, |f| f.max_txid) >= newest {
+        return Ok(plan);
+    }
+    let mut levels = vec![l0];
+    for level in 1..SNAPSHOT_LEVEL {
+        levels.push(client.list(level)?);
+    }
+    Ok(chain(&levels))
+}
+
+/// Keeps `output` (already restored to `txid`) current: every `interval`, applies
+/// the replica's new files in place, under SQLite's exclusive lock so readers never
+/// see a half-applied change. Each file is downloaded and verified in full before
+/// any of its pages touch the copy. Returns when `stop` says so.
+pub fn follow(
+    client: &dyn ReplicaClient,
+    output: &Path,
+    mut txid: u64,
+    interval: std::time::Duration,
+    stop: &dyn Fn(std::time::Duration) -> bool,
+) -> Result<()> {
+    let out = OpenOptions::new().read(true).write(true).open(output)?;
+    let mut page1 = [0u8; 100];
+    out.read_exact_at(&mut page1, 0)?;
+    let page_size = match u16::from_be_bytes([page1[16], page1[17]]) {
+        1 => 65536,
+        n => n as u32,
+    };
+    let mut at = Applied { page_size, commit: (out.metadata()?.len() / page_size as u64) as u32, txid };
+    mark_changed(&out)?;
+    out.sync_all()?;
+    write_txid_file(output, txid)?;
+    // A connection used only to hold SQLite's lock while pages change.
+    let locker = rusqlite::Connection::open(output)?;
+    locker.busy_timeout(std::time::Duration::from_secs(30))?;
+    let staging = tmp_path(&txid_path(output)).with_extension("ltx");
+    loop {
+        if stop(interval) {
+            return Ok(());
+        }
+        let plan = match follow_plan(client, txid) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot list the replica, retrying: {e:#}");
+                continue;
+            }
+        };
+        for info in plan {
+            // Download and verify the whole file before touching the copy.
+            let mut f = fs::File::create(&staging)?;
+            std::io::copy(&mut client.open(info.level, info.min_txid, info.max_txid)?, &mut f)?;
+            f.sync_all()?;
+            let name = format!("{} (level {})", info.name(), info.level);
+            let h = ltx::Decoder::new(fs::File::open(&staging)?, name.clone())?.verify()?;
+            if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid) {
+                bail!(
+                    "LTX file {name}: header says TXIDs {}-{}, which does not match its name",
+                    h.min_txid,
+                    h.max_txid
+                );
+            }
+            locker.execute_batch("BEGIN EXCLUSIVE")?;
+            let applied = apply_file(ltx::Decoder::new(fs::File::open(&staging)?, name)?, at, &out)
+                .and_then(|a| mark_changed(&out).map(|_| a))
+                .and_then(|a| out.sync_all().map(|_| a).map_err(Into::into));
+            locker.execute_batch("COMMIT")?;
+            at = applied?;
+            txid = at.txid;
+            write_txid_file(output, txid)?;
+            tracing::info!(txid = %ltx::format_txid(txid), file = %info.name(), level = info.level, "applied");
+        }
+        let _ = fs::remove_file(&staging);
+    }
 }
 
 /// Runs `PRAGMA quick_check` / `integrity_check` on a restored file without
