@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod db;
 pub mod file_client;
 pub mod ltx;
+pub mod plugin;
 pub mod replica_client;
 pub mod restore;
 pub mod s3_client;

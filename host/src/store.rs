@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::compaction::{PipeReader, merge};
 use crate::db::{Shared, write_snapshot};
 use crate::ltx::{self, Decoder};
+use crate::plugin::{Plugin, PluginFile, Settings};
 use crate::replica_client::{FileInfo, ReplicaClient, SNAPSHOT_LEVEL};
 use crate::restore::{Target, pinned_files, plan_from_listing};
 
@@ -50,6 +51,30 @@ impl Default for StoreOptions {
     }
 }
 
+/// Checks that deleting `victims` from the replica listed in `files` is safe: every
+/// victim is in the listing, the newest snapshot is not among them, and the latest
+/// restore gives the same state afterwards. Returns the victims, or why not.
+pub fn vet_deletions(files: &[Vec<FileInfo>], victims: &[FileInfo]) -> std::result::Result<Vec<FileInfo>, String> {
+    for v in victims {
+        if !files.iter().flatten().any(|f| f == v) {
+            return Err(format!("level {} TXIDs {}-{} is not in the replica", v.level, v.min_txid, v.max_txid));
+        }
+    }
+    let newest = files[SNAPSHOT_LEVEL as usize].iter().max_by_key(|f| f.max_txid);
+    if let Some(n) = newest.filter(|n| victims.contains(n)) {
+        return Err(format!("{} is the newest snapshot, which is always kept", n.name()));
+    }
+    let latest =
+        |l: &[Vec<FileInfo>]| plan_from_listing(l, Target::default()).ok().and_then(|p| p.last().map(|f| f.max_txid));
+    let before = latest(files).ok_or("the replica's latest state is not restorable now; deleting nothing")?;
+    let after: Vec<Vec<FileInfo>> =
+        files.iter().map(|l| l.iter().filter(|f| !victims.contains(f)).cloned().collect()).collect();
+    if latest(&after) != Some(before) {
+        return Err(format!("deleting {} file(s) would break the chain the latest restore needs", victims.len()));
+    }
+    Ok(victims.to_vec())
+}
+
 /// `t` rounded down to a multiple of `d` since the Unix epoch (UTC-aligned, like
 /// Go's `Time.Truncate` for intervals that divide a day).
 pub fn truncate(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -71,6 +96,8 @@ pub struct Store {
     next_compaction: Vec<DateTime<Utc>>,
     next_snapshot: DateTime<Utc>,
     next_l0_retention: DateTime<Utc>,
+    /// A retention plugin replacing the built-in snapshot retention.
+    retention_plugin: Option<(Plugin, Settings)>,
 }
 
 impl Store {
@@ -84,7 +111,14 @@ impl Store {
             next_l0_retention: now + delta(opts.l0_retention_check_interval),
             opts,
             files: None,
+            retention_plugin: None,
         }
+    }
+
+    /// Uses `plugin` (with its settings) instead of the built-in snapshot retention.
+    pub fn with_retention_plugin(mut self, plugin: Option<(Plugin, Settings)>) -> Store {
+        self.retention_plugin = plugin;
+        self
     }
 
     pub fn client(&self) -> &Arc<dyn ReplicaClient> {
@@ -164,7 +198,11 @@ impl Store {
         if now >= self.next_snapshot {
             self.snapshot(false, now)?;
             if self.opts.retention_enabled {
-                self.enforce_snapshot_retention(now)?;
+                if self.retention_plugin.is_some() {
+                    self.plugin_retention(now)?;
+                } else {
+                    self.enforce_snapshot_retention(now)?;
+                }
             }
             self.next_snapshot = truncate(now, self.opts.snapshot_interval) + delta(self.opts.snapshot_interval);
         }
@@ -266,8 +304,7 @@ impl Store {
         pinned_files(&self.client.location())
     }
 
-    /// Deletes `victims` (level, min, max) only if the latest state stays restorable
-    /// exactly as before; returns how many were deleted.
+    /// Deletes `victims` only if [`vet_deletions`] accepts them; returns how many.
     fn delete_safely(&mut self, victims: Vec<FileInfo>, why: &str) -> Result<usize> {
         let pinned = self.pinned();
         let victims: Vec<FileInfo> =
@@ -276,16 +313,13 @@ impl Store {
             return Ok(0);
         }
         let files = self.files()?.clone();
-        let before = plan_from_listing(&files, Target::default()).ok().and_then(|p| p.last().map(|f| f.max_txid));
-        let after_listing: Vec<Vec<FileInfo>> =
-            files.iter().map(|l| l.iter().filter(|f| !victims.contains(f)).cloned().collect()).collect();
-        let after =
-            plan_from_listing(&after_listing, Target::default()).ok().and_then(|p| p.last().map(|f| f.max_txid));
-        if before.is_none() || after != before {
-            warn!(db = %self.shared.path.display(), reason = why,
-                  "retention skipped: deleting {} file(s) would break the restorable chain", victims.len());
-            return Ok(0);
-        }
+        let victims = match vet_deletions(&files, &victims) {
+            Ok(v) => v,
+            Err(reason) => {
+                warn!(db = %self.shared.path.display(), reason = why, "retention refused: {reason}");
+                return Ok(0);
+            }
+        };
         for level in 0..=SNAPSHOT_LEVEL {
             let ids: Vec<(u64, u64)> =
                 victims.iter().filter(|f| f.level == level).map(|f| (f.min_txid, f.max_txid)).collect();
@@ -300,9 +334,53 @@ impl Store {
             }
         }
         let n = victims.len();
-        self.files = Some(after_listing);
+        let after: Vec<Vec<FileInfo>> =
+            files.iter().map(|l| l.iter().filter(|f| !victims.contains(f)).cloned().collect()).collect();
+        self.files = Some(after);
         info!(db = %self.shared.path.display(), reason = why, files = n, "retention deleted files");
         Ok(n)
+    }
+
+    /// Asks the retention plugin what to delete; its answer is vetted like any other.
+    fn plugin_retention(&mut self, now: DateTime<Utc>) -> Result<usize> {
+        let Some((plugin, settings)) = self.retention_plugin.clone() else { return Ok(0) };
+        let files: Vec<PluginFile> = self
+            .files()?
+            .iter()
+            .flatten()
+            .map(|f| PluginFile {
+                level: f.level,
+                min_txid: f.min_txid,
+                max_txid: f.max_txid,
+                size: f.size,
+                created_ms: f.created_at.timestamp_millis(),
+            })
+            .collect();
+        let answer = match plugin.select_deletions(&settings, &files, now.timestamp_millis()) {
+            Ok(a) => a,
+            Err(e) => {
+                // A failing retention plugin deletes nothing this round.
+                warn!(db = %self.shared.path.display(), "{e:#}; nothing deleted this round");
+                return Ok(0);
+            }
+        };
+        let listing = self.files()?.clone();
+        let mut victims = Vec::new();
+        for a in &answer {
+            match listing
+                .iter()
+                .flatten()
+                .find(|f| (f.level, f.min_txid, f.max_txid) == (a.level, a.min_txid, a.max_txid))
+            {
+                Some(f) => victims.push(f.clone()),
+                None => {
+                    warn!(db = %self.shared.path.display(), plugin = %plugin.name,
+                          "retention refused: the plugin asked to delete level {} TXIDs {}-{}, which is not in the replica", a.level, a.min_txid, a.max_txid);
+                    return Ok(0);
+                }
+            }
+        }
+        self.delete_safely(victims, &format!("retention plugin {}", plugin.name))
     }
 
     /// Snapshot retention: delete snapshots older than `snapshot.retention` (never the
