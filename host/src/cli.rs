@@ -237,7 +237,11 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
             vec![DbSpec {
                 path: clean_db_path(db)?,
                 options: DbOptions::default(),
-                replica: ReplicaSpec { client, sync_interval: std::time::Duration::from_secs(1) },
+                replica: ReplicaSpec {
+                    client,
+                    sync_interval: std::time::Duration::from_secs(1),
+                    retention_plugin: None,
+                },
                 store: StoreOptions::default(),
                 restore_if_db_not_exists: false,
             }]

@@ -17,9 +17,11 @@ use serde::Deserialize;
 
 use crate::db::DbOptions;
 use crate::file_client::FileClient;
-use crate::replica_client::{ReplicaClient, client_from_url};
-use crate::s3_client::{S3Client, S3Settings, endpoint_with_scheme};
+use crate::plugin::{Kind, Plugin, Settings};
+use crate::replica_client::{ReplicaClient, client_from_url_with};
+use crate::s3_client::{LayoutSpec, S3Client, S3Settings, endpoint_with_scheme};
 use crate::store::StoreOptions;
+use crate::transform_client::TransformClient;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -39,6 +41,124 @@ pub struct Config {
     pub l0_retention_check_interval: Option<String>,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Policy plugins, referred to by name from replicas.
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+    #[serde(skip)]
+    loaded: std::cell::OnceCell<Vec<LoadedPlugin>>,
+}
+
+/// One entry of `plugins:`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PluginConfig {
+    /// How replicas refer to it.
+    pub name: String,
+    /// A built-in plugin: gfs-retention, age or path-template.
+    pub builtin: Option<String>,
+    /// A component file (`.wasm`).
+    pub path: Option<String>,
+    /// Optional pin: the component must have this SHA-256 (hex).
+    pub sha256: Option<String>,
+    /// Settings passed to the plugin (values become strings).
+    #[serde(default)]
+    pub config: serde_yaml::Mapping,
+    /// Secrets, each read from `{file: PATH}` or `{env: VAR}`; never logged.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, SecretSource>,
+    pub limits: Option<LimitsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SecretSource {
+    pub file: Option<String>,
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LimitsConfig {
+    pub memory: Option<ByteSize>,
+    pub timeout: Option<String>,
+    pub output: Option<ByteSize>,
+}
+
+/// A plugin loaded, checked and validated.
+#[derive(Debug, Clone)]
+pub struct LoadedPlugin {
+    pub name: String,
+    pub plugin: Plugin,
+    pub settings: Settings,
+    pub secrets: Vec<(String, String)>,
+}
+
+fn yaml_scalar(v: &serde_yaml::Value) -> Result<String> {
+    Ok(match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        serde_yaml::Value::Bool(b) => b.to_string(),
+        other => bail!("plugin settings must be plain values (got {other:?})"),
+    })
+}
+
+impl PluginConfig {
+    fn load(&self) -> Result<LoadedPlugin> {
+        let wasm: Vec<u8> = match (&self.builtin, &self.path) {
+            (Some(b), None) => plugins::builtin(b)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = plugins::BUILTINS.iter().map(|b| b.name).collect();
+                    anyhow!("unknown built-in plugin {b:?}: the built-ins are {}", names.join(", "))
+                })?
+                .to_vec(),
+            (None, Some(p)) => std::fs::read(p).map_err(|e| anyhow!("cannot read plugin file {p}: {e}"))?,
+            _ => bail!("give the plugin either builtin: NAME or path: FILE.wasm"),
+        };
+        if let Some(pin) = &self.sha256 {
+            let actual = crate::plugin::sha256_hex(&wasm);
+            if !actual.eq_ignore_ascii_case(pin.trim()) {
+                bail!("the component's sha256 is {actual}, not the pinned {pin}: refusing to load it");
+            }
+        }
+        let mut limits = None;
+        if let Some(l) = &self.limits {
+            let wasm_probe = crate::plugin::Runtime::global()?.load(&self.name, &wasm, None)?;
+            let mut lim = wasm_probe.limits;
+            if let Some(m) = &l.memory {
+                lim.memory = m.bytes().context("limits.memory")? as usize;
+            }
+            if let Some(t) = &l.timeout {
+                lim.deadline = parse_duration(t).context("limits.timeout")?;
+            }
+            if let Some(o) = &l.output {
+                lim.output = o.bytes().context("limits.output")? as usize;
+            }
+            limits = Some(lim);
+        }
+        let plugin = crate::plugin::Runtime::global()?.load(&self.name, &wasm, limits)?;
+        let settings =
+            self.config.iter().map(|(k, v)| Ok((yaml_scalar(k)?, yaml_scalar(v)?))).collect::<Result<Settings>>()?;
+        plugin.validate(&settings)?;
+        let mut secrets = Vec::new();
+        for (key, src) in &self.secrets {
+            let value = match (&src.file, &src.env) {
+                (Some(f), None) => {
+                    std::fs::read_to_string(f).map_err(|e| anyhow!("cannot read secret {key} from {f}: {e}"))
+                }
+                (None, Some(v)) => {
+                    std::env::var(v).map_err(|_| anyhow!("secret {key}: environment variable {v} is not set"))
+                }
+                _ => bail!("secret {key} needs either file: PATH or env: VARIABLE"),
+            };
+            match value {
+                Ok(v) => secrets.push((key.clone(), v)),
+                // A replication host may hold only the public half, a restore host
+                // only the private one: a missing secret is reported when needed.
+                Err(e) => tracing::debug!(plugin = %self.name, "{e}"),
+            }
+        }
+        Ok(LoadedPlugin { name: self.name.clone(), plugin, settings, secrets })
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -118,6 +238,10 @@ pub struct ReplicaSettings {
     pub sse_customer_key: Option<String>,
     pub sse_customer_key_path: Option<String>,
     pub sse_kms_key_id: Option<String>,
+    /// Names of entries in `plugins:`.
+    pub retention_plugin: Option<String>,
+    pub transform_plugin: Option<String>,
+    pub layout_plugin: Option<String>,
     /// Litestream 0.3's client-side encryption block; refused with an explanation.
     pub age: Option<serde_yaml::Value>,
 }
@@ -180,6 +304,9 @@ impl ReplicaSettings {
             sse_customer_key: s.sse_customer_key.or_else(|| d.sse_customer_key.clone()),
             sse_customer_key_path: s.sse_customer_key_path.or_else(|| d.sse_customer_key_path.clone()),
             sse_kms_key_id: s.sse_kms_key_id.or_else(|| d.sse_kms_key_id.clone()),
+            retention_plugin: s.retention_plugin.or_else(|| d.retention_plugin.clone()),
+            transform_plugin: s.transform_plugin.or_else(|| d.transform_plugin.clone()),
+            layout_plugin: s.layout_plugin.or_else(|| d.layout_plugin.clone()),
             age: s.age.or_else(|| d.age.clone()),
         }
     }
@@ -229,6 +356,8 @@ pub struct DbSpec {
 pub struct ReplicaSpec {
     pub client: Box<dyn ReplicaClient>,
     pub sync_interval: Duration,
+    /// A retention plugin replacing the built-in snapshot retention.
+    pub retention_plugin: Option<(Plugin, Settings)>,
 }
 
 /// Replaces `$VAR` and `${VAR}` with environment values (empty when unset).
@@ -334,6 +463,38 @@ impl Config {
         }
         let cfg: Config = serde_yaml::from_str(&text).map_err(|e| anyhow!("{e}"))?;
         Ok(cfg)
+    }
+
+    /// Every `plugins:` entry, loaded and validated once (a bad plugin or bad plugin
+    /// settings stop start-up here).
+    pub fn loaded_plugins(&self) -> Result<&[LoadedPlugin]> {
+        if let Some(l) = self.loaded.get() {
+            return Ok(l);
+        }
+        let mut out = Vec::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            if p.name.is_empty() {
+                bail!("plugins[{i}] needs a name:");
+            }
+            if out.iter().any(|o: &LoadedPlugin| o.name == p.name) {
+                bail!("two plugins are named {:?}", p.name);
+            }
+            out.push(p.load().with_context(|| format!("plugin {:?}", p.name))?);
+        }
+        let _ = self.loaded.set(out);
+        Ok(self.loaded.get().expect("just set"))
+    }
+
+    fn plugin_named(&self, name: &str, kind: Kind) -> Result<LoadedPlugin> {
+        let p = self
+            .loaded_plugins()?
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| anyhow!("no plugin named {name:?} under plugins:"))?;
+        if p.plugin.kind != kind {
+            bail!("plugin {name:?} is a {} plugin; it cannot be used as the {kind} plugin", p.plugin.kind);
+        }
+        Ok(p.clone())
     }
 
     /// Levels, snapshot and retention settings, with Litestream's defaults.
@@ -457,7 +618,8 @@ impl Config {
             }
             _ => bail!("database {} has no replica: configure one under replica:", path.display()),
         };
-        let replica = self.replica_spec(&replica)?;
+        let db_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let replica = self.replica_spec(&replica, &db_name)?;
         let store = self.store_options()?;
         Ok(DbSpec {
             path,
@@ -468,7 +630,7 @@ impl Config {
         })
     }
 
-    fn replica_spec(&self, r: &ReplicaConfig) -> Result<ReplicaSpec> {
+    fn replica_spec(&self, r: &ReplicaConfig, db_name: &str) -> Result<ReplicaSpec> {
         let settings = r.settings.or(&self.defaults);
         let sync_interval = match &settings.sync_interval {
             Some(s) => parse_duration(s).context("sync-interval")?,
@@ -477,6 +639,17 @@ impl Config {
         if sync_interval.is_zero() {
             bail!("sync-interval must be greater than zero");
         }
+        let transform =
+            settings.transform_plugin.as_deref().map(|n| self.plugin_named(n, Kind::Transform)).transpose()?;
+        let layout = settings
+            .layout_plugin
+            .as_deref()
+            .map(|n| self.plugin_named(n, Kind::Layout))
+            .transpose()?
+            .map(|l| LayoutSpec { plugin: l.plugin, settings: l.settings, database: db_name.to_string() });
+        let retention =
+            settings.retention_plugin.as_deref().map(|n| self.plugin_named(n, Kind::Retention)).transpose()?;
+        let transform_tag = transform.as_ref().map(|t| t.plugin.transform_name()).transpose()?;
         let kind = r.kind.as_deref().unwrap_or(if r.url.is_some() {
             ""
         } else if settings.bucket.is_some() {
@@ -487,7 +660,7 @@ impl Config {
         let client: Box<dyn ReplicaClient> = match (&r.url, kind) {
             (Some(_), _) if r.path.is_some() => bail!("replica url: and path: cannot both be set"),
             (Some(_), _) if r.settings.bucket.is_some() => bail!("replica url: and bucket: cannot both be set"),
-            (Some(url), _) => client_from_url(url, &settings)?,
+            (Some(url), _) => client_from_url_with(url, &settings, layout.clone(), transform_tag.clone())?,
             (None, "file") => {
                 let path = r.path.as_deref().ok_or_else(|| anyhow!("a replica needs a url: or a path:"))?;
                 if path.contains("://") {
@@ -500,11 +673,17 @@ impl Config {
                 // The path is used verbatim, as Litestream does (no cleaning).
                 let mut s = S3Settings { bucket, path: r.path.clone().unwrap_or_default(), ..Default::default() };
                 settings.apply_to_s3(&mut s)?;
+                s.layout = layout.clone();
+                s.transform_tag = transform_tag.clone();
                 Box::new(S3Client::new(s)?)
             }
             (None, other) => bail!("replica type {other:?} is not supported by this build of sluice yet"),
         };
-        Ok(ReplicaSpec { client, sync_interval })
+        let client: Box<dyn ReplicaClient> = match transform {
+            Some(t) => Box::new(TransformClient::new(client, t.plugin, t.settings, t.secrets)),
+            None => client,
+        };
+        Ok(ReplicaSpec { client, sync_interval, retention_plugin: retention.map(|r| (r.plugin, r.settings)) })
     }
 }
 

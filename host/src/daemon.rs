@@ -156,13 +156,13 @@ fn run_once(spec: DbSpec, opts: RunOptions) -> Result<()> {
     db.open()?;
     reconcile(&mut db, client.as_ref())?;
     db.sync()?;
-    let mut store = Store::new(client, db.shared(), spec.store);
+    let mut store = Store::new(client, db.shared(), spec.store).with_retention_plugin(spec.replica.retention_plugin);
     while store.upload()? > 0 {}
     if opts.force_snapshot {
         store.snapshot(true, Utc::now())?;
     }
     if opts.enforce_retention {
-        store.enforce_snapshot_retention(Utc::now())?;
+        store.enforce_retention(Utc::now())?;
         store.enforce_l0_retention(Utc::now())?;
     }
     info!(db = %db.path().display(), txid = %ltx::format_txid(db.txid()), "replicated once");
@@ -205,7 +205,8 @@ fn capture_worker(spec: DbSpec, wait: bool, stop: Receiver<()>, abort: Arc<Atomi
     db.open()?;
     reconcile(&mut db, client.as_ref())?;
     let shared = db.shared();
-    let store = Store::new(client.clone(), shared.clone(), spec.store);
+    let store =
+        Store::new(client.clone(), shared.clone(), spec.store).with_retention_plugin(spec.replica.retention_plugin);
     let (to_replica, from_capture) = mpsc::channel();
     let replica = thread::Builder::new()
         .name(format!("replica:{}", db.path().display()))

@@ -20,4 +20,5 @@ pub mod replica_client;
 pub mod restore;
 pub mod s3_client;
 pub mod store;
+pub mod transform_client;
 pub mod wal;

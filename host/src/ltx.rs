@@ -363,6 +363,14 @@ impl<R: Read> Decoder<R> {
         let mut r = BufReader::with_capacity(128 * 1024, r);
         let mut bytes = [0u8; HEADER_SIZE];
         read_exact(&mut r, &mut bytes).map_err(|fault| Error { file: name.clone(), fault })?;
+        if bytes.starts_with(b"age-encryption.org/") {
+            return Err(Error {
+                file: name,
+                fault: Fault::BadHeader(
+                    "the file is age-encrypted; configure the age transform plugin with an identity to read it".into(),
+                ),
+            });
+        }
         let header = Header::decode(&bytes).and_then(|h| h.validate().map(|_| h));
         let header = header.map_err(|fault| Error { file: name.clone(), fault })?;
         let mut crc = Crc64::new();

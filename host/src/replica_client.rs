@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::ReplicaSettings;
 use crate::file_client::FileClient;
-use crate::s3_client::{S3Client, S3Settings};
+use crate::s3_client::{LayoutSpec, S3Client, S3Settings};
 
 /// The level full snapshots live at.
 pub const SNAPSHOT_LEVEL: u8 = 9;
@@ -77,6 +77,16 @@ pub trait ReplicaClient: Send + Sync {
 /// Builds a client from a replica URL such as `file:///var/backups/db` or
 /// `s3://bucket/path`, with settings from the config file (or defaults).
 pub fn client_from_url(url: &str, settings: &ReplicaSettings) -> Result<Box<dyn ReplicaClient>> {
+    client_from_url_with(url, settings, None, None)
+}
+
+/// As [`client_from_url`], with a layout plugin and a transform tag (S3 only).
+pub fn client_from_url_with(
+    url: &str,
+    settings: &ReplicaSettings,
+    layout: Option<LayoutSpec>,
+    transform_tag: Option<String>,
+) -> Result<Box<dyn ReplicaClient>> {
     let Some((scheme, rest)) = url.split_once("://") else {
         bail!(
             "invalid replica URL {url:?}: expected SCHEME://..., for example file:///var/lib/backups/app or s3://bucket/app"
@@ -84,6 +94,9 @@ pub fn client_from_url(url: &str, settings: &ReplicaSettings) -> Result<Box<dyn 
     };
     match scheme {
         "file" => {
+            if layout.is_some() {
+                bail!("layout plugins work with s3:// replicas; a file:// replica keeps Litestream's layout");
+            }
             let path = rest.split(['?', '#']).next().unwrap_or("");
             if !path.starts_with('/') {
                 bail!("invalid file replica URL {url:?}: the path must be absolute, as in file:///var/backups/app");
@@ -93,6 +106,8 @@ pub fn client_from_url(url: &str, settings: &ReplicaSettings) -> Result<Box<dyn 
         "s3" => {
             let mut s = S3Settings::from_url(url)?;
             settings.apply_to_s3(&mut s)?;
+            s.layout = layout;
+            s.transform_tag = transform_tag;
             Ok(Box::new(S3Client::new(s)?))
         }
         "gs" | "abs" | "sftp" | "webdav" | "webdavs" | "nats" | "oss" => bail!(

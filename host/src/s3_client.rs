@@ -69,7 +69,21 @@ pub struct S3Settings {
     pub sse_kms_key_id: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    /// A layout plugin for object keys (default: Litestream's layout).
+    pub layout: Option<LayoutSpec>,
+    /// The transform that writes this replica's objects, recorded in their metadata.
+    pub transform_tag: Option<String>,
 }
+
+/// A layout plugin with its settings and the database name it is given.
+#[derive(Clone, Debug)]
+pub struct LayoutSpec {
+    pub plugin: crate::plugin::Plugin,
+    pub settings: crate::plugin::Settings,
+    pub database: String,
+}
+
+const TRANSFORM_META: &str = "sluice-transform";
 
 /// Adds `http://` for local and private hosts and `https://` otherwise, as Litestream does.
 pub fn endpoint_with_scheme(ep: &str) -> String {
@@ -358,6 +372,11 @@ pub struct S3Client {
     sse_kms_key_id: Option<String>,
     sign_payload: bool,
     require_content_md5: bool,
+    layout: Option<LayoutSpec>,
+    transform_tag: Option<String>,
+    /// Keys seen in listings or written, for layouts whose keys need more than the
+    /// file's identity (date parts).
+    keys: std::sync::Mutex<std::collections::HashMap<(u8, u64, u64), String>>,
 }
 
 /// Turns an SDK error into one line a user can act on.
@@ -488,6 +507,9 @@ impl S3Client {
             sse_kms_key_id: s.sse_kms_key_id.clone(),
             sign_payload: s.sign_payload.unwrap_or(provider.sign_payload),
             require_content_md5: s.require_content_md5.unwrap_or(provider.require_content_md5),
+            layout: s.layout.clone(),
+            transform_tag: s.transform_tag.clone(),
+            keys: Default::default(),
         })
     }
 
@@ -495,8 +517,31 @@ impl S3Client {
         format!("{}/{:04x}/", self.path, level)
     }
 
-    fn key(&self, level: u8, min: u64, max: u64) -> String {
-        format!("{}{}", self.prefix(level), ltx::format_filename(min, max))
+    /// The key of an existing file.
+    fn key(&self, level: u8, min: u64, max: u64) -> Result<String> {
+        if self.layout.is_none() {
+            return Ok(format!("{}{}", self.prefix(level), ltx::format_filename(min, max)));
+        }
+        if let Some(k) = self.keys.lock().unwrap().get(&(level, min, max)) {
+            return Ok(k.clone());
+        }
+        runtime().block_on(self.list_async(level))?;
+        self.keys
+            .lock()
+            .unwrap()
+            .get(&(level, min, max))
+            .cloned()
+            .ok_or_else(|| anyhow!("level {level} file {} is not in the replica", ltx::format_filename(min, max)))
+    }
+
+    /// The key for a new file.
+    fn new_key(&self, level: u8, min: u64, max: u64, timestamp_ms: i64) -> Result<String> {
+        let Some(l) = &self.layout else { return self.key(level, min, max) };
+        let f = crate::plugin::PluginFile { level, min_txid: min, max_txid: max, size: 0, created_ms: timestamp_ms };
+        let rel = l.plugin.keys(&l.settings, &l.database, &[f])?.remove(0);
+        let key = format!("{}/{rel}", self.path);
+        self.keys.lock().unwrap().insert((level, min, max), key.clone());
+        Ok(key)
     }
 
     fn what(&self, key: &str) -> String {
@@ -504,7 +549,39 @@ impl S3Client {
     }
 
     async fn list_async(&self, level: u8) -> Result<Vec<(FileInfo, String)>> {
-        let prefix = self.prefix(level);
+        let Some(l) = &self.layout else {
+            let prefix = self.prefix(level);
+            let objects = self.list_prefix(&prefix).await?;
+            let mut out = Vec::new();
+            for (key, size, created_at) in objects {
+                let Some(name) = key.strip_prefix(&prefix) else { continue };
+                let Some((min_txid, max_txid)) = ltx::parse_filename(name) else { continue };
+                out.push((FileInfo { level, min_txid, max_txid, size, created_at }, key));
+            }
+            out.sort_by_key(|(f, _)| (f.min_txid, f.max_txid));
+            return Ok(out);
+        };
+        let base = format!("{}/", self.path);
+        let mut objects = Vec::new();
+        for prefix in l.plugin.list_plan(&l.settings, &l.database, level)? {
+            objects.extend(self.list_prefix(&format!("{base}{prefix}")).await?);
+        }
+        let rel: Vec<String> = objects.iter().map(|(k, _, _)| k.strip_prefix(&base).unwrap_or(k).to_string()).collect();
+        let parsed = l.plugin.parse_keys(&l.settings, &l.database, level, &rel)?;
+        let mut out = Vec::new();
+        let mut keys = self.keys.lock().unwrap();
+        for ((key, size, created_at), id) in objects.into_iter().zip(parsed) {
+            let Some((min_txid, max_txid)) = id else { continue };
+            keys.insert((level, min_txid, max_txid), key.clone());
+            out.push((FileInfo { level, min_txid, max_txid, size, created_at }, key));
+        }
+        out.sort_by_key(|(f, _)| (f.min_txid, f.max_txid));
+        out.dedup_by_key(|(f, _)| (f.min_txid, f.max_txid));
+        Ok(out)
+    }
+
+    /// Every object under `prefix`: (key, size, last modified).
+    async fn list_prefix(&self, prefix: &str) -> Result<Vec<(String, u64, DateTime<Utc>)>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -512,28 +589,24 @@ impl S3Client {
                 .client
                 .list_objects_v2()
                 .bucket(&self.bucket)
-                .prefix(&prefix)
+                .prefix(prefix)
                 .set_continuation_token(token.clone())
                 .send()
                 .await
-                .map_err(|e| explain(e, "s3:ListBucket", &self.what(&prefix), &self.endpoint))?;
+                .map_err(|e| explain(e, "s3:ListBucket", &self.what(prefix), &self.endpoint))?;
             for obj in resp.contents() {
                 let Some(key) = obj.key() else { continue };
-                let Some(name) = key.strip_prefix(&prefix) else { continue };
-                let Some((min_txid, max_txid)) = ltx::parse_filename(name) else { continue };
                 let created_at = obj
                     .last_modified()
                     .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
                     .unwrap_or_default();
-                let size = obj.size().unwrap_or(0).max(0) as u64;
-                out.push((FileInfo { level, min_txid, max_txid, size, created_at }, key.to_string()));
+                out.push((key.to_string(), obj.size().unwrap_or(0).max(0) as u64, created_at));
             }
             match resp.next_continuation_token() {
                 Some(t) if resp.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
                 _ => break,
             }
         }
-        out.sort_by_key(|(f, _)| (f.min_txid, f.max_txid));
         Ok(out)
     }
 
@@ -549,6 +622,7 @@ impl S3Client {
                 .key(key)
                 .content_length(len as i64)
                 .metadata("litestream-timestamp", &meta)
+                .set_metadata(self.metadata(&meta))
                 .body(ByteStream::from(first))
                 .set_storage_class(self.storage_class.clone());
             if let Some(c) = &self.sse_c {
@@ -572,7 +646,7 @@ impl S3Client {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
-            .metadata("litestream-timestamp", meta)
+            .set_metadata(self.metadata(meta))
             .set_storage_class(self.storage_class.clone());
         if let Some(c) = &self.sse_c {
             req = req.sse_customer_algorithm(&c.algorithm).sse_customer_key(&c.key).sse_customer_key_md5(&c.key_md5);
@@ -675,6 +749,34 @@ impl S3Client {
         }
     }
 
+    /// User metadata for a new object.
+    fn metadata(&self, timestamp: &str) -> Option<std::collections::HashMap<String, String>> {
+        let mut m = std::collections::HashMap::from([("litestream-timestamp".to_string(), timestamp.to_string())]);
+        if let Some(t) = &self.transform_tag {
+            m.insert(TRANSFORM_META.to_string(), t.clone());
+        }
+        Some(m)
+    }
+
+    /// Refuses objects written by another transform than the one configured.
+    fn check_transform(&self, key: &str, stored: Option<&str>) -> Result<()> {
+        match (stored, self.transform_tag.as_deref()) {
+            (a, b) if a == b => Ok(()),
+            (Some(t), None) => bail!(
+                "{} was written through the {t:?} transform plugin; configure transform-plugin (with its keys, e.g. the age identity) to read it",
+                self.what(key)
+            ),
+            (None, Some(t)) => bail!(
+                "{} was not written through the {t:?} transform plugin configured for this replica",
+                self.what(key)
+            ),
+            (Some(a), Some(b)) => {
+                bail!("{} was written through the {a:?} transform plugin, not the configured {b:?}", self.what(key))
+            }
+            (None, None) => Ok(()),
+        }
+    }
+
     async fn get_async(&self, key: &str, offset: u64) -> Result<(ByteStream, u64)> {
         let mut req = self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes={offset}-"));
         if let Some(c) = &self.sse_c {
@@ -682,6 +784,7 @@ impl S3Client {
         }
         match req.send().await {
             Ok(r) => {
+                self.check_transform(key, r.metadata().and_then(|m| m.get(TRANSFORM_META)).map(String::as_str))?;
                 let len = r.content_length().unwrap_or(0).max(0) as u64;
                 Ok((r.body, len))
             }
@@ -817,7 +920,7 @@ impl ReplicaClient for S3Client {
     }
 
     fn open(&self, level: u8, min_txid: u64, max_txid: u64) -> Result<Box<dyn Read + Send>> {
-        let key = self.key(level, min_txid, max_txid);
+        let key = self.key(level, min_txid, max_txid)?;
         let (body, len) = runtime().block_on(self.get_async(&key, 0))?;
         Ok(Box::new(ObjectReader {
             client: self.clone_handle(),
@@ -837,7 +940,7 @@ impl ReplicaClient for S3Client {
         timestamp_ms: i64,
         data: &mut dyn Read,
     ) -> Result<FileInfo> {
-        let key = self.key(level, min_txid, max_txid);
+        let key = self.new_key(level, min_txid, max_txid, timestamp_ms)?;
         let size = runtime().block_on(self.put_async(&key, timestamp_ms, data))?;
         let created_at = Utc.timestamp_millis_opt(timestamp_ms).single().unwrap_or_default();
         Ok(FileInfo { level, min_txid, max_txid, size, created_at })
@@ -846,10 +949,10 @@ impl ReplicaClient for S3Client {
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
         runtime().block_on(async {
             for batch in files.chunks(1000) {
-                let objects: Vec<ObjectIdentifier> = batch
-                    .iter()
-                    .map(|&(a, b)| ObjectIdentifier::builder().key(self.key(level, a, b)).build())
-                    .collect::<Result<_, _>>()?;
+                let mut objects = Vec::new();
+                for &(a, b) in batch {
+                    objects.push(ObjectIdentifier::builder().key(self.key(level, a, b)?).build()?);
+                }
                 let del = Delete::builder().set_objects(Some(objects)).quiet(true).build()?;
                 let md5 = self.require_content_md5;
                 let r = self

@@ -198,11 +198,7 @@ impl Store {
         if now >= self.next_snapshot {
             self.snapshot(false, now)?;
             if self.opts.retention_enabled {
-                if self.retention_plugin.is_some() {
-                    self.plugin_retention(now)?;
-                } else {
-                    self.enforce_snapshot_retention(now)?;
-                }
+                self.enforce_retention(now)?;
             }
             self.next_snapshot = truncate(now, self.opts.snapshot_interval) + delta(self.opts.snapshot_interval);
         }
@@ -381,6 +377,11 @@ impl Store {
             }
         }
         self.delete_safely(victims, &format!("retention plugin {}", plugin.name))
+    }
+
+    /// Snapshot retention: the retention plugin's, or the built-in one.
+    pub fn enforce_retention(&mut self, now: DateTime<Utc>) -> Result<usize> {
+        if self.retention_plugin.is_some() { self.plugin_retention(now) } else { self.enforce_snapshot_retention(now) }
     }
 
     /// Snapshot retention: delete snapshots older than `snapshot.retention` (never the
