@@ -209,3 +209,27 @@ fn misbehaving_plugins_in_the_daemon_are_contained() {
     assert!(fs::read_dir(server.root.join(BUCKET).join("ret/0009")).unwrap().count() >= 2, "no snapshot was deleted");
     restore_and_check_with(&[&format!("s3://{BUCKET}/ret")], &dir.path().join("r.db"), digest(&db), &env);
 }
+
+/// `sluice plugin check` reports kind and version, validates settings, runs the
+/// sample scenario, and fails clearly on bad plugins and bad answers.
+#[test]
+fn plugin_check_command() {
+    let o = sluice(&["plugin", "check", "gfs-retention", "-set", "daily=3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("kind:     retention (sluice:policy@0.1.0"), "{out}");
+    assert!(out.contains("the host would accept this answer"), "{out}");
+    let o = sluice(&["plugin", "check", "gfs-retention", "-set", "daily=lots"]);
+    assert_one_line_error(&o, "invalid config for plugin gfs-retention");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.wasm");
+    fs::write(&bad, plugins::test_plugin("misbehave-retention").unwrap()).unwrap();
+    let o = sluice(&["plugin", "check", bad.to_str().unwrap(), "-set", "mode=newest"]);
+    assert_one_line_error(&o, "newest snapshot");
+    let o = sluice(&["plugin", "check", bad.to_str().unwrap(), "-set", "mode=loop"]);
+    assert_one_line_error(&o, "time limit");
+    let not_wasm = dir.path().join("notes.wasm");
+    fs::write(&not_wasm, "# not a component").unwrap();
+    let o = sluice(&["plugin", "check", not_wasm.to_str().unwrap()]);
+    assert_one_line_error(&o, "not a valid WebAssembly component");
+}

@@ -7,8 +7,9 @@ fn main() {
         Err(e) => e.exit(),
     };
     if let Err(e) = sluice::cli::run(cli) {
-        // One line: the cause chain joined with ": ".
-        eprintln!("error: {e:#}");
+        // One line: the cause chain joined with ": ", inner line breaks flattened.
+        let text = format!("{e:#}");
+        eprintln!("error: {}", text.split_whitespace().collect::<Vec<_>>().join(" "));
         std::process::exit(1);
     }
 }
