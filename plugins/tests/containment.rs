@@ -110,8 +110,13 @@ fn transform_misbehaviour_is_contained() {
     };
     assert!(run("loop").unwrap_err().to_string().contains("time limit"));
     assert!(run("panic").unwrap_err().to_string().contains("crashed (panic)"));
-    assert!(run("huge").unwrap_err().to_string().contains("output limit"));
     assert!(run("err").unwrap_err().to_string().contains("fails on purpose"));
+    // Producing 256 MiB takes a while: a generous deadline isolates the output limit.
+    let slow = load("misbehave-transform", Limits { memory: 512 << 20, deadline: Duration::from_secs(30), ..tight() });
+    let mut out = Vec::new();
+    let e = slow.transform(true, &mode("huge"), &[], &mut &b"x"[..], &mut out, 4096).unwrap_err().to_string();
+    assert!(e.contains("output limit"), "{e}");
+    assert!(out.is_empty(), "nothing of an oversized answer reaches the output");
     assert_eq!(run("identity").unwrap(), b"some bytes");
 }
 
