@@ -222,6 +222,42 @@ fn large_snapshot_uses_multipart() {
     let size = fs::metadata(&obj).unwrap().len();
     assert!(size > 2 * 5242880, "snapshot of {size} bytes spans three parts");
     restore_and_check_with(&[&format!("s3://{BUCKET}/big")], &dir.path().join("r.db"), digest(&db), &envr);
+
+    // More changes, then a restore (several files, downloaded in parallel) through a
+    // proxy that keeps cutting connections: downloads resume, the result is exact.
+    write(&db, &["randomfill", "3"]);
+    write(&db, &["steps", "0", "3"]);
+    let o = sluice_with(&["replicate", "-once", db.to_str().unwrap(), &url], &envr);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let proxy = FaultProxy::start(server.port);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let toggler = {
+        let (stop, proxy_faulty) = (stop.clone(), proxy.handle());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(120));
+                proxy_faulty.set_faulty(true);
+                std::thread::sleep(Duration::from_millis(60));
+                proxy_faulty.set_faulty(false);
+            }
+        })
+    };
+    let via_proxy = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+        ("AWS_ENDPOINT_URL_S3", proxy.endpoint()),
+    ];
+    restore_and_check_with(
+        &[&format!("s3://{BUCKET}/big")],
+        &dir.path().join("r2.db"),
+        digest(&db),
+        &env_refs(&via_proxy),
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    toggler.join().unwrap();
+    let faults = proxy.faults_injected.load(std::sync::atomic::Ordering::SeqCst)
+        + proxy.cuts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(faults > 0, "the proxy cut or refused connections during the restore");
 }
 
 /// The server fails requests and drops connections for a while, repeatedly, during

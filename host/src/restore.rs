@@ -254,6 +254,9 @@ fn open_checked(client: &dyn ReplicaClient, info: &FileInfo) -> Result<ltx::Deco
     Ok(dec)
 }
 
+/// Files downloaded ahead of the one being applied, for remote replicas.
+const PREFETCH: usize = 4;
+
 fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path) -> Result<u64> {
     let out = OpenOptions::new()
         .write(true)
@@ -262,11 +265,106 @@ fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path) -> Result
         .open(tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut at = Applied::default();
-    for info in plan {
-        at = apply_file(open_checked(client, info)?, at, &out)?;
+    if client.kind() == "file" || plan.len() < 2 {
+        for info in plan {
+            at = apply_file(open_checked(client, info)?, at, &out)?;
+        }
+    } else {
+        at = apply_prefetched(client, plan, tmp, &out)?;
     }
     out.sync_all().with_context(|| format!("cannot fsync {}", tmp.display()))?;
     Ok(at.txid)
+}
+
+/// Downloads up to [`PREFETCH`] plan files in parallel into staging files next to
+/// the output (disk use is bounded by that window), while applying them in order.
+fn apply_prefetched(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path, out: &fs::File) -> Result<Applied> {
+    use std::sync::{Condvar, Mutex};
+    struct Window {
+        next: usize,
+        applied: usize,
+        ready: std::collections::HashMap<usize, Result<PathBuf, String>>,
+        stop: bool,
+    }
+    let state = Mutex::new(Window { next: 0, applied: 0, ready: Default::default(), stop: false });
+    let changed = Condvar::new();
+    let staging = |i: usize| {
+        let mut p = tmp.as_os_str().to_owned();
+        p.push(format!(".part{i}"));
+        PathBuf::from(p)
+    };
+    let download = |i: usize| -> Result<PathBuf> {
+        let path = staging(i);
+        let info = &plan[i];
+        let mut f = fs::File::create(&path)?;
+        std::io::copy(&mut client.open(info.level, info.min_txid, info.max_txid)?, &mut f)
+            .with_context(|| format!("cannot download {} (level {})", info.name(), info.level))?;
+        Ok(path)
+    };
+    let result = std::thread::scope(|scope| {
+        for _ in 0..PREFETCH.min(plan.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = {
+                        let mut w = state.lock().unwrap();
+                        while !w.stop && w.next < plan.len() && w.next >= w.applied + PREFETCH {
+                            w = changed.wait(w).unwrap();
+                        }
+                        if w.stop || w.next >= plan.len() {
+                            return;
+                        }
+                        w.next += 1;
+                        w.next - 1
+                    };
+                    let r = download(i).map_err(|e| format!("{e:#}"));
+                    state.lock().unwrap().ready.insert(i, r);
+                    changed.notify_all();
+                }
+            });
+        }
+        let mut at = Applied::default();
+        for (i, info) in plan.iter().enumerate() {
+            let ready = {
+                let mut w = state.lock().unwrap();
+                loop {
+                    if let Some(r) = w.ready.remove(&i) {
+                        break r;
+                    }
+                    w = changed.wait(w).unwrap();
+                }
+            };
+            let applied = ready.map_err(|e| anyhow!(e)).and_then(|path| {
+                let name = format!("{} (level {})", info.name(), info.level);
+                let dec = ltx::Decoder::new(fs::File::open(&path)?, name.clone())?;
+                let h = dec.header();
+                if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid) {
+                    bail!(
+                        "LTX file {name}: header says TXIDs {}-{}, which does not match its name",
+                        h.min_txid,
+                        h.max_txid
+                    );
+                }
+                let a = apply_file(dec, at, out);
+                let _ = fs::remove_file(&path);
+                a
+            });
+            match applied {
+                Ok(a) => at = a,
+                Err(e) => {
+                    state.lock().unwrap().stop = true;
+                    changed.notify_all();
+                    return Err(e);
+                }
+            }
+            state.lock().unwrap().applied = i + 1;
+            changed.notify_all();
+        }
+        Ok(at)
+    });
+    for i in 0..plan.len() {
+        let _ = fs::remove_file(staging(i));
+    }
+    result
 }
 
 /// `<output>-txid`: the TXID a followed copy holds.

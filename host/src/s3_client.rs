@@ -1040,28 +1040,28 @@ impl Read for ObjectReader {
             if self.offset >= self.len {
                 return Ok(0);
             }
-            let next = match self.body.as_mut() {
-                Some(b) => runtime().block_on(b.try_next()),
-                None => Ok(None),
+            let failure = match self.body.as_mut() {
+                None => match self.reopen() {
+                    Ok(()) => continue,
+                    Err(e) => e.to_string(),
+                },
+                Some(b) => match runtime().block_on(b.try_next()) {
+                    Ok(Some(c)) => {
+                        self.chunk = c;
+                        continue;
+                    }
+                    Ok(None) => "the object ended early".to_string(),
+                    Err(e) => e.to_string(),
+                },
             };
-            match next {
-                Ok(Some(c)) => self.chunk = c,
-                Ok(None) => {
-                    if self.offset >= self.len {
-                        return Ok(0);
-                    }
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object ended early"));
-                }
-                Err(e) => {
-                    resumes += 1;
-                    if resumes > READ_RESUMES {
-                        return Err(io::Error::other(format!("download of {} failed: {e}", self.key)));
-                    }
-                    warn!(key = %self.key, offset = self.offset, "download interrupted, resuming: {e}");
-                    std::thread::sleep(Duration::from_millis(200 * resumes as u64));
-                    self.reopen()?;
-                }
+            // Resume from the byte reached, with a ranged GET.
+            resumes += 1;
+            if resumes > READ_RESUMES {
+                return Err(io::Error::other(format!("download of {} failed: {failure}", self.key)));
             }
+            warn!(key = %self.key, offset = self.offset, "download interrupted, resuming: {failure}");
+            self.body = None;
+            std::thread::sleep(Duration::from_millis(200 * resumes as u64));
         }
         let n = buf.len().min(self.chunk.len());
         buf[..n].copy_from_slice(&self.chunk[..n]);

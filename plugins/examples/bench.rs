@@ -58,7 +58,8 @@ fn main() {
         layout.keys(&settings, "app.db", &one).unwrap();
     });
     println!("layout: key + parse-back check, 1 file, fresh instance {:>8.1} µs/call", d.as_secs_f64() * 1e6);
-    let many: Vec<PluginFile> = (1..=1000).map(|t| PluginFile { level: 0, min_txid: t, max_txid: t, size: 0, created_ms: 0 }).collect();
+    let many: Vec<PluginFile> =
+        (1..=1000).map(|t| PluginFile { level: 0, min_txid: t, max_txid: t, size: 0, created_ms: 0 }).collect();
     let d = per_call(20, || {
         layout.keys(&settings, "app.db", &many).unwrap();
     });

@@ -109,6 +109,8 @@ pub struct FaultProxy {
     faulty: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
     pub faults_injected: Arc<AtomicU64>,
+    /// Open connections cut when a fault began.
+    pub cuts: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -155,18 +157,38 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy { port, faulty, open, faults_injected: faults }
+        FaultProxy { port, faulty, open, faults_injected: faults, cuts: Arc::new(AtomicU64::new(0)) }
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// A handle that can switch faults from another thread.
+    pub fn handle(&self) -> FaultSwitch {
+        FaultSwitch { faulty: self.faulty.clone(), open: self.open.clone(), cuts: self.cuts.clone() }
+    }
+
+    pub fn set_faulty(&self, on: bool) {
+        self.handle().set_faulty(on)
+    }
+}
+
+#[derive(Clone)]
+pub struct FaultSwitch {
+    faulty: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+    cuts: Arc<AtomicU64>,
+}
+
+impl FaultSwitch {
     pub fn set_faulty(&self, on: bool) {
         self.faulty.store(on, Ordering::SeqCst);
         if on {
             for s in self.open.lock().unwrap().drain(..) {
-                let _ = s.shutdown(Shutdown::Both);
+                if s.shutdown(Shutdown::Both).is_ok() {
+                    self.cuts.fetch_add(1, Ordering::SeqCst);
+                }
             }
         }
     }
