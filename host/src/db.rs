@@ -785,12 +785,7 @@ impl Db {
 
     /// Seals, checkpoints, and returns the WAL header from before the checkpoint.
     fn checkpoint_behind_barrier(&mut self, mode: CheckpointMode) -> Result<WalHeader> {
-        loop {
-            let (_, limited) = self.sync_step(false)?;
-            if !limited {
-                break;
-            }
-        }
+        self.sync_without_checkpoint()?; // the seal: everything committed is captured
         let before = self.read_wal_header()?;
         let sealed = self.pos.as_ref().is_some_and(|p| (p.wal_salt1, p.wal_salt2) == before.salts());
         let h = self.handles()?;

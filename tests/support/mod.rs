@@ -182,14 +182,15 @@ pub fn replica_levels(replica_dir: &Path) -> Vec<u8> {
     out
 }
 
-/// Waits until the replica's newest TXID has not changed for `quiet`.
-pub fn wait_replica_settled(replica_dir: &Path, quiet: Duration) -> u64 {
+/// Waits until `newest()` (a replica's newest TXID) is non-zero and has not
+/// changed for `quiet`; returns it.
+pub fn wait_settled(newest: impl Fn() -> u64, quiet: Duration) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last = replica_l0_max(replica_dir);
+    let mut last = newest();
     let mut since = Instant::now();
     loop {
         sleep(Duration::from_millis(20));
-        let now = replica_l0_max(replica_dir);
+        let now = newest();
         if now != last {
             last = now;
             since = Instant::now();
@@ -198,6 +199,11 @@ pub fn wait_replica_settled(replica_dir: &Path, quiet: Duration) -> u64 {
         }
         assert!(Instant::now() < deadline, "replica never settled");
     }
+}
+
+/// Waits until a file replica's newest TXID has not changed for `quiet`.
+pub fn wait_replica_settled(replica_dir: &Path, quiet: Duration) -> u64 {
+    wait_settled(|| replica_l0_max(replica_dir), quiet)
 }
 
 /// Content digest of a database: schema and every row of every table, in rowid

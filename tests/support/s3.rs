@@ -1,5 +1,6 @@
 //! Real S3 servers on 127.0.0.1 for the tests: s3s-fs in-process (SigV4 checked),
 //! moto_server with IAM enforcement, and a TCP proxy that injects faults.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -85,20 +86,7 @@ pub fn s3_l0_max(server: &S3Server, bucket: &str, path: &str) -> u64 {
 }
 
 pub fn wait_s3_settled(server: &S3Server, bucket: &str, path: &str, quiet: Duration) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last = s3_l0_max(server, bucket, path);
-    let mut since = Instant::now();
-    loop {
-        thread::sleep(Duration::from_millis(25));
-        let now = s3_l0_max(server, bucket, path);
-        if now != last {
-            last = now;
-            since = Instant::now();
-        } else if last > 0 && since.elapsed() >= quiet {
-            return last;
-        }
-        assert!(Instant::now() < deadline, "S3 replica never settled");
-    }
+    super::support::wait_settled(|| s3_l0_max(server, bucket, path), quiet)
 }
 
 /// A TCP proxy in front of a server. While `faulty` is set, it answers every new
