@@ -55,12 +55,8 @@ fn age_path_template_and_gfs_on_s3() {
     let dir = tempfile::tempdir().unwrap();
     let server = S3Server::start(&dir.path().join("s3"));
     server.create_bucket(BUCKET);
-    let env = [
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-        ("AWS_ENDPOINT_URL_S3", server.endpoint()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = credentials_env(server.endpoint());
+    let env = env_refs(&env);
     let recipients = dir.path().join("recipients.txt");
     let out = std::process::Command::new("age-keygen").arg("-y").arg(key_file()).output().unwrap();
     fs::write(&recipients, &out.stdout).unwrap();
@@ -144,12 +140,8 @@ fn misbehaving_plugins_in_the_daemon_are_contained() {
     let dir = tempfile::tempdir().unwrap();
     let server = S3Server::start(&dir.path().join("s3"));
     server.create_bucket(BUCKET);
-    let env = [
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-        ("AWS_ENDPOINT_URL_S3", server.endpoint()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = credentials_env(server.endpoint());
+    let env = env_refs(&env);
     let layout = dir.path().join("misbehave-layout.wasm");
     fs::write(&layout, plugins::test_plugin("misbehave-layout").unwrap()).unwrap();
     let retention = dir.path().join("misbehave-retention.wasm");

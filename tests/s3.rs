@@ -17,15 +17,7 @@ use support::*;
 const BUCKET: &str = "sluice-bucket";
 
 fn guide_env(server: &S3Server) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-        ("AWS_ENDPOINT_URL_S3", server.endpoint()),
-    ]
-}
-
-fn env_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    credentials_env(server.endpoint())
 }
 
 /// Replicates a live database with `start`, writes, stops, and checks a restore.
@@ -242,11 +234,7 @@ fn large_snapshot_uses_multipart() {
             }
         })
     };
-    let via_proxy = [
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-        ("AWS_ENDPOINT_URL_S3", proxy.endpoint()),
-    ];
+    let via_proxy = credentials_env(proxy.endpoint());
     restore_and_check_with(
         &[&format!("s3://{BUCKET}/big")],
         &dir.path().join("r2.db"),
@@ -268,11 +256,7 @@ fn survives_server_faults() {
     let server = S3Server::start(&dir.path().join("s3"));
     server.create_bucket(BUCKET);
     let proxy = FaultProxy::start(server.port);
-    let via_proxy = [
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-        ("AWS_ENDPOINT_URL_S3", proxy.endpoint()),
-    ];
+    let via_proxy = credentials_env(proxy.endpoint());
     let db = dir.path().join("app.db");
     write(&db, &["init", "4096"]);
     let d = Daemon::start_with(

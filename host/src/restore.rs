@@ -75,6 +75,40 @@ fn eligible(f: &FileInfo, target: &Target) -> bool {
     target.txid.is_none_or(|t| f.max_txid <= t) && target.timestamp.is_none_or(|t| f.created_at < t)
 }
 
+/// From TXID `start`, the chain of files across `levels` (each sorted by TXID) that
+/// reaches furthest at each step: larger MaxTXID wins, then smaller MinTXID, then the
+/// higher level, then the earlier file. Stops at the target or when nothing continues.
+fn greedy_chain(levels: &[Vec<FileInfo>], start: u64, target: &Target) -> Vec<FileInfo> {
+    let mut cur = start;
+    let mut out = Vec::new();
+    let mut cursors = vec![0usize; levels.len()];
+    while target.txid.is_none_or(|t| cur < t) {
+        let mut best: Option<&FileInfo> = None;
+        for (files, c) in levels.iter().zip(cursors.iter_mut()) {
+            while *c < files.len() && files[*c].max_txid <= cur {
+                *c += 1;
+            }
+            // Within a level files do not overlap, so only a file at or just after the
+            // cursor can start at or before cur+1.
+            for f in files[*c..].iter().take_while(|f| f.min_txid <= cur + 1) {
+                if !eligible(f, target) {
+                    continue;
+                }
+                let key = |x: &FileInfo| {
+                    (x.max_txid, std::cmp::Reverse(x.min_txid), x.level, std::cmp::Reverse(x.created_at))
+                };
+                if best.is_none_or(|b| key(f) > key(b)) {
+                    best = Some(f);
+                }
+            }
+        }
+        let Some(b) = best else { break };
+        cur = b.max_txid;
+        out.push(b.clone());
+    }
+    out
+}
+
 /// Computes the files to apply, in order.
 pub fn plan(client: &dyn ReplicaClient, target: Target) -> Result<Vec<FileInfo>> {
     let levels = if target.timestamp.is_some() { list_all_with_timestamps(client)? } else { list_all(client)? };
@@ -97,38 +131,11 @@ pub fn plan_from_listing(levels: &[Vec<FileInfo>], target: Target) -> Result<Vec
         cur = snap.max_txid;
         plan.push(snap.clone());
     }
-    // One cursor per level 0..=8 over files sorted by TXID.
-    let mut cursors = [0usize; SNAPSHOT_LEVEL as usize];
-    while target.txid.is_none_or(|t| cur < t) {
-        let mut best: Option<&FileInfo> = None;
-        for level in (0..SNAPSHOT_LEVEL as usize).rev() {
-            let files = &levels[level];
-            let c = &mut cursors[level];
-            while *c < files.len() && files[*c].max_txid <= cur {
-                *c += 1;
-            }
-            // Within a level files do not overlap, so only a file at or just after the
-            // cursor can start at or before cur+1.
-            for f in files[*c..].iter().take_while(|f| f.min_txid <= cur + 1) {
-                if !eligible(f, &target) {
-                    continue;
-                }
-                let better = match best {
-                    None => true,
-                    Some(b) => {
-                        (f.max_txid, std::cmp::Reverse(f.min_txid), f.level, std::cmp::Reverse(f.created_at))
-                            > (b.max_txid, std::cmp::Reverse(b.min_txid), b.level, std::cmp::Reverse(b.created_at))
-                    }
-                };
-                if better {
-                    best = Some(f);
-                }
-            }
-        }
-        let Some(b) = best else { break };
-        cur = b.max_txid;
-        plan.push(b.clone());
+    let chain = greedy_chain(&levels[..SNAPSHOT_LEVEL as usize], cur, &target);
+    if let Some(last) = chain.last() {
+        cur = last.max_txid;
     }
+    plan.extend(chain);
     if plan.is_empty() {
         return Err(match (target.txid, target.timestamp) {
             (Some(t), _) => NoBackups(format!("no backup files at or before TXID {}", ltx::format_txid(t))).into(),
@@ -244,13 +251,18 @@ fn apply_file<R: std::io::Read>(mut dec: ltx::Decoder<R>, at: Applied, out: &fs:
     Ok(Applied { page_size, commit: h.commit, txid: h.max_txid })
 }
 
-fn open_checked(client: &dyn ReplicaClient, info: &FileInfo) -> Result<ltx::Decoder<Box<dyn std::io::Read + Send>>> {
-    let name = format!("{} (level {})", info.name(), info.level);
-    let dec = ltx::Decoder::new(client.open(info.level, info.min_txid, info.max_txid)?, name.clone())?;
-    let h = dec.header();
+/// A file's header must name the TXIDs its key does.
+fn check_identity(h: &ltx::Header, info: &FileInfo, name: &str) -> Result<()> {
     if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid) {
         bail!("LTX file {name}: header says TXIDs {}-{}, which does not match its name", h.min_txid, h.max_txid);
     }
+    Ok(())
+}
+
+fn open_checked(client: &dyn ReplicaClient, info: &FileInfo) -> Result<ltx::Decoder<Box<dyn std::io::Read + Send>>> {
+    let name = format!("{} (level {})", info.name(), info.level);
+    let dec = ltx::Decoder::new(client.open(info.level, info.min_txid, info.max_txid)?, name.clone())?;
+    check_identity(dec.header(), info, &name)?;
     Ok(dec)
 }
 
@@ -336,14 +348,7 @@ fn apply_prefetched(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path, o
             let applied = ready.map_err(|e| anyhow!(e)).and_then(|path| {
                 let name = format!("{} (level {})", info.name(), info.level);
                 let dec = ltx::Decoder::new(fs::File::open(&path)?, name.clone())?;
-                let h = dec.header();
-                if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid) {
-                    bail!(
-                        "LTX file {name}: header says TXIDs {}-{}, which does not match its name",
-                        h.min_txid,
-                        h.max_txid
-                    );
-                }
+                check_identity(dec.header(), info, &name)?;
                 let a = apply_file(dec, at, out);
                 let _ = fs::remove_file(&path);
                 a
@@ -399,21 +404,7 @@ fn mark_changed(out: &fs::File) -> Result<()> {
 /// The files that continue a chain from `txid`, across levels 0..8 (greedy, as
 /// the restore plan does). L0 is listed first; other levels only to bridge a gap.
 fn follow_plan(client: &dyn ReplicaClient, txid: u64) -> Result<Vec<FileInfo>> {
-    let chain = |levels: &[Vec<FileInfo>]| {
-        let mut cur = txid;
-        let mut out = Vec::new();
-        loop {
-            let best = levels
-                .iter()
-                .flatten()
-                .filter(|f| f.min_txid <= cur + 1 && f.max_txid > cur)
-                .max_by_key(|f| (f.max_txid, std::cmp::Reverse(f.min_txid), f.level));
-            let Some(b) = best else { break };
-            cur = b.max_txid;
-            out.push(b.clone());
-        }
-        out
-    };
+    let chain = |levels: &[Vec<FileInfo>]| greedy_chain(levels, txid, &Target::default());
     let l0 = client.list(0)?;
     let newest = l0.last().map_or(txid, |f| f.max_txid);
     let plan = chain(std::slice::from_ref(&l0));
@@ -471,13 +462,7 @@ pub fn follow(
             f.sync_all()?;
             let name = format!("{} (level {})", info.name(), info.level);
             let h = ltx::Decoder::new(fs::File::open(&staging)?, name.clone())?.verify()?;
-            if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid) {
-                bail!(
-                    "LTX file {name}: header says TXIDs {}-{}, which does not match its name",
-                    h.min_txid,
-                    h.max_txid
-                );
-            }
+            check_identity(&h, &info, &name)?;
             locker.execute_batch("BEGIN EXCLUSIVE")?;
             let applied = apply_file(ltx::Decoder::new(fs::File::open(&staging)?, name)?, at, &out)
                 .and_then(|a| mark_changed(&out).map(|_| a))

@@ -352,6 +352,16 @@ impl Intercept for ProviderHeaders {
     }
 }
 
+/// Adds the SSE-C parameters, when configured, to any request builder that takes them.
+macro_rules! with_sse_c {
+    ($req:expr, $sse:expr) => {{
+        let sse: Option<&SseC> = $sse.as_ref();
+        $req.set_sse_customer_algorithm(sse.map(|c| c.algorithm.clone()))
+            .set_sse_customer_key(sse.map(|c| c.key.clone()))
+            .set_sse_customer_key_md5(sse.map(|c| c.key_md5.clone()))
+    }};
+}
+
 #[derive(Clone)]
 struct SseC {
     algorithm: String,
@@ -625,10 +635,7 @@ impl S3Client {
                 .set_metadata(self.metadata(&meta))
                 .body(ByteStream::from(first))
                 .set_storage_class(self.storage_class.clone());
-            if let Some(c) = &self.sse_c {
-                req =
-                    req.sse_customer_algorithm(&c.algorithm).sse_customer_key(&c.key).sse_customer_key_md5(&c.key_md5);
-            }
+            req = with_sse_c!(req, self.sse_c);
             if let Some(k) = &self.sse_kms_key_id {
                 req = req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(k);
             }
@@ -648,9 +655,7 @@ impl S3Client {
             .key(key)
             .set_metadata(self.metadata(meta))
             .set_storage_class(self.storage_class.clone());
-        if let Some(c) = &self.sse_c {
-            req = req.sse_customer_algorithm(&c.algorithm).sse_customer_key(&c.key).sse_customer_key_md5(&c.key_md5);
-        }
+        req = with_sse_c!(req, self.sse_c);
         if let Some(k) = &self.sse_kms_key_id {
             req = req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(k);
         }
@@ -708,10 +713,7 @@ impl S3Client {
                 .part_number(number)
                 .content_length(chunk.len() as i64)
                 .body(ByteStream::from(Bytes::from(chunk)));
-            if let Some(c) = &self.sse_c {
-                req =
-                    req.sse_customer_algorithm(&c.algorithm).sse_customer_key(&c.key).sse_customer_key_md5(&c.key_md5);
-            }
+            req = with_sse_c!(req, self.sse_c);
             let sign = self.sign_payload;
             let what = self.what(key);
             let endpoint = self.endpoint.clone();
@@ -779,9 +781,7 @@ impl S3Client {
 
     async fn get_async(&self, key: &str, offset: u64) -> Result<(ByteStream, u64)> {
         let mut req = self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes={offset}-"));
-        if let Some(c) = &self.sse_c {
-            req = req.sse_customer_algorithm(&c.algorithm).sse_customer_key(&c.key).sse_customer_key_md5(&c.key_md5);
-        }
+        req = with_sse_c!(req, self.sse_c);
         match req.send().await {
             Ok(r) => {
                 self.check_transform(key, r.metadata().and_then(|m| m.get(TRANSFORM_META)).map(String::as_str))?;
@@ -800,10 +800,7 @@ impl S3Client {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, (_, key)) in files.iter().enumerate() {
             let mut req = self.client.head_object().bucket(&self.bucket).key(key);
-            if let Some(c) = &self.sse_c {
-                req =
-                    req.sse_customer_algorithm(&c.algorithm).sse_customer_key(&c.key).sse_customer_key_md5(&c.key_md5);
-            }
+            req = with_sse_c!(req, self.sse_c);
             let sem = sem.clone();
             let what = self.what(key);
             let endpoint = self.endpoint.clone();
@@ -1021,9 +1018,7 @@ impl ObjectReader {
     fn reopen(&mut self) -> io::Result<()> {
         let c = &self.client;
         let mut req = c.inner.get_object().bucket(&c.bucket).key(&self.key).range(format!("bytes={}-", self.offset));
-        if let Some(s) = &c.sse_c {
-            req = req.sse_customer_algorithm(&s.algorithm).sse_customer_key(&s.key).sse_customer_key_md5(&s.key_md5);
-        }
+        req = with_sse_c!(req, c.sse_c);
         let what = format!("s3://{}/{}", c.bucket, self.key);
         let r = runtime()
             .block_on(req.send())

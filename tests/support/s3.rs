@@ -14,6 +14,20 @@ use std::time::{Duration, Instant};
 pub const ACCESS_KEY: &str = "AKIASLUICETEST000001";
 pub const SECRET_KEY: &str = "sluice/test+secret/KEY0123456789abcdefghij";
 
+/// The test credentials and an endpoint, as the environment a sluice process gets.
+pub fn credentials_env(endpoint: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+        ("AWS_ENDPOINT_URL_S3", endpoint),
+    ]
+}
+
+/// Borrows an environment list in the form the run helpers take.
+pub fn env_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// An s3s-fs server storing objects as files under `root/<bucket>/<key>`.
 pub struct S3Server {
     pub port: u16,
