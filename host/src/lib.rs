@@ -14,6 +14,7 @@ pub mod crc64;
 pub mod daemon;
 pub mod db;
 pub mod file_client;
+pub mod insecure_tls;
 pub mod ltx;
 pub mod plugin;
 pub mod replica_client;

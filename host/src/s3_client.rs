@@ -292,6 +292,29 @@ pub fn detect_provider(endpoint: Option<&str>) -> Provider {
     }
 }
 
+/// The signing region a custom endpoint's host names, for the providers whose
+/// hosts carry one (`s3.eu-west-1.amazonaws.com`, `fra1.digitaloceanspaces.com`,
+/// `s3.us-west-004.backblazeb2.com`, `s3.nl-ams.scw.cloud`,
+/// `fsn1.your-objectstorage.com`); `auto` for R2 and Tigris; else none.
+pub fn region_from_endpoint(endpoint: &str) -> Option<String> {
+    let host_port = endpoint.split("://").nth(1).unwrap_or(endpoint).split('/').next().unwrap_or("");
+    let host = host_port.split(':').next().unwrap_or("");
+    let labels: Vec<&str> = host.split('.').collect();
+    let region = if let Some(rest) = host.strip_suffix(".amazonaws.com") {
+        let rest = rest.trim_start_matches("s3.").trim_start_matches("s3-").trim_start_matches("dualstack.");
+        Some(rest).filter(|r| !r.is_empty() && *r != "s3" && !r.contains('.'))
+    } else if host.ends_with(".digitaloceanspaces.com") || host.ends_with(".your-objectstorage.com") {
+        (labels.len() == 3).then(|| labels[0])
+    } else if host.ends_with(".backblazeb2.com") || host.ends_with(".scw.cloud") {
+        (labels.len() == 4 && labels[0] == "s3").then(|| labels[1])
+    } else if host.ends_with(".r2.cloudflarestorage.com") || host.ends_with("storage.tigris.dev") {
+        Some("auto")
+    } else {
+        None
+    };
+    region.map(str::to_string)
+}
+
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
@@ -404,6 +427,12 @@ where
         _ => None,
     };
     match &err {
+        SdkError::DispatchFailure(_) if is_certificate_error(&err) => {
+            return anyhow!(
+                "the TLS certificate of S3 at {endpoint} is not trusted ({}); add its CA to the system trust store, or set skip-verify: true for a test server",
+                root_cause(&err)
+            );
+        }
         SdkError::DispatchFailure(_) => {
             return anyhow!(
                 "cannot reach S3 at {endpoint} for {what}: {}; check the endpoint and the network",
@@ -431,6 +460,27 @@ where
         }
         _ => anyhow!("S3 {action} on {what} failed: {}", DisplayErrorContext(&err)),
     }
+}
+
+/// The innermost error of a chain, for a short message.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = err;
+    while let Some(next) = e.source() {
+        e = next;
+    }
+    e.to_string()
+}
+
+/// Whether a request failed because the server's certificate was rejected.
+fn is_certificate_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut e = Some(err);
+    while let Some(x) = e {
+        if x.to_string().contains("certificate") {
+            return true;
+        }
+        e = x.source();
+    }
+    false
 }
 
 fn is_not_found<E: ProvideErrorMetadata>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> bool {
@@ -464,8 +514,9 @@ impl S3Client {
             bail!("an S3 replica needs a bucket: use s3://BUCKET/PATH or bucket: in the config");
         }
         if s.skip_verify {
-            bail!(
-                "skip-verify is not supported by sluice; add the server's CA certificate to the system trust store instead"
+            warn!(
+                endpoint = s.endpoint.as_deref().unwrap_or("AWS S3"),
+                "skip-verify is on: the server's TLS certificate is not checked; use it only for test servers"
             );
         }
         let provider = detect_provider(s.endpoint.as_deref());
@@ -843,7 +894,10 @@ async fn build_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3:
         },
     };
     let loader = || {
-        let l = aws_config::defaults(BehaviorVersion::latest());
+        let mut l = aws_config::defaults(BehaviorVersion::latest());
+        if s.skip_verify {
+            l = l.http_client(crate::insecure_tls::http_client());
+        }
         match &static_keys {
             Some((a, k)) => l.credentials_provider(Credentials::new(a, k, None, None, "sluice-config")),
             None => l,
@@ -851,7 +905,9 @@ async fn build_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3:
     };
     let region = match &s.region {
         Some(r) if !r.is_empty() => r.clone(),
-        _ if s.endpoint.is_some() => "us-east-1".to_string(),
+        _ if s.endpoint.is_some() => {
+            s.endpoint.as_deref().and_then(region_from_endpoint).unwrap_or_else(|| "us-east-1".to_string())
+        }
         _ => {
             let sdk = loader().region(Region::new("us-east-1")).load().await;
             bucket_region(&aws_sdk_s3::Client::new(&sdk), &s.bucket).await?
@@ -1107,6 +1163,21 @@ mod tests {
         assert!(detect_provider(Some("https://storage.googleapis.com")).strip_accept_encoding);
         assert_eq!(detect_provider(None).name, "aws");
         assert!(detect_provider(Some("http://127.0.0.1:9000")).force_path_style);
+    }
+
+    #[test]
+    fn region_from_endpoint_host() {
+        let r = |e| region_from_endpoint(e);
+        assert_eq!(r("https://s3.eu-west-1.amazonaws.com").as_deref(), Some("eu-west-1"));
+        assert_eq!(r("https://s3.dualstack.ap-south-1.amazonaws.com").as_deref(), Some("ap-south-1"));
+        assert_eq!(r("https://s3.amazonaws.com"), None);
+        assert_eq!(r("https://fra1.digitaloceanspaces.com").as_deref(), Some("fra1"));
+        assert_eq!(r("https://s3.us-west-004.backblazeb2.com").as_deref(), Some("us-west-004"));
+        assert_eq!(r("https://s3.nl-ams.scw.cloud").as_deref(), Some("nl-ams"));
+        assert_eq!(r("https://fsn1.your-objectstorage.com").as_deref(), Some("fsn1"));
+        assert_eq!(r("https://acct.r2.cloudflarestorage.com").as_deref(), Some("auto"));
+        assert_eq!(r("http://127.0.0.1:9000"), None);
+        assert_eq!(r("minio.local:9000"), None);
     }
 
     #[test]

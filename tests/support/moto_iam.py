@@ -10,6 +10,11 @@ import boto3
 
 endpoint, bucket = sys.argv[1], sys.argv[2]
 kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+if endpoint.startswith("https://"):  # moto --ssl: a self-signed certificate
+    import urllib3
+
+    urllib3.disable_warnings()
+    kw["verify"] = False
 s3 = boto3.client("s3", **kw)
 iam = boto3.client("iam", **kw)
 

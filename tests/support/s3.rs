@@ -200,14 +200,29 @@ impl FaultSwitch {
 /// unauthenticated set-up calls it enforces credentials and IAM policies.
 pub struct Moto {
     pub port: u16,
+    tls: bool,
     child: Child,
 }
 
 impl Moto {
+    /// moto over HTTP; it enforces credentials and IAM after `free_actions` requests.
     pub fn start(free_actions: u32) -> Moto {
+        Moto::spawn(free_actions, false)
+    }
+
+    /// moto over HTTPS with a self-signed certificate no trust store knows.
+    pub fn start_tls(free_actions: u32) -> Moto {
+        Moto::spawn(free_actions, true)
+    }
+
+    fn spawn(free_actions: u32, tls: bool) -> Moto {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut cmd = Command::new("moto_server");
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        if tls {
+            cmd.arg("--ssl");
+        }
+        let child = cmd
             .env("INITIAL_NO_AUTH_ACTION_COUNT", free_actions.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -218,11 +233,29 @@ impl Moto {
             assert!(Instant::now() < deadline, "moto_server did not start");
             thread::sleep(Duration::from_millis(100));
         }
-        Moto { port, child }
+        Moto { port, tls, child }
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.port)
+    }
+
+    /// Runs `moto_iam.py`: a versioned, SSE-KMS bucket and the guide's three IAM
+    /// users (readwrite, readonly, pathonly); returns (name, key id, secret) each.
+    pub fn guide_users(&self, bucket: &str) -> Vec<(String, String, String)> {
+        let setup = Command::new("python3")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/moto_iam.py"))
+            .args([&self.endpoint(), bucket])
+            .output()
+            .unwrap();
+        assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+        String::from_utf8_lossy(&setup.stdout)
+            .lines()
+            .map(|l| {
+                let v: Vec<&str> = l.split_whitespace().collect();
+                (v[0].to_string(), v[1].to_string(), v[2].to_string())
+            })
+            .collect()
     }
 }
 
