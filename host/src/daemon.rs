@@ -294,7 +294,7 @@ fn replica_worker(
             Ok(ToReplica::Stop) | Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    // Final upload, retried for up to 30 s.
+    // Final upload, retried for up to 30 s (not when a plugin refuses it).
     let deadline = Instant::now() + SHUTDOWN_SYNC_TIMEOUT;
     loop {
         match store.upload() {
@@ -302,7 +302,9 @@ fn replica_worker(
             Ok(_) => continue,
             Err(e) => {
                 store.invalidate();
-                if Instant::now() >= deadline || abort.load(Ordering::SeqCst) {
+                // A plugin fault would repeat at once: report it rather than retry it.
+                let give_up = crate::plugin::is_plugin_fault(&e) || abort.load(Ordering::SeqCst);
+                if give_up || Instant::now() >= deadline {
                     return Err(e.context("final upload did not complete; the replica is behind the database"));
                 }
                 warn!(replica = %store.client().location(), "final upload failed, retrying: {e:#}");

@@ -262,13 +262,36 @@ fn run_op<T>(p: &Plugin, op: &str, f: impl FnOnce(&mut Store<HostState>) -> wasm
             }
             None => text,
         };
-        anyhow!("plugin {} ({}) {op}: {why}", p.name, p.kind)
+        fault(format!("plugin {} ({}) {op}: {why}", p.name, p.kind))
     })
 }
 
 /// A plugin's own `err(...)` answer.
 fn plugin_err(p: &Plugin, op: &str, msg: String) -> anyhow::Error {
-    anyhow!("plugin {} ({}) {op} failed: {msg}", p.name, p.kind)
+    fault(format!("plugin {} ({}) {op} failed: {msg}", p.name, p.kind))
+}
+
+/// A plugin failed (trap, limit, its own error) or gave an answer the host refused.
+/// The same call would fail the same way at once, so a caller that is shutting down
+/// does not retry it.
+#[derive(Debug)]
+pub struct PluginFault(String);
+
+impl std::fmt::Display for PluginFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PluginFault {}
+
+fn fault(message: String) -> anyhow::Error {
+    anyhow::Error::new(PluginFault(message))
+}
+
+/// Whether an error chain holds a plugin fault.
+pub fn is_plugin_fault(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<PluginFault>())
 }
 
 /// A file as plugins see it.
@@ -446,13 +469,10 @@ impl Plugin {
             let back = back.map_err(|m| plugin_err(self, "parse", m))?;
             let same = back.is_some_and(|b| (b.level, b.min_txid, b.max_txid) == (f.level, f.min_txid, f.max_txid));
             if !same {
-                bail!(
+                return Err(fault(format!(
                     "plugin {} (layout) gave key {key:?} for level {} TXIDs {}-{}, but that key does not parse back to the same file; refusing to upload under it",
-                    self.name,
-                    f.level,
-                    f.min_txid,
-                    f.max_txid
-                );
+                    self.name, f.level, f.min_txid, f.max_txid
+                )));
             }
             keys.push(key);
         }
@@ -469,7 +489,10 @@ impl Plugin {
         .map_err(|m| plugin_err(self, "prefixes", m))?;
         for p in &prefixes {
             if p.starts_with('/') || p.split('/').any(|seg| seg == "..") {
-                bail!("plugin {} (layout) gave prefix {p:?}, which leaves the replica's path", self.name);
+                return Err(fault(format!(
+                    "plugin {} (layout) gave prefix {p:?}, which leaves the replica's path",
+                    self.name
+                )));
             }
         }
         Ok(prefixes)
@@ -504,9 +527,9 @@ impl Plugin {
 /// A key must be relative, non-empty and must not climb out of the replica's path.
 fn check_key(plugin: &str, key: &str) -> Result<()> {
     if key.is_empty() || key.starts_with('/') || key.split('/').any(|s| s == ".." || s == ".") || key.contains("//") {
-        bail!(
+        return Err(fault(format!(
             "plugin {plugin} (layout) gave key {key:?}, which is not a clean relative key under the replica's path; refusing to upload under it"
-        );
+        )));
     }
     Ok(())
 }
