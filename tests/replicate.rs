@@ -156,3 +156,70 @@ fn database_over_one_gib_crosses_the_lock_page() {
     restore_and_check(&[&file_url(&replica)], &out, digest(&db));
     assert_eq!(fs::metadata(&out).unwrap().len(), pages as u64 * 4096);
 }
+
+/// `-exec` (and `exec:` in the config): sluice runs the application, passes
+/// SIGTERM on to it, and when it exits does the final sync and exits with the
+/// application's status; what the application wrote, even while stopping, is in
+/// the replica.
+#[test]
+fn exec_runs_the_application_and_stops_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let url = file_url(&replica);
+    write(&db, &["init", "4096"]);
+    let dbs = db.to_str().unwrap();
+
+    // The application writes and exits 0: sluice exits 0 after the final sync.
+    let app = format!("python3 '{}' '{dbs}' steps 0 6", writer_script().display());
+    let o = sluice(&["replicate", "-exec", &app, dbs, &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    restore_and_check(&[&url], &dir.path().join("r1.db"), digest(&db));
+
+    // An application that fails: its exit status becomes sluice's.
+    let o = sluice(&["replicate", "-exec", "python3 -c 'import sys; sys.exit(3)'", dbs, &url]);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_one_line_error(&o, "exited with status 3");
+
+    // exec: in the config; SIGTERM goes to the application, which writes a last
+    // row as it stops; sluice waits for it, syncs, and exits 0.
+    let script = dir.path().join("app.py");
+    let app_py = r#"import signal, sqlite3, sys, time
+def stop(*_):
+    c = sqlite3.connect(sys.argv[1])
+    c.execute("CREATE TABLE IF NOT EXISTS shutdown(at)")
+    c.execute("INSERT INTO shutdown VALUES ('stopped')")
+    c.commit()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+time.sleep(60)
+"#;
+    fs::write(&script, app_py).unwrap();
+    let cfg = dir.path().join("sluice.yml");
+    write_config(&cfg, &db, &url, "");
+    let yaml = fs::read_to_string(&cfg).unwrap();
+    fs::write(&cfg, format!("exec: python3 '{}' '{dbs}'\n{yaml}", script.display())).unwrap();
+    let log = dir.path().join("log");
+    let d = Daemon::with_config(&cfg, &log);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !fs::read_to_string(&log).unwrap_or_default().contains("ready") {
+        assert!(std::time::Instant::now() < deadline, "the application did not start");
+        sleep(Duration::from_millis(50));
+    }
+    let log = d.stop();
+    assert!(log.contains("signal passed to the application"), "{log}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let at: String = conn.query_row("SELECT at FROM shutdown", [], |r| r.get(0)).unwrap();
+    assert_eq!(at, "stopped");
+    drop(conn);
+    restore_and_check(&[&url], &dir.path().join("r2.db"), digest(&db));
+
+    let o = sluice(&["replicate", "-once", "-exec", "true", dbs, &url]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

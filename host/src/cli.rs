@@ -87,6 +87,10 @@ pub struct ReplicateArgs {
     /// trace, debug, info, warn or error (default: $LOG_LEVEL, else info).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Run CMD (split like a shell would, no shell involved) while replicating;
+    /// signals go to it, and when it exits sluice syncs and exits with its status.
+    #[arg(long, value_name = "CMD", conflicts_with = "once")]
+    pub exec: Option<String>,
     /// Database to replicate (instead of a config file).
     #[arg(value_name = "DB_PATH")]
     pub db_path: Option<String>,
@@ -249,6 +253,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn replicate(a: ReplicateArgs) -> Result<()> {
+    let mut exec = a.exec.clone();
     let specs = match &a.db_path {
         Some(db) => {
             if a.config.config.is_some() {
@@ -276,8 +281,20 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
         None => {
             let cfg = a.config.load()?;
             init_logging(a.log_level.as_deref().or(cfg.logging.level.as_deref()));
+            exec = exec.or(cfg.exec.clone()).filter(|e| !e.trim().is_empty());
             cfg.db_specs()?
         }
+    };
+    let exec = match exec {
+        Some(cmd) if a.once => bail!("cannot use -once with -exec (or exec: in the config {cmd:?})"),
+        Some(cmd) => {
+            let argv = shell_words::split(&cmd).map_err(|e| anyhow!("cannot parse -exec {cmd:?}: {e}"))?;
+            if argv.is_empty() {
+                bail!("-exec needs a command");
+            }
+            Some(argv)
+        }
+        None => None,
     };
     let opts = daemon::RunOptions {
         once: a.once,
@@ -285,7 +302,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
         enforce_retention: a.enforce_retention,
         restore_if_db_not_exists: a.restore_if_db_not_exists,
     };
-    daemon::run(specs, opts)
+    daemon::run(specs, opts, exec)
 }
 
 /// A database path from the config file, or a replica URL.

@@ -11,9 +11,9 @@
 //! final sync and upload (retried for up to 30 s; a second signal abandons it).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -44,8 +44,93 @@ pub struct RunOptions {
     pub restore_if_db_not_exists: bool,
 }
 
-/// Runs until a signal arrives (or, with `once`, until the work is done).
-pub fn run(specs: Vec<DbSpec>, opts: RunOptions) -> Result<()> {
+/// The application started with `-exec` exited unsuccessfully; after the final
+/// sync, sluice exits with the same status.
+#[derive(Debug)]
+pub struct ApplicationExit {
+    pub code: i32,
+    pub command: String,
+}
+
+impl std::fmt::Display for ApplicationExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the application {:?} exited with status {}; the replica is up to date", self.command, self.code)
+    }
+}
+
+impl std::error::Error for ApplicationExit {}
+
+/// Wakes every worker for its final sync, once.
+struct Shutdown(Mutex<Option<Vec<Sender<()>>>>);
+
+impl Shutdown {
+    /// True the first time; dropping the senders wakes the workers.
+    fn begin(&self) -> bool {
+        self.0.lock().unwrap().take().is_some()
+    }
+}
+
+/// Delivers signals to the `-exec` application while it runs.
+#[derive(Clone)]
+struct AppSignal {
+    pid: u32,
+    exited: Arc<AtomicBool>,
+}
+
+impl AppSignal {
+    fn send(&self, sig: i32) {
+        if !self.exited.load(Ordering::SeqCst) {
+            // SAFETY: kill(2) on our own child, which the waiter has not reaped yet.
+            unsafe { libc::kill(self.pid as i32, sig) };
+        }
+    }
+}
+
+/// The application run with `-exec`.
+struct Application {
+    signal: AppSignal,
+    waiter: thread::JoinHandle<std::io::Result<std::process::ExitStatus>>,
+    command: String,
+}
+
+impl Application {
+    fn start(argv: &[String], shutdown: Arc<Shutdown>) -> Result<Application> {
+        let command = argv.join(" ");
+        let mut child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .spawn()
+            .map_err(|e| anyhow!("cannot run -exec {command:?}: {e}; check the command and its PATH"))?;
+        let pid = child.id();
+        info!(pid, command = %command, "application started");
+        let exited = Arc::new(AtomicBool::new(false));
+        let flag = exited.clone();
+        let waiter = thread::Builder::new().name("exec".into()).spawn(move || {
+            let status = child.wait();
+            flag.store(true, Ordering::SeqCst);
+            if shutdown.begin() {
+                info!(status = ?status.as_ref().ok(), "application exited, performing final sync");
+            }
+            status
+        })?;
+        Ok(Application { signal: AppSignal { pid, exited }, waiter, command })
+    }
+
+    /// Waits for the application (asking it to stop if replication ended first)
+    /// and returns its exit status as a process exit code (128 + signal if killed).
+    fn finish(self) -> Result<i32> {
+        if !self.signal.exited.load(Ordering::SeqCst) {
+            warn!(pid = self.signal.pid, "replication ended; stopping the application");
+            self.signal.send(libc::SIGTERM);
+        }
+        let status = self.waiter.join().map_err(|_| anyhow!("the -exec waiter failed"))??;
+        use std::os::unix::process::ExitStatusExt;
+        Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    }
+}
+
+/// Runs until a signal arrives (or, with `once`, until the work is done). With
+/// `exec`, runs that command alongside and stops when it exits.
+pub fn run(specs: Vec<DbSpec>, opts: RunOptions, exec: Option<Vec<String>>) -> Result<()> {
     if specs.is_empty() {
         return Err(anyhow!(
             "no databases to replicate: give DB_PATH REPLICA_URL, or list them under dbs: in the config"
@@ -69,10 +154,21 @@ pub fn run(specs: Vec<DbSpec>, opts: RunOptions) -> Result<()> {
             .spawn(move || if opts.once { run_once(spec, opts) } else { capture_worker(spec, wait, rx, abort) })?;
         workers.push((name, handle));
     }
-    if !opts.once {
-        spawn_signal_thread(senders, abort)?;
-    }
+    let shutdown = Arc::new(Shutdown(Mutex::new(Some(senders))));
     let mut failed = None;
+    let mut app = None;
+    if let Some(argv) = exec {
+        match Application::start(&argv, shutdown.clone()) {
+            Ok(a) => app = Some(a),
+            Err(e) => {
+                shutdown.begin();
+                failed = Some(e);
+            }
+        }
+    }
+    if !opts.once {
+        spawn_signal_thread(shutdown, abort, app.as_ref().map(|a| a.signal.clone()))?;
+    }
     for (name, h) in workers {
         match h.join() {
             Ok(Ok(())) => {}
@@ -82,6 +178,13 @@ pub fn run(specs: Vec<DbSpec>, opts: RunOptions) -> Result<()> {
             Err(_) => {
                 failed.get_or_insert(anyhow!("replication of {name} stopped unexpectedly"));
             }
+        }
+    }
+    if let Some(app) = app {
+        let command = app.command.clone();
+        let code = app.finish()?;
+        if failed.is_none() && code != 0 {
+            return Err(ApplicationExit { code, command }.into());
         }
     }
     match failed {
@@ -112,21 +215,28 @@ fn prepare(spec: &DbSpec, opts: RunOptions) -> Result<bool> {
     Ok(false)
 }
 
-fn spawn_signal_thread(senders: Vec<Sender<()>>, abort: Arc<AtomicBool>) -> Result<()> {
+/// SIGINT/SIGTERM: the first starts the final sync (with `-exec`, it is passed to
+/// the application instead, whose exit starts the sync); the next one abandons the
+/// final upload's retries.
+fn spawn_signal_thread(shutdown: Arc<Shutdown>, abort: Arc<AtomicBool>, app: Option<AppSignal>) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     thread::Builder::new().name("signals".into()).spawn(move || {
-        let mut senders = Some(senders);
+        let mut count = 0;
         for sig in signals.forever() {
-            match senders.take() {
-                Some(s) => {
-                    info!(signal = sig, "signal received, performing final sync");
-                    drop(s); // disconnecting wakes every worker
+            count += 1;
+            if let Some(app) = &app {
+                app.send(sig);
+                if count == 1 && !app.exited.load(Ordering::SeqCst) {
+                    info!(signal = sig, pid = app.pid, "signal passed to the application; syncing when it exits");
+                    continue;
                 }
-                None => {
-                    warn!(signal = sig, "second signal received, exiting without waiting for the upload");
-                    abort.store(true, Ordering::SeqCst);
-                }
+            }
+            if shutdown.begin() {
+                info!(signal = sig, "signal received, performing final sync");
+            } else {
+                warn!(signal = sig, "second signal received, exiting without waiting for the upload");
+                abort.store(true, Ordering::SeqCst);
             }
         }
     })?;

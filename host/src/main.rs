@@ -10,6 +10,8 @@ fn main() {
         // One line: the cause chain joined with ": ", inner line breaks flattened.
         let text = format!("{e:#}");
         eprintln!("error: {}", text.split_whitespace().collect::<Vec<_>>().join(" "));
-        std::process::exit(1);
+        // With -exec, a failing application's status becomes ours.
+        let code = e.downcast_ref::<sluice::daemon::ApplicationExit>().map_or(1, |a| a.code);
+        std::process::exit(code);
     }
 }
