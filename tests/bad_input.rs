@@ -75,6 +75,18 @@ fn malformed_config() {
         .unwrap();
     let o = sluice(&["replicate", "-config", cfg.to_str().unwrap()]);
     assert_one_line_error(&o, "monitor-interval");
+    fs::write(&cfg, "addr: 9090\ndbs:\n  - path: /tmp/x.db\n    replica:\n      url: file:///tmp/r\n").unwrap();
+    let o = sluice(&["replicate", "-config", cfg.to_str().unwrap()]);
+    assert_one_line_error(&o, "invalid addr \"9090\"");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    fs::write(
+        &cfg,
+        format!("addr: 127.0.0.1:{port}\ndbs:\n  - path: /tmp/x.db\n    replica:\n      url: file:///tmp/r\n"),
+    )
+    .unwrap();
+    let o = sluice(&["replicate", "-config", cfg.to_str().unwrap()]);
+    assert_one_line_error(&o, "cannot listen on addr");
 }
 
 #[test]

@@ -223,3 +223,54 @@ time.sleep(60)
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `addr:` serves Prometheus metrics under Litestream's names: after some writes,
+/// the captured and the replicated TXIDs equal the replica's newest file, and the
+/// replica's PUTs are counted.
+#[test]
+fn metrics_endpoint_reports_progress() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    write(&db, &["init", "4096"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = dir.path().join("sluice.yml");
+    write_config(&cfg, &db, &file_url(&replica), "");
+    let yaml = fs::read_to_string(&cfg).unwrap();
+    fs::write(&cfg, format!("addr: 127.0.0.1:{port}\n{yaml}")).unwrap();
+    let d = Daemon::with_config(&cfg, &dir.path().join("log"));
+    write(&db, &["steps", "0", "4"]);
+    wait_replica_settled(&replica, Duration::from_millis(300));
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    let page = get("/metrics");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let value = |name: &str, labels: &[&str]| -> f64 {
+        page.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{page}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let db_label = format!("db=\"{}\"", db.display());
+    let newest = replica_l0_max(&replica) as f64;
+    assert!(newest > 1.0);
+    assert_eq!(value("litestream_txid", &[&db_label]), newest);
+    assert_eq!(value("sluice_replica_txid", &[&db_label]), newest);
+    assert!(value("litestream_sync_count", &[&db_label]) >= 1.0);
+    assert_eq!(value("litestream_sync_error_count", &[&db_label]), 0.0);
+    assert!(value("litestream_db_size", &[&db_label]) > 0.0);
+    assert!(value("litestream_replica_operation_total", &["replica_type=\"file\"", "operation=\"PUT\""]) >= 1.0);
+    assert!(value("litestream_replica_operation_bytes", &["replica_type=\"file\"", "operation=\"PUT\""]) > 0.0);
+    assert!(get("/other").starts_with("HTTP/1.1 404"));
+    d.stop();
+}

@@ -282,7 +282,14 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
             let cfg = a.config.load()?;
             init_logging(a.log_level.as_deref().or(cfg.logging.level.as_deref()));
             exec = exec.or(cfg.exec.clone()).filter(|e| !e.trim().is_empty());
-            cfg.db_specs()?
+            let specs = cfg.db_specs()?;
+            match cfg.addr.as_deref().filter(|addr| !addr.is_empty()) {
+                Some(addr) if !a.once => {
+                    crate::metrics::serve(addr)?;
+                }
+                _ => {}
+            }
+            specs
         }
     };
     let exec = match exec {

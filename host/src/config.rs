@@ -33,6 +33,8 @@ pub struct Config {
     pub defaults: ReplicaSettings,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Where to serve Prometheus metrics (`HOST:PORT` or `:PORT`).
+    pub addr: Option<String>,
     /// A command to run while replicating (as `replicate -exec`).
     pub exec: Option<String>,
     /// Compaction levels L1..Ln (default 30s, 5m, 1h).

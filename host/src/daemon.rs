@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::config::DbSpec;
 use crate::db::{Db, check_sqlite_file};
 use crate::ltx;
+use crate::metrics::Metered;
 use crate::replica_client::ReplicaClient;
 use crate::restore::{self, IntegrityCheck, NoBackups, Target};
 use crate::store::Store;
@@ -261,7 +262,7 @@ pub fn reconcile(db: &mut Db, client: &dyn ReplicaClient) -> Result<()> {
 }
 
 fn run_once(spec: DbSpec, opts: RunOptions) -> Result<()> {
-    let client: Arc<dyn ReplicaClient> = Arc::from(spec.replica.client);
+    let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client, &spec.path));
     let mut db = Db::new(spec.path, spec.options);
     db.open()?;
     reconcile(&mut db, client.as_ref())?;
@@ -304,7 +305,7 @@ fn wait_for_file(path: &Path, stop: &Receiver<()>, every: Duration) -> bool {
 fn capture_worker(spec: DbSpec, wait: bool, stop: Receiver<()>, abort: Arc<AtomicBool>) -> Result<()> {
     let monitor = spec.options.monitor_interval;
     let sync_interval = spec.replica.sync_interval;
-    let client: Arc<dyn ReplicaClient> = Arc::from(spec.replica.client);
+    let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client, &spec.path));
     if wait && !wait_for_file(&spec.path, &stop, monitor) {
         return Ok(());
     }

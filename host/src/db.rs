@@ -23,6 +23,7 @@ use tracing::{debug, info};
 
 use crate::file_client::fsync_dir;
 use crate::ltx::{self, Header};
+use crate::metrics::metrics;
 use crate::wal::{self, FrameReader, WalHeader};
 
 /// Streams a full snapshot of the live database at position `pos` into `out`:
@@ -212,6 +213,8 @@ pub struct Db {
 pub struct SyncResult {
     /// TXID of the newest L0 file written, if any.
     pub wrote: Option<u64>,
+    /// WAL bytes captured into those files.
+    pub wal_bytes: u64,
 }
 
 fn wal_bytes(page_size: u32, frames: u64) -> u64 {
@@ -453,7 +456,12 @@ impl Db {
     /// Captures everything committed since the last call, then checkpoints if a
     /// threshold is reached.
     pub fn sync(&mut self) -> Result<SyncResult> {
-        let result = self.sync_without_checkpoint()?;
+        let start = Instant::now();
+        let result = self.sync_without_checkpoint();
+        let offset = self.pos.as_ref().map_or(0, |p| (p.wal_offset + p.wal_size).max(0) as u64);
+        let captured = result.as_ref().map_or(0, |r| r.wal_bytes);
+        metrics().record_sync(&self.path, result.is_ok(), start.elapsed(), self.txid(), offset, captured);
+        let result = result?;
         if result.wrote.is_some() {
             self.written_since_checkpoint = true;
         }
@@ -469,6 +477,7 @@ impl Db {
             let (wrote, limited) = self.sync_step(false)?;
             if wrote.is_some() {
                 result.wrote = wrote;
+                result.wal_bytes += self.pos.as_ref().map_or(0, |p| p.wal_size.max(0) as u64);
             }
             if !limited {
                 return Ok(result);
@@ -748,6 +757,14 @@ impl Db {
     /// Checkpoints the WAL the way Litestream does, so that nothing committed is
     /// ever copied into the database file without first being captured in L0.
     pub fn checkpoint(&mut self, mode: CheckpointMode) -> Result<()> {
+        let start = Instant::now();
+        let result = self.checkpoint_inner(mode);
+        let name = if mode == CheckpointMode::Truncate { "TRUNCATE" } else { "PASSIVE" };
+        metrics().record_checkpoint(&self.path, name, result.is_ok(), start.elapsed());
+        result
+    }
+
+    fn checkpoint_inner(&mut self, mode: CheckpointMode) -> Result<()> {
         self.open()?;
         let shared = self.shared.clone();
         let Ok(_guard) = shared.checkpoint_lock.try_write() else {

@@ -16,6 +16,7 @@ pub mod db;
 pub mod file_client;
 pub mod insecure_tls;
 pub mod ltx;
+pub mod metrics;
 pub mod plugin;
 pub mod replica_client;
 pub mod restore;

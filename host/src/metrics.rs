@@ -1,0 +1,318 @@
+//! Prometheus metrics, served at `GET /metrics` on the config's `addr` (as
+//! Litestream does), under Litestream's metric names and labels so that existing
+//! dashboards and alerts keep working. Sluice adds `sluice_replica_txid`, the
+//! newest TXID stored in the replica, so lag is one subtraction away.
+//!
+//! Metrics are always counted (a few atomic adds per sync); the HTTP endpoint runs
+//! only when `addr` is set.
+
+use std::io::Read;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use prometheus::{
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tracing::{info, warn};
+
+use crate::replica_client::{FileInfo, ReplicaClient};
+
+pub struct Metrics {
+    registry: Registry,
+    db_size: IntGaugeVec,
+    wal_size: IntGaugeVec,
+    total_wal_bytes: IntCounterVec,
+    txid: IntGaugeVec,
+    sync_count: IntCounterVec,
+    sync_error_count: IntCounterVec,
+    sync_seconds: CounterVec,
+    checkpoint_count: IntCounterVec,
+    checkpoint_error_count: IntCounterVec,
+    checkpoint_seconds: CounterVec,
+    op_total: IntCounterVec,
+    op_bytes: IntCounterVec,
+    op_errors: IntCounterVec,
+    op_seconds: HistogramVec,
+    replica_txid: IntGaugeVec,
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone())).expect("metric names are unique");
+            c
+        }
+        let igauge = |name: &str, help: &str, labels: &[&str]| {
+            reg(&registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        let icounter = |name: &str, help: &str, labels: &[&str]| {
+            reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        let fcounter = |name: &str, help: &str, labels: &[&str]| {
+            reg(&registry, CounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        let op = &["replica_type", "operation"];
+        Metrics {
+            db_size: igauge("litestream_db_size", "The current size of the database file, in bytes", &["db"]),
+            wal_size: igauge("litestream_wal_size", "The WAL offset replication has reached, in bytes", &["db"]),
+            total_wal_bytes: icounter("litestream_total_wal_bytes", "WAL bytes captured into LTX files", &["db"]),
+            txid: igauge("litestream_txid", "The newest TXID captured locally", &["db"]),
+            sync_count: icounter("litestream_sync_count", "Number of syncs (WAL captures)", &["db"]),
+            sync_error_count: icounter("litestream_sync_error_count", "Number of failed syncs", &["db"]),
+            sync_seconds: fcounter("litestream_sync_seconds", "Time spent syncing, in seconds", &["db"]),
+            checkpoint_count: icounter("litestream_checkpoint_count", "Number of checkpoints", &["db", "mode"]),
+            checkpoint_error_count: icounter(
+                "litestream_checkpoint_error_count",
+                "Number of failed checkpoints",
+                &["db", "mode"],
+            ),
+            checkpoint_seconds: fcounter(
+                "litestream_checkpoint_seconds",
+                "Time spent checkpointing, in seconds",
+                &["db", "mode"],
+            ),
+            op_total: icounter("litestream_replica_operation_total", "Replica operations performed", op),
+            op_bytes: icounter("litestream_replica_operation_bytes", "Bytes moved by replica operations", op),
+            op_errors: icounter(
+                "litestream_replica_operation_errors_total",
+                "Failed replica operations",
+                &["replica_type", "operation", "code"],
+            ),
+            op_seconds: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new("litestream_replica_operation_duration_seconds", "Replica operation time")
+                        .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0]),
+                    op,
+                )
+                .expect("valid metric"),
+            ),
+            replica_txid: igauge("sluice_replica_txid", "The newest TXID stored in the replica", &["db"]),
+            registry,
+        }
+    }
+
+    /// One sync of `db`: its outcome, duration, and the position after it.
+    pub fn record_sync(&self, db: &Path, ok: bool, took: Duration, txid: u64, wal_offset: u64, captured: u64) {
+        let db = db.to_string_lossy();
+        let l = [db.as_ref()];
+        self.sync_count.with_label_values(&l).inc();
+        // Touched even on success, so that alerts see 0 rather than no series.
+        self.sync_error_count.with_label_values(&l).inc_by(u64::from(!ok));
+        self.sync_seconds.with_label_values(&l).inc_by(took.as_secs_f64());
+        self.txid.with_label_values(&l).set(txid as i64);
+        self.wal_size.with_label_values(&l).set(wal_offset as i64);
+        self.total_wal_bytes.with_label_values(&l).inc_by(captured);
+        if let Ok(m) = std::fs::metadata(db.as_ref()) {
+            self.db_size.with_label_values(&l).set(m.len() as i64);
+        }
+    }
+
+    /// One checkpoint in `mode` (`PASSIVE`, `TRUNCATE`).
+    pub fn record_checkpoint(&self, db: &Path, mode: &str, ok: bool, took: Duration) {
+        let db = db.to_string_lossy();
+        let l = [db.as_ref(), mode];
+        self.checkpoint_count.with_label_values(&l).inc();
+        self.checkpoint_error_count.with_label_values(&l).inc_by(u64::from(!ok));
+        self.checkpoint_seconds.with_label_values(&l).inc_by(took.as_secs_f64());
+    }
+
+    /// The exposition text of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            warn!("cannot encode metrics: {e}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// A replica client that counts its operations (GET, PUT, DELETE, LIST).
+pub struct Metered {
+    inner: Box<dyn ReplicaClient>,
+    db: String,
+}
+
+impl Metered {
+    pub fn new(inner: Box<dyn ReplicaClient>, db: &Path) -> Metered {
+        Metered { inner, db: db.to_string_lossy().into_owned() }
+    }
+
+    fn observe<T>(&self, op: &str, start: Instant, r: &Result<T>) {
+        let m = metrics();
+        let l = [self.inner.kind(), op];
+        m.op_total.with_label_values(&l).inc();
+        m.op_seconds.with_label_values(&l).observe(start.elapsed().as_secs_f64());
+        if r.is_err() {
+            m.op_errors.with_label_values(&[self.inner.kind(), op, "error"]).inc();
+        }
+    }
+}
+
+/// Counts the bytes read through it as `GET` bytes.
+struct CountingReader {
+    inner: Box<dyn Read + Send>,
+    kind: &'static str,
+}
+
+impl Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        metrics().op_bytes.with_label_values(&[self.kind, "GET"]).inc_by(n as u64);
+        Ok(n)
+    }
+}
+
+impl ReplicaClient for Metered {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    fn list(&self, level: u8) -> Result<Vec<FileInfo>> {
+        let start = Instant::now();
+        let r = self.inner.list(level);
+        self.observe("LIST", start, &r);
+        r
+    }
+
+    fn list_with_timestamps(&self, level: u8) -> Result<Vec<FileInfo>> {
+        let start = Instant::now();
+        let r = self.inner.list_with_timestamps(level);
+        self.observe("LIST", start, &r);
+        r
+    }
+
+    fn open(&self, level: u8, min_txid: u64, max_txid: u64) -> Result<Box<dyn Read + Send>> {
+        let start = Instant::now();
+        let r = self.inner.open(level, min_txid, max_txid);
+        self.observe("GET", start, &r);
+        Ok(Box::new(CountingReader { inner: r?, kind: self.inner.kind() }))
+    }
+
+    fn write(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        data: &mut dyn Read,
+    ) -> Result<FileInfo> {
+        let start = Instant::now();
+        let r = self.inner.write(level, min_txid, max_txid, timestamp_ms, data);
+        self.observe("PUT", start, &r);
+        if let Ok(f) = &r {
+            let m = metrics();
+            m.op_bytes.with_label_values(&[self.inner.kind(), "PUT"]).inc_by(f.size);
+            let g = m.replica_txid.with_label_values(&[self.db.as_str()]);
+            g.set(g.get().max(max_txid as i64));
+        }
+        r
+    }
+
+    fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
+        let start = Instant::now();
+        let r = self.inner.delete(level, files);
+        self.observe("DELETE", start, &r);
+        r
+    }
+}
+
+/// Parses `addr` the way Litestream does: `host:port`, or `:port` for every interface.
+pub fn parse_addr(addr: &str) -> Result<SocketAddr> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("invalid addr {addr:?}: expected HOST:PORT or :PORT, for example :9090"))?;
+    if port.is_empty() || port.parse::<u16>().is_err() {
+        bail!("invalid addr {addr:?}: the port is missing or not a number; for example :9090");
+    }
+    let host = if host.is_empty() { "0.0.0.0" } else { host.trim_start_matches('[').trim_end_matches(']') };
+    (host, port.parse::<u16>()?)
+        .to_socket_addrs()
+        .with_context(|| format!("invalid addr {addr:?}: cannot resolve {host:?}"))?
+        .next()
+        .ok_or_else(|| anyhow!("invalid addr {addr:?}: {host:?} resolves to no address"))
+}
+
+/// Serves `GET /metrics` on `addr` from a thread of its own, until the process exits.
+pub fn serve(addr: &str) -> Result<SocketAddr> {
+    let sock = parse_addr(addr)?;
+    let listener = std::net::TcpListener::bind(sock).map_err(|e| {
+        anyhow!("cannot listen on addr {addr} for metrics: {e}; choose another port or stop what uses it")
+    })?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
+            Ok(rt) => rt,
+            Err(e) => return warn!("metrics server cannot start: {e}"),
+        };
+        rt.block_on(accept_loop(listener));
+    })?;
+    info!(addr = %local, "serving Prometheus metrics at /metrics");
+    Ok(local)
+}
+
+async fn accept_loop(listener: std::net::TcpListener) {
+    use hyper::service::service_fn;
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return warn!("metrics server cannot start: {e}"),
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let io = hyper_util::rt::TokioIo::new(stream);
+        tokio::spawn(async move {
+            let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let (status, body) = match (req.method(), req.uri().path()) {
+                    (&hyper::Method::GET, "/metrics") => (200, metrics().render()),
+                    _ => (404, "not found: metrics are at /metrics\n".to_string()),
+                };
+                hyper::Response::builder()
+                    .status(status)
+                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_forms() {
+        assert_eq!(parse_addr(":9090").unwrap(), "0.0.0.0:9090".parse().unwrap());
+        assert_eq!(parse_addr("127.0.0.1:9091").unwrap(), "127.0.0.1:9091".parse().unwrap());
+        assert!(parse_addr("localhost:9092").unwrap().ip().is_loopback());
+        assert!(format!("{:#}", parse_addr("9090").unwrap_err()).contains("HOST:PORT"));
+        assert!(format!("{:#}", parse_addr("host:").unwrap_err()).contains("port"));
+    }
+
+    #[test]
+    fn names_and_labels_match_litestream() {
+        let m = metrics();
+        m.record_sync(Path::new("/tmp/names.db"), true, Duration::from_millis(5), 7, 4152, 4152);
+        m.record_checkpoint(Path::new("/tmp/names.db"), "PASSIVE", true, Duration::from_millis(1));
+        let text = m.render();
+        assert!(text.contains("litestream_txid{db=\"/tmp/names.db\"} 7"), "{text}");
+        assert!(text.contains("litestream_wal_size{db=\"/tmp/names.db\"} 4152"), "{text}");
+        assert!(text.contains("litestream_sync_count{db=\"/tmp/names.db\"} 1"), "{text}");
+        assert!(text.contains("litestream_checkpoint_count{db=\"/tmp/names.db\",mode=\"PASSIVE\"} 1"), "{text}");
+    }
+}
