@@ -254,6 +254,13 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn replicate(a: ReplicateArgs) -> Result<()> {
     let mut exec = a.exec.clone();
+    let mut opts = daemon::RunOptions {
+        once: a.once,
+        force_snapshot: a.force_snapshot,
+        enforce_retention: a.enforce_retention,
+        restore_if_db_not_exists: a.restore_if_db_not_exists,
+        ..Default::default()
+    };
     let specs = match &a.db_path {
         Some(db) => {
             if a.config.config.is_some() {
@@ -281,7 +288,15 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
         None => {
             let cfg = a.config.load()?;
             init_logging(a.log_level.as_deref().or(cfg.logging.level.as_deref()));
+            for key in &cfg.ignored_keys {
+                tracing::warn!(
+                    "config key {key}: is a Litestream setting this build of sluice does not implement; it is ignored"
+                );
+            }
             exec = exec.or(cfg.exec.clone()).filter(|e| !e.trim().is_empty());
+            let (timeout, interval) = cfg.shutdown_sync()?;
+            opts.shutdown_sync_timeout = timeout.unwrap_or(opts.shutdown_sync_timeout);
+            opts.shutdown_sync_interval = interval.unwrap_or(opts.shutdown_sync_interval);
             let specs = cfg.db_specs()?;
             match cfg.addr.as_deref().filter(|addr| !addr.is_empty()) {
                 Some(addr) if !a.once => {
@@ -302,12 +317,6 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
             Some(argv)
         }
         None => None,
-    };
-    let opts = daemon::RunOptions {
-        once: a.once,
-        force_snapshot: a.force_snapshot,
-        enforce_retention: a.enforce_retention,
-        restore_if_db_not_exists: a.restore_if_db_not_exists,
     };
     daemon::run(specs, opts, exec)
 }

@@ -37,6 +37,13 @@ pub struct Config {
     pub addr: Option<String>,
     /// A command to run while replicating (as `replicate -exec`).
     pub exec: Option<String>,
+    /// How long the final upload at shutdown is retried (default 30s; 0: one try).
+    pub shutdown_sync_timeout: Option<String>,
+    /// Pause between those retries (default 500ms).
+    pub shutdown_sync_interval: Option<String>,
+    /// Litestream keys this build does not act on, found by `parse` (for a warning).
+    #[serde(skip)]
+    pub ignored_keys: Vec<String>,
     /// Compaction levels L1..Ln (default 30s, 5m, 1h).
     pub levels: Option<Vec<LevelConfig>>,
     #[serde(default)]
@@ -403,6 +410,15 @@ pub fn expand_env(text: &str) -> String {
 }
 
 /// Parses a Go-style duration: `500ms`, `1s`, `1m30s`, `24h`, `0`.
+/// Top-level keys Litestream 0.5 reads that Sluice does not act on yet.
+const NOT_IMPLEMENTED: &[&str] =
+    &["socket", "heartbeat-url", "heartbeat-interval", "mcp-addr", "validation", "verify-compaction"];
+
+fn litestream_keys_not_implemented(text: &str) -> Vec<String> {
+    let Ok(serde_yaml::Value::Mapping(m)) = serde_yaml::from_str::<serde_yaml::Value>(text) else { return vec![] };
+    NOT_IMPLEMENTED.iter().filter(|k| m.get(**k).is_some_and(|v| !v.is_null())).map(|k| k.to_string()).collect()
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
     if s == "0" {
@@ -465,8 +481,19 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let cfg: Config = serde_yaml::from_str(&text).map_err(|e| anyhow!("{e}"))?;
+        let mut cfg: Config = serde_yaml::from_str(&text).map_err(|e| anyhow!("{e}"))?;
+        cfg.ignored_keys = litestream_keys_not_implemented(&text);
         Ok(cfg)
+    }
+
+    /// The shutdown-sync settings, validated as Litestream does.
+    pub fn shutdown_sync(&self) -> Result<(Option<Duration>, Option<Duration>)> {
+        let timeout = self.shutdown_sync_timeout.as_deref().map(parse_duration).transpose()?;
+        let interval = match self.shutdown_sync_interval.as_deref().map(parse_duration).transpose()? {
+            Some(d) if d.is_zero() => bail!("shutdown-sync-interval must be greater than 0"),
+            d => d,
+        };
+        Ok((timeout, interval))
     }
 
     /// Every `plugins:` entry, loaded and validated once (a bad plugin or bad plugin
@@ -741,6 +768,19 @@ mod tests {
         assert_eq!(specs[0].options.monitor_interval, Duration::from_millis(100));
         assert_eq!(specs[0].replica.sync_interval, Duration::from_secs(2));
         assert_eq!(specs[0].replica.client.location(), "file:///tmp/rep");
+    }
+
+    #[test]
+    fn litestream_keys_sluice_does_not_act_on_are_reported() {
+        let cfg = Config::parse(
+            "socket:\n  enabled: true\nmcp-addr: \":3001\"\nshutdown-sync-timeout: 0\nshutdown-sync-interval: 250ms\ndbs: []\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(cfg.ignored_keys, vec!["socket".to_string(), "mcp-addr".to_string()]);
+        assert_eq!(cfg.shutdown_sync().unwrap(), (Some(Duration::ZERO), Some(Duration::from_millis(250))));
+        let bad = Config::parse("shutdown-sync-interval: 0\n", false).unwrap();
+        assert!(format!("{:#}", bad.shutdown_sync().unwrap_err()).contains("greater than 0"));
     }
 
     #[test]

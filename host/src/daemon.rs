@@ -30,10 +30,10 @@ use crate::restore::{self, IntegrityCheck, NoBackups, Target};
 use crate::store::Store;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
-const SHUTDOWN_SYNC_INTERVAL: Duration = Duration::from_millis(500);
+pub const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+pub const SHUTDOWN_SYNC_INTERVAL: Duration = Duration::from_millis(500);
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct RunOptions {
     /// Sync and upload once, then exit.
     pub once: bool,
@@ -43,6 +43,23 @@ pub struct RunOptions {
     pub enforce_retention: bool,
     /// Restore a missing database from its replica before replicating.
     pub restore_if_db_not_exists: bool,
+    /// How long the final upload at shutdown is retried (zero: one try).
+    pub shutdown_sync_timeout: Duration,
+    /// Pause between those tries.
+    pub shutdown_sync_interval: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions {
+            once: false,
+            force_snapshot: false,
+            enforce_retention: false,
+            restore_if_db_not_exists: false,
+            shutdown_sync_timeout: SHUTDOWN_SYNC_TIMEOUT,
+            shutdown_sync_interval: SHUTDOWN_SYNC_INTERVAL,
+        }
+    }
 }
 
 /// The application started with `-exec` exited unsuccessfully; after the final
@@ -150,9 +167,9 @@ pub fn run(specs: Vec<DbSpec>, opts: RunOptions, exec: Option<Vec<String>>) -> R
         senders.push(tx);
         let abort = abort.clone();
         let name = spec.path.display().to_string();
-        let handle = thread::Builder::new()
-            .name(format!("capture:{name}"))
-            .spawn(move || if opts.once { run_once(spec, opts) } else { capture_worker(spec, wait, rx, abort) })?;
+        let handle = thread::Builder::new().name(format!("capture:{name}")).spawn(move || {
+            if opts.once { run_once(spec, opts) } else { capture_worker(spec, wait, rx, abort, opts) }
+        })?;
         workers.push((name, handle));
     }
     let shutdown = Arc::new(Shutdown(Mutex::new(Some(senders))));
@@ -302,7 +319,13 @@ fn wait_for_file(path: &Path, stop: &Receiver<()>, every: Duration) -> bool {
     true
 }
 
-fn capture_worker(spec: DbSpec, wait: bool, stop: Receiver<()>, abort: Arc<AtomicBool>) -> Result<()> {
+fn capture_worker(
+    spec: DbSpec,
+    wait: bool,
+    stop: Receiver<()>,
+    abort: Arc<AtomicBool>,
+    opts: RunOptions,
+) -> Result<()> {
     let monitor = spec.options.monitor_interval;
     let sync_interval = spec.replica.sync_interval;
     let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client, &spec.path));
@@ -321,7 +344,7 @@ fn capture_worker(spec: DbSpec, wait: bool, stop: Receiver<()>, abort: Arc<Atomi
     let (to_replica, from_capture) = mpsc::channel();
     let replica = thread::Builder::new()
         .name(format!("replica:{}", db.path().display()))
-        .spawn(move || replica_worker(store, from_capture, sync_interval, abort))?;
+        .spawn(move || replica_worker(store, from_capture, sync_interval, abort, opts))?;
 
     let mut backoff: Option<Duration> = None;
     loop {
@@ -367,6 +390,7 @@ fn replica_worker(
     rx: Receiver<ToReplica>,
     sync_interval: Duration,
     abort: Arc<AtomicBool>,
+    opts: RunOptions,
 ) -> Result<()> {
     let mut next_upload = Instant::now();
     let mut backoff: Option<Duration> = None;
@@ -405,8 +429,8 @@ fn replica_worker(
             Ok(ToReplica::Stop) | Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    // Final upload, retried for up to 30 s (not when a plugin refuses it).
-    let deadline = Instant::now() + SHUTDOWN_SYNC_TIMEOUT;
+    // Final upload, retried for shutdown-sync-timeout (not when a plugin refuses it).
+    let deadline = Instant::now() + opts.shutdown_sync_timeout;
     loop {
         match store.upload() {
             Ok(0) => return Ok(()),
@@ -419,7 +443,7 @@ fn replica_worker(
                     return Err(e.context("final upload did not complete; the replica is behind the database"));
                 }
                 warn!(replica = %store.client().location(), "final upload failed, retrying: {e:#}");
-                thread::sleep(SHUTDOWN_SYNC_INTERVAL);
+                thread::sleep(opts.shutdown_sync_interval);
             }
         }
     }
