@@ -274,3 +274,50 @@ fn metrics_endpoint_reports_progress() {
     assert!(get("/other").starts_with("HTTP/1.1 404"));
     d.stop();
 }
+
+/// Litestream's local commands: `databases` lists the config's databases,
+/// `status` shows local state without contacting the replica, and `reset` deletes
+/// the local LTX files, after which replication resumes and restores stay correct.
+#[test]
+fn databases_status_and_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let url = file_url(&replica);
+    write(&db, &["init", "4096"]);
+    let cfg = dir.path().join("sluice.yml");
+    write_config(&cfg, &db, &url, "");
+    let (dbs, cfgs) = (db.to_str().unwrap(), cfg.to_str().unwrap());
+    let stdout = |o: &std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+
+    assert_eq!(stdout(&sluice(&["databases", "-config", cfgs])), format!("path\treplica\n{dbs}\tfile\n"));
+    let j: serde_json::Value =
+        serde_json::from_str(&stdout(&sluice(&["databases", "-json", "-config", cfgs]))).unwrap();
+    assert_eq!(j, serde_json::json!([{"path": dbs, "replica": "file"}]));
+    assert!(stdout(&sluice(&["status", "-config", cfgs])).contains(&format!("{dbs}\tnot initialized\t-\t")));
+
+    write(&db, &["steps", "0", "3"]);
+    stdout(&sluice(&["replicate", "-once", "-config", cfgs]));
+    let newest = replica_l0_max(&replica);
+    let s = stdout(&sluice(&["status", "-config", cfgs]));
+    assert!(s.contains(&format!("{dbs}\tok\t{newest:016x}\t")), "{s}");
+    // A database named on the command line needs no config file.
+    let j: serde_json::Value = serde_json::from_str(&stdout(&sluice(&["status", "-json", dbs]))).unwrap();
+    assert_eq!(j[0]["status"], "ok");
+    assert_eq!(j[0]["local_txid"], format!("{newest:016x}"));
+
+    let meta = dir.path().join(".app.db-litestream/ltx/0");
+    let before = fs::read_dir(&meta).unwrap().count();
+    assert!(stdout(&sluice(&["reset", "-dry-run", "-config", cfgs, dbs])).contains("would delete"));
+    assert_eq!(fs::read_dir(&meta).unwrap().count(), before, "dry run deletes nothing");
+    assert!(stdout(&sluice(&["reset", "-config", cfgs, dbs])).contains("deleted"));
+    assert!(!meta.exists());
+    assert!(stdout(&sluice(&["status", "-config", cfgs])).contains("not initialized"));
+
+    write(&db, &["steps", "3", "6"]);
+    stdout(&sluice(&["replicate", "-once", "-config", cfgs]));
+    restore_and_check(&[&url], &dir.path().join("r.db"), digest(&db));
+}

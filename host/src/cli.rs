@@ -1,5 +1,5 @@
 //! Command-line interface, shaped like Litestream's: `replicate`, `restore`, `ltx`,
-//! `version`. Litestream's Go-style single-dash long flags (`-config`, `-txid`) are
+//! `databases`, `status`, `reset`, `version` (and Sluice's `plugin check`). Litestream's Go-style single-dash long flags (`-config`, `-txid`) are
 //! accepted alongside the usual `--config` form.
 
 use std::io::Write;
@@ -44,6 +44,15 @@ pub enum Command {
     Restore(RestoreArgs),
     /// List the LTX files in a replica.
     Ltx(LtxArgs),
+    /// List the databases in the config file and their replica types.
+    Databases(DatabasesArgs),
+    /// Show each database's local replication state (no replica is contacted).
+    Status(StatusArgs),
+    /// Delete a database's local LTX files, so the next sync starts from a snapshot.
+    #[command(
+        after_help = "Stop `sluice replicate` for the database first. The database itself and the replica are not touched."
+    )]
+    Reset(ResetArgs),
     /// Work with policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -183,6 +192,39 @@ pub struct LtxArgs {
     pub target: String,
 }
 
+#[derive(Args, Debug)]
+pub struct DatabasesArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this database (default: every database in the config file).
+    #[arg(value_name = "DB_PATH")]
+    pub db_path: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ResetArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Show what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The database whose local state to reset.
+    #[arg(value_name = "DB_PATH")]
+    pub db_path: String,
+}
+
 /// Rewrites Go-style `-flag` / `-flag=value` into `--flag` for every long flag we know,
 /// so `sluice restore -txid ... -o out URL` works as it does with Litestream.
 pub fn normalize_args(args: Vec<String>) -> Vec<String> {
@@ -244,6 +286,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Replicate(a) => replicate(a),
         Command::Restore(a) => restore_cmd(a),
         Command::Ltx(a) => ltx_cmd(a),
+        Command::Databases(a) => databases_cmd(a),
+        Command::Status(a) => status_cmd(a),
+        Command::Reset(a) => reset_cmd(a),
         Command::Plugin(PluginCommand::Check(a)) => plugin_check(a),
         Command::Version => {
             println!("{}", env!("CARGO_PKG_VERSION"));
@@ -407,13 +452,14 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
         return follow_until_signal(client.as_ref(), &output, txid, follow_interval);
     }
     if a.json {
-        println!(
-            "{{\"db_path\":{:?},\"replica\":{:?},\"txid\":\"{}\",\"duration_ms\":{ms},\"integrity_check\":\"{:?}\"}}",
-            output.display().to_string(),
-            client.location(),
-            ltx::format_txid(txid),
-            a.integrity_check
-        );
+        let j = serde_json::json!({
+            "db_path": output.display().to_string(),
+            "replica": client.location(),
+            "txid": ltx::format_txid(txid),
+            "duration_ms": ms,
+            "integrity_check": format!("{:?}", a.integrity_check),
+        });
+        println!("{j}");
     } else {
         eprintln!(
             "restored {} to TXID {} from {} ({} files, {ms} ms)",
@@ -448,27 +494,25 @@ fn print_plan(
 ) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        let files: Vec<String> = plan
+        let files: Vec<_> = plan
             .iter()
             .map(|f| {
-                format!(
-                    "{{\"level\":{},\"name\":\"{}\",\"min_txid\":\"{}\",\"max_txid\":\"{}\",\"size\":{},\"timestamp\":\"{}\"}}",
-                    f.level,
-                    f.name(),
-                    ltx::format_txid(f.min_txid),
-                    ltx::format_txid(f.max_txid),
-                    f.size,
-                    f.created_at.to_rfc3339_opts(SecondsFormat::Millis, true)
-                )
+                serde_json::json!({
+                    "level": f.level,
+                    "name": f.name(),
+                    "min_txid": ltx::format_txid(f.min_txid),
+                    "max_txid": ltx::format_txid(f.max_txid),
+                    "size": f.size,
+                    "timestamp": f.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+                })
             })
             .collect();
-        writeln!(
-            out,
-            "{{\"target_path\":{:?},\"replica\":{:?},\"files\":[{}]}}",
-            output.display().to_string(),
-            client.location(),
-            files.join(",")
-        )?;
+        let j = serde_json::json!({
+            "target_path": output.display().to_string(),
+            "replica": client.location(),
+            "files": files,
+        });
+        writeln!(out, "{j}")?;
         return Ok(());
     }
     writeln!(out, "restore plan for {} from {}:", output.display(), client.location())?;
@@ -483,6 +527,107 @@ fn print_plan(
         )?;
     }
     Ok(())
+}
+
+fn databases_cmd(a: DatabasesArgs) -> Result<()> {
+    let list = a.config.load()?.database_list()?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let rows: Vec<_> = list
+            .iter()
+            .map(|(p, kind)| serde_json::json!({"path": p.display().to_string(), "replica": kind}))
+            .collect();
+        writeln!(out, "{}", serde_json::Value::Array(rows))?;
+    } else {
+        writeln!(out, "path\treplica")?;
+        for (p, kind) in list {
+            writeln!(out, "{}\t{kind}", p.display())?;
+        }
+    }
+    Ok(())
+}
+
+/// One database's local state, as `status` shows it.
+fn local_status(path: &Path, meta: &Path) -> (String, Option<u64>, u64) {
+    let wal = std::fs::metadata(format!("{}-wal", path.display())).map_or(0, |m| m.len());
+    if !path.exists() {
+        return ("no database".into(), None, wal);
+    }
+    match crate::db::local_txid(meta) {
+        Ok(None) => ("not initialized".into(), None, wal),
+        Ok(Some(txid)) => ("ok".into(), Some(txid), wal),
+        Err(e) => (format!("error: cannot read {}: {e}", meta.display()), None, wal),
+    }
+}
+
+fn status_cmd(a: StatusArgs) -> Result<()> {
+    let cfg = match (&a.db_path, a.config.load()) {
+        (_, Ok(cfg)) => Some(cfg),
+        // A database named on the command line needs no config file.
+        (Some(_), Err(_)) if a.config.config.is_none() => None,
+        (_, Err(e)) => return Err(e),
+    };
+    let paths = match (&a.db_path, &cfg) {
+        (Some(p), _) => vec![clean_db_path(p)?],
+        (None, Some(cfg)) => cfg.database_list()?.into_iter().map(|(p, _)| p).collect(),
+        (None, None) => unreachable!("no config is only accepted with a DB_PATH"),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut rows = Vec::new();
+    if !a.json {
+        writeln!(out, "database\tstatus\tlocal_txid\twal_size")?;
+    }
+    for path in paths {
+        let meta = match &cfg {
+            Some(cfg) => cfg.meta_path_for(&path)?,
+            None => crate::db::default_meta_path(&path),
+        };
+        let (status, txid, wal) = local_status(&path, &meta);
+        let txid_text = txid.map(ltx::format_txid).unwrap_or_else(|| "-".into());
+        if a.json {
+            rows.push(serde_json::json!({
+                "database": path.display().to_string(), "status": status,
+                "local_txid": txid.map(ltx::format_txid), "wal_size": wal,
+            }));
+        } else {
+            writeln!(out, "{}\t{status}\t{txid_text}\t{wal}", path.display())?;
+        }
+    }
+    if a.json {
+        writeln!(out, "{}", serde_json::Value::Array(rows))?;
+    }
+    Ok(())
+}
+
+fn reset_cmd(a: ResetArgs) -> Result<()> {
+    let path = clean_db_path(&a.db_path)?;
+    let meta = match a.config.load() {
+        Ok(cfg) => cfg.meta_path_for(&path)?,
+        Err(_) if a.config.config.is_none() => crate::db::default_meta_path(&path),
+        Err(e) => return Err(e),
+    };
+    let ltx_dir = meta.join("ltx");
+    let count = walk_count(&ltx_dir);
+    if count == 0 && !ltx_dir.exists() {
+        println!("{}: no local LTX files in {}; nothing to reset", path.display(), ltx_dir.display());
+        return Ok(());
+    }
+    if a.dry_run {
+        println!("{}: would delete {count} local LTX files in {}", path.display(), ltx_dir.display());
+        return Ok(());
+    }
+    std::fs::remove_dir_all(&ltx_dir).with_context(|| format!("cannot delete {}", ltx_dir.display()))?;
+    println!(
+        "{}: deleted {count} local LTX files in {}; the next sync writes a fresh snapshot",
+        path.display(),
+        ltx_dir.display()
+    );
+    Ok(())
+}
+
+fn walk_count(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.flatten().map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 }).sum()
 }
 
 fn ltx_cmd(a: LtxArgs) -> Result<()> {

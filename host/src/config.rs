@@ -607,6 +607,38 @@ impl Config {
         bail!("database {} is not in the config file; add it under dbs:, or restore from a replica URL", want.display())
     }
 
+    /// Each `dbs:` entry's path and replica type (`file`, `s3`, ...), read from the
+    /// file alone: no replica is contacted.
+    pub fn database_list(&self) -> Result<Vec<(PathBuf, String)>> {
+        let mut out = Vec::new();
+        for (i, db) in self.dbs.iter().enumerate() {
+            let Some(path) = &db.path else {
+                bail!("dbs[{i}]: a database needs a path: (directory replication is not supported yet)")
+            };
+            let r = db.replica.as_ref().or(db.replicas.as_ref().and_then(|l| l.first()));
+            let kind = match r {
+                None => "none".to_string(),
+                Some(r) => match (&r.kind, &r.url) {
+                    (Some(k), _) => k.clone(),
+                    (None, Some(url)) => url.split("://").next().unwrap_or("").to_string(),
+                    (None, None) if r.settings.bucket.is_some() || self.defaults.bucket.is_some() => "s3".into(),
+                    (None, None) => "file".into(),
+                },
+            };
+            out.push((clean_db_path(path)?, kind));
+        }
+        Ok(out)
+    }
+
+    /// The local state directory of the database at `path`: its `meta-path:` if the
+    /// config lists it with one, else Litestream's default beside the database.
+    pub fn meta_path_for(&self, path: &Path) -> Result<PathBuf> {
+        match self.find_db(path).ok().and_then(|db| db.meta_path.clone()) {
+            Some(m) => clean_db_path(&m),
+            None => Ok(crate::db::default_meta_path(path)),
+        }
+    }
+
     pub fn db_spec(&self, db: &DbConfig) -> Result<DbSpec> {
         if db.dir.is_some() {
             bail!("directory replication (dir:) is not supported yet; list each database with path:");

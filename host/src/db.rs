@@ -263,6 +263,23 @@ pub fn default_meta_path(db_path: &Path) -> PathBuf {
     dir.join(format!(".{name}-litestream"))
 }
 
+/// The newest TXID among the local L0 files under a state directory, if any.
+pub fn local_txid(meta_path: &Path) -> io::Result<Option<u64>> {
+    let dir = meta_path.join("ltx").join("0");
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut newest = None;
+    for e in entries {
+        if let Some((_, max)) = ltx::parse_filename(&e?.file_name().to_string_lossy()) {
+            newest = newest.max(Some(max));
+        }
+    }
+    Ok(newest)
+}
+
 impl Db {
     pub fn new(path: impl Into<PathBuf>, opts: DbOptions) -> Db {
         let path = path.into();
