@@ -321,3 +321,45 @@ fn databases_status_and_reset() {
     stdout(&sluice(&["replicate", "-once", "-config", cfgs]));
     restore_and_check(&[&url], &dir.path().join("r.db"), digest(&db));
 }
+
+/// `heartbeat-url`: while every database syncs and its replica works, sluice sends
+/// GET to the URL (first check 15 s after start, then every heartbeat-interval);
+/// the URL, which often holds a secret token, never appears in the log.
+#[test]
+fn heartbeat_pings_while_healthy() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = hits.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut line = String::new();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let _ = reader.read_line(&mut line);
+            seen.lock().unwrap().push(line.trim().to_string());
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    write(&db, &["init", "4096"]);
+    let cfg = dir.path().join("sluice.yml");
+    write_config(&cfg, &db, &file_url(&replica), "");
+    let yaml = fs::read_to_string(&cfg).unwrap();
+    let url = format!("http://127.0.0.1:{port}/ping/secret-token-7f3a");
+    fs::write(&cfg, format!("heartbeat-url: {url}\nheartbeat-interval: 1m\n{yaml}")).unwrap();
+    let d = Daemon::with_config(&cfg, &dir.path().join("log"));
+    write(&db, &["steps", "0", "2"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    while hits.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no heartbeat within 45 s");
+        sleep(Duration::from_millis(200));
+    }
+    let log = d.stop();
+    assert!(hits.lock().unwrap()[0].starts_with("GET /ping/secret-token-7f3a HTTP/1.1"), "{:?}", hits.lock().unwrap());
+    assert!(!log.contains("secret-token"), "the heartbeat URL was logged:\n{log}");
+    restore_and_check(&[&file_url(&replica)], &dir.path().join("r.db"), digest(&db));
+}

@@ -343,6 +343,11 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
             opts.shutdown_sync_timeout = timeout.unwrap_or(opts.shutdown_sync_timeout);
             opts.shutdown_sync_interval = interval.unwrap_or(opts.shutdown_sync_interval);
             let specs = cfg.db_specs()?;
+            if let Some((url, interval)) = cfg.heartbeat()?
+                && !a.once
+            {
+                crate::heartbeat::start(url, interval)?;
+            }
             match cfg.addr.as_deref().filter(|addr| !addr.is_empty()) {
                 Some(addr) if !a.once => {
                     crate::metrics::serve(addr)?;

@@ -37,6 +37,9 @@ pub struct Config {
     pub addr: Option<String>,
     /// A command to run while replicating (as `replicate -exec`).
     pub exec: Option<String>,
+    /// Dead man's switch: GET this URL every heartbeat-interval while all is well.
+    pub heartbeat_url: Option<String>,
+    pub heartbeat_interval: Option<String>,
     /// How long the final upload at shutdown is retried (default 30s; 0: one try).
     pub shutdown_sync_timeout: Option<String>,
     /// Pause between those retries (default 500ms).
@@ -411,8 +414,7 @@ pub fn expand_env(text: &str) -> String {
 
 /// Parses a Go-style duration: `500ms`, `1s`, `1m30s`, `24h`, `0`.
 /// Top-level keys Litestream 0.5 reads that Sluice does not act on yet.
-const NOT_IMPLEMENTED: &[&str] =
-    &["socket", "heartbeat-url", "heartbeat-interval", "mcp-addr", "validation", "verify-compaction"];
+const NOT_IMPLEMENTED: &[&str] = &["socket", "mcp-addr", "validation", "verify-compaction"];
 
 fn litestream_keys_not_implemented(text: &str) -> Vec<String> {
     let Ok(serde_yaml::Value::Mapping(m)) = serde_yaml::from_str::<serde_yaml::Value>(text) else { return vec![] };
@@ -484,6 +486,14 @@ impl Config {
         let mut cfg: Config = serde_yaml::from_str(&text).map_err(|e| anyhow!("{e}"))?;
         cfg.ignored_keys = litestream_keys_not_implemented(&text);
         Ok(cfg)
+    }
+
+    /// The heartbeat URL and interval, if a heartbeat is configured.
+    pub fn heartbeat(&self) -> Result<Option<(String, Duration)>> {
+        let Some(url) = self.heartbeat_url.as_deref().filter(|u| !u.is_empty()) else { return Ok(None) };
+        let interval =
+            self.heartbeat_interval.as_deref().map(parse_duration).transpose().context("heartbeat-interval")?;
+        Ok(Some((url.to_string(), crate::heartbeat::validate(url, interval)?)))
     }
 
     /// The shutdown-sync settings, validated as Litestream does.
@@ -805,7 +815,7 @@ mod tests {
     #[test]
     fn litestream_keys_sluice_does_not_act_on_are_reported() {
         let cfg = Config::parse(
-            "socket:\n  enabled: true\nmcp-addr: \":3001\"\nshutdown-sync-timeout: 0\nshutdown-sync-interval: 250ms\ndbs: []\n",
+            "socket:\n  enabled: true\nmcp-addr: \":3001\"\nheartbeat-url: http://h/x\nshutdown-sync-timeout: 0\nshutdown-sync-interval: 250ms\ndbs: []\n",
             false,
         )
         .unwrap();

@@ -155,6 +155,9 @@ pub fn run(specs: Vec<DbSpec>, opts: RunOptions, exec: Option<Vec<String>>) -> R
         ));
     }
     let mut prepared = Vec::new();
+    for spec in &specs {
+        crate::heartbeat::register(&spec.path);
+    }
     for spec in specs {
         let wait_for_creation = prepare(&spec, opts)?;
         prepared.push((spec, wait_for_creation));
@@ -405,6 +408,7 @@ fn replica_worker(
                 }
                 store.run_due(Utc::now())
             })();
+            crate::heartbeat::record_replica(store.db_path(), result.is_ok());
             match result {
                 Ok(()) => backoff = None,
                 Err(e) => {

@@ -478,6 +478,7 @@ impl Db {
         let offset = self.pos.as_ref().map_or(0, |p| (p.wal_offset + p.wal_size).max(0) as u64);
         let captured = result.as_ref().map_or(0, |r| r.wal_bytes);
         metrics().record_sync(&self.path, result.is_ok(), start.elapsed(), self.txid(), offset, captured);
+        crate::heartbeat::record_sync(&self.path, result.is_ok());
         let result = result?;
         if result.wrote.is_some() {
             self.written_since_checkpoint = true;

@@ -14,6 +14,7 @@ pub mod crc64;
 pub mod daemon;
 pub mod db;
 pub mod file_client;
+pub mod heartbeat;
 pub mod insecure_tls;
 pub mod ltx;
 pub mod metrics;

@@ -121,6 +121,11 @@ impl Store {
         self
     }
 
+    /// The database this store replicates.
+    pub fn db_path(&self) -> &std::path::Path {
+        &self.shared.path
+    }
+
     pub fn client(&self) -> &Arc<dyn ReplicaClient> {
         &self.client
     }

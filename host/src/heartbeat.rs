@@ -1,0 +1,157 @@
+//! `heartbeat-url`: a dead man's switch. Every `heartbeat-interval` (default 5m,
+//! at least 1m) Sluice sends `GET heartbeat-url`, but only while every database is
+//! healthy: its last capture succeeded within the interval and its replica is not
+//! failing. A monitor such as healthchecks.io or Dead Man's Snitch raises the alarm
+//! when the pings stop. Checked every 15 s; each request times out after 30 s.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tracing::{debug, info, warn};
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+const CHECK_EVERY: Duration = Duration::from_secs(15);
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, Default)]
+struct DbHealth {
+    last_sync_ok: Option<Instant>,
+    replica_failing: bool,
+}
+
+fn registry() -> &'static Mutex<BTreeMap<PathBuf, DbHealth>> {
+    static R: OnceLock<Mutex<BTreeMap<PathBuf, DbHealth>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// Adds a database to watch (before its workers start).
+pub fn register(db: &Path) {
+    registry().lock().unwrap().entry(db.to_path_buf()).or_default();
+}
+
+/// A capture (sync) of `db` ended.
+pub fn record_sync(db: &Path, ok: bool) {
+    if let Some(h) = registry().lock().unwrap().get_mut(db)
+        && ok
+    {
+        h.last_sync_ok = Some(Instant::now());
+    }
+}
+
+/// A replica pass for `db` ended (an upload, compaction or retention pass).
+pub fn record_replica(db: &Path, ok: bool) {
+    if let Some(h) = registry().lock().unwrap().get_mut(db) {
+        h.replica_failing = !ok;
+    }
+}
+
+/// Whether every registered database is healthy at `now`; else the first that is not.
+fn all_healthy(now: Instant, interval: Duration) -> std::result::Result<(), String> {
+    for (path, h) in registry().lock().unwrap().iter() {
+        match h.last_sync_ok {
+            None => return Err(format!("{} has not synced yet", path.display())),
+            Some(t) if now.duration_since(t) > interval => {
+                return Err(format!("{} has not synced for {:?}", path.display(), now.duration_since(t)));
+            }
+            _ if h.replica_failing => return Err(format!("the replica of {} is failing", path.display())),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks `heartbeat-url` and `heartbeat-interval` as Litestream does.
+pub fn validate(url: &str, interval: Option<Duration>) -> Result<Duration> {
+    let uri: hyper::Uri = url.parse().map_err(|e| anyhow!("invalid heartbeat-url {url:?}: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
+        bail!("invalid heartbeat-url {url:?}: use an http:// or https:// URL");
+    }
+    let interval = interval.unwrap_or(DEFAULT_INTERVAL);
+    if interval < MIN_INTERVAL {
+        bail!("heartbeat-interval must be at least 1m (got {interval:?})");
+    }
+    Ok(interval)
+}
+
+/// Starts the heartbeat thread; it runs until the process exits.
+pub fn start(url: String, interval: Duration) -> Result<()> {
+    let uri: hyper::Uri = url.parse().map_err(|e| anyhow!("invalid heartbeat-url {url:?}: {e}"))?;
+    std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return warn!("heartbeat cannot start: {e}"),
+        };
+        rt.block_on(run(uri, interval));
+    })?;
+    info!(interval = ?interval, "heartbeat enabled");
+    Ok(())
+}
+
+async fn run(uri: hyper::Uri, interval: Duration) {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let https = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider) {
+        Ok(b) => b.https_or_http().enable_http1().build(),
+        Err(e) => return warn!("heartbeat disabled: cannot load the system's CA certificates: {e}"),
+    };
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    // The URL may hold a token: log only its host.
+    let host = uri.host().unwrap_or("").to_string();
+    let mut last_ping: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(CHECK_EVERY).await;
+        let now = Instant::now();
+        if last_ping.is_some_and(|t| now.duration_since(t) < interval) {
+            continue;
+        }
+        if let Err(why) = all_healthy(now, interval) {
+            debug!(host = %host, "heartbeat withheld: {why}");
+            continue;
+        }
+        match tokio::time::timeout(TIMEOUT, client.get(uri.clone())).await {
+            Ok(Ok(resp)) if resp.status().is_success() => {
+                debug!(host = %host, "heartbeat sent");
+                last_ping = Some(now);
+            }
+            Ok(Ok(resp)) => warn!(host = %host, status = resp.status().as_u16(), "heartbeat refused"),
+            Ok(Err(e)) => warn!(host = %host, "heartbeat failed: {e}"),
+            Err(_) => warn!(host = %host, "heartbeat timed out after 30s"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(validate("https://hc-ping.com/abc", None).is_ok());
+        assert_eq!(validate("http://x/p", Some(Duration::from_secs(120))).unwrap(), Duration::from_secs(120));
+        assert!(format!("{:#}", validate("ftp://x", None).unwrap_err()).contains("http"));
+        assert!(format!("{:#}", validate("http://x", Some(Duration::from_secs(5))).unwrap_err()).contains("1m"));
+    }
+
+    #[test]
+    fn pings_only_while_every_database_is_healthy() {
+        let (a, b) = (Path::new("/heartbeat-test/a.db"), Path::new("/heartbeat-test/b.db"));
+        register(a);
+        register(b);
+        let interval = Duration::from_secs(60);
+        assert!(all_healthy(Instant::now(), interval).is_err(), "nothing synced yet");
+        record_sync(a, true);
+        record_sync(b, true);
+        assert!(all_healthy(Instant::now(), interval).is_ok());
+        record_replica(b, false);
+        assert!(all_healthy(Instant::now(), interval).unwrap_err().contains("b.db"));
+        record_replica(b, true);
+        assert!(all_healthy(Instant::now() + Duration::from_secs(61), interval).unwrap_err().contains("not synced"));
+    }
+}
