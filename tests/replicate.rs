@@ -163,27 +163,23 @@ fn database_over_one_gib_crosses_the_lock_page() {
 /// the replica.
 #[test]
 fn exec_runs_the_application_and_stops_with_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let replica = dir.path().join("replica");
-    let url = file_url(&replica);
-    write(&db, &["init", "4096"]);
-    let dbs = db.to_str().unwrap();
+    let s = Setup::new();
+    let dbs = s.db.to_str().unwrap();
 
     // The application writes and exits 0: sluice exits 0 after the final sync.
     let app = format!("python3 '{}' '{dbs}' steps 0 6", writer_script().display());
-    let o = sluice(&["replicate", "-exec", &app, dbs, &url]);
+    let o = sluice(&["replicate", "-exec", &app, dbs, &s.url]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    restore_and_check(&[&url], &dir.path().join("r1.db"), digest(&db));
+    restore_and_check(&[&s.url], &s.path("r1.db"), digest(&s.db));
 
     // An application that fails: its exit status becomes sluice's.
-    let o = sluice(&["replicate", "-exec", "python3 -c 'import sys; sys.exit(3)'", dbs, &url]);
+    let o = sluice(&["replicate", "-exec", "python3 -c 'import sys; sys.exit(3)'", dbs, &s.url]);
     assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
     assert_one_line_error(&o, "exited with status 3");
 
     // exec: in the config; SIGTERM goes to the application, which writes a last
     // row as it stops; sluice waits for it, syncs, and exits 0.
-    let script = dir.path().join("app.py");
+    let script = s.path("app.py");
     let app_py = r#"import signal, sqlite3, sys, time
 def stop(*_):
     c = sqlite3.connect(sys.argv[1])
@@ -196,32 +192,25 @@ print("ready", flush=True)
 time.sleep(60)
 "#;
     fs::write(&script, app_py).unwrap();
-    let cfg = dir.path().join("sluice.yml");
-    write_config(&cfg, &db, &url, "");
-    let yaml = fs::read_to_string(&cfg).unwrap();
-    fs::write(&cfg, format!("exec: python3 '{}' '{dbs}'\n{yaml}", script.display())).unwrap();
-    let log = dir.path().join("log");
-    let d = Daemon::with_config(&cfg, &log);
+    s.top_level(&format!("exec: python3 '{}' '{dbs}'\n", script.display()));
+    let d = s.daemon();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !fs::read_to_string(&log).unwrap_or_default().contains("ready") {
+    while !fs::read_to_string(s.path("log")).unwrap_or_default().contains("ready") {
         assert!(std::time::Instant::now() < deadline, "the application did not start");
         sleep(Duration::from_millis(50));
     }
     let log = d.stop();
     assert!(log.contains("signal passed to the application"), "{log}");
-    let conn = rusqlite::Connection::open(&db).unwrap();
+    let conn = rusqlite::Connection::open(&s.db).unwrap();
     let at: String = conn.query_row("SELECT at FROM shutdown", [], |r| r.get(0)).unwrap();
     assert_eq!(at, "stopped");
     drop(conn);
-    restore_and_check(&[&url], &dir.path().join("r2.db"), digest(&db));
+    restore_and_check(&[&s.url], &s.path("r2.db"), digest(&s.db));
 
-    let o = sluice(&["replicate", "-once", "-exec", "true", dbs, &url]);
+    let o = sluice(&["replicate", "-once", "-exec", "true", dbs, &s.url]);
     assert!(!o.status.success());
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("cannot be used with"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot be used with"), "{err}");
 }
 
 /// `addr:` serves Prometheus metrics under Litestream's names: after some writes,
@@ -230,18 +219,12 @@ time.sleep(60)
 #[test]
 fn metrics_endpoint_reports_progress() {
     use std::io::{Read, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let replica = dir.path().join("replica");
-    write(&db, &["init", "4096"]);
+    let s = Setup::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let cfg = dir.path().join("sluice.yml");
-    write_config(&cfg, &db, &file_url(&replica), "");
-    let yaml = fs::read_to_string(&cfg).unwrap();
-    fs::write(&cfg, format!("addr: 127.0.0.1:{port}\n{yaml}")).unwrap();
-    let d = Daemon::with_config(&cfg, &dir.path().join("log"));
-    write(&db, &["steps", "0", "4"]);
-    wait_replica_settled(&replica, Duration::from_millis(300));
+    s.top_level(&format!("addr: 127.0.0.1:{port}\n"));
+    let d = s.daemon();
+    write(&s.db, &["steps", "0", "4"]);
+    wait_replica_settled(&s.replica, Duration::from_millis(300));
     let get = |path: &str| {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
@@ -261,8 +244,8 @@ fn metrics_endpoint_reports_progress() {
             .parse()
             .unwrap()
     };
-    let db_label = format!("db=\"{}\"", db.display());
-    let newest = replica_l0_max(&replica) as f64;
+    let db_label = format!("db=\"{}\"", s.db.display());
+    let newest = replica_l0_max(&s.replica) as f64;
     assert!(newest > 1.0);
     assert_eq!(value("litestream_txid", &[&db_label]), newest);
     assert_eq!(value("sluice_replica_txid", &[&db_label]), newest);
@@ -280,14 +263,9 @@ fn metrics_endpoint_reports_progress() {
 /// the local LTX files, after which replication resumes and restores stay correct.
 #[test]
 fn databases_status_and_reset() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let replica = dir.path().join("replica");
-    let url = file_url(&replica);
-    write(&db, &["init", "4096"]);
-    let cfg = dir.path().join("sluice.yml");
-    write_config(&cfg, &db, &url, "");
-    let (dbs, cfgs) = (db.to_str().unwrap(), cfg.to_str().unwrap());
+    let s = Setup::new();
+    let (db, replica, url) = (&s.db, &s.replica, &s.url);
+    let (dbs, cfgs) = (db.to_str().unwrap(), s.cfg.to_str().unwrap());
     let stdout = |o: &std::process::Output| {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
@@ -302,14 +280,14 @@ fn databases_status_and_reset() {
     write(&db, &["steps", "0", "3"]);
     stdout(&sluice(&["replicate", "-once", "-config", cfgs]));
     let newest = replica_l0_max(&replica);
-    let s = stdout(&sluice(&["status", "-config", cfgs]));
-    assert!(s.contains(&format!("{dbs}\tok\t{newest:016x}\t")), "{s}");
+    let st = stdout(&sluice(&["status", "-config", cfgs]));
+    assert!(st.contains(&format!("{dbs}\tok\t{newest:016x}\t")), "{st}");
     // A database named on the command line needs no config file.
     let j: serde_json::Value = serde_json::from_str(&stdout(&sluice(&["status", "-json", dbs]))).unwrap();
     assert_eq!(j[0]["status"], "ok");
     assert_eq!(j[0]["local_txid"], format!("{newest:016x}"));
 
-    let meta = dir.path().join(".app.db-litestream/ltx/0");
+    let meta = s.path(".app.db-litestream/ltx/0");
     let before = fs::read_dir(&meta).unwrap().count();
     assert!(stdout(&sluice(&["reset", "-dry-run", "-config", cfgs, dbs])).contains("would delete"));
     assert_eq!(fs::read_dir(&meta).unwrap().count(), before, "dry run deletes nothing");
@@ -319,7 +297,7 @@ fn databases_status_and_reset() {
 
     write(&db, &["steps", "3", "6"]);
     stdout(&sluice(&["replicate", "-once", "-config", cfgs]));
-    restore_and_check(&[&url], &dir.path().join("r.db"), digest(&db));
+    restore_and_check(&[&url], &s.path("r.db"), digest(&db));
 }
 
 /// `heartbeat-url`: while every database syncs and its replica works, sluice sends
@@ -342,17 +320,10 @@ fn heartbeat_pings_while_healthy() {
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let replica = dir.path().join("replica");
-    write(&db, &["init", "4096"]);
-    let cfg = dir.path().join("sluice.yml");
-    write_config(&cfg, &db, &file_url(&replica), "");
-    let yaml = fs::read_to_string(&cfg).unwrap();
-    let url = format!("http://127.0.0.1:{port}/ping/secret-token-7f3a");
-    fs::write(&cfg, format!("heartbeat-url: {url}\nheartbeat-interval: 1m\n{yaml}")).unwrap();
-    let d = Daemon::with_config(&cfg, &dir.path().join("log"));
-    write(&db, &["steps", "0", "2"]);
+    let s = Setup::new();
+    s.top_level(&format!("heartbeat-url: http://127.0.0.1:{port}/ping/secret-token-7f3a\nheartbeat-interval: 1m\n"));
+    let d = s.daemon();
+    write(&s.db, &["steps", "0", "2"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(45);
     while hits.lock().unwrap().is_empty() {
         assert!(std::time::Instant::now() < deadline, "no heartbeat within 45 s");
@@ -361,5 +332,5 @@ fn heartbeat_pings_while_healthy() {
     let log = d.stop();
     assert!(hits.lock().unwrap()[0].starts_with("GET /ping/secret-token-7f3a HTTP/1.1"), "{:?}", hits.lock().unwrap());
     assert!(!log.contains("secret-token"), "the heartbeat URL was logged:\n{log}");
-    restore_and_check(&[&file_url(&replica)], &dir.path().join("r.db"), digest(&db));
+    restore_and_check(&[&s.url], &s.path("r.db"), digest(&s.db));
 }

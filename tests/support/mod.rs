@@ -150,6 +150,44 @@ impl Drop for Daemon {
 }
 
 /// A config file for one database with fast test intervals.
+/// A temporary directory holding `app.db` (initialised, 4096-byte pages), the path
+/// of a file replica, and `sluice.yml` replicating one to the other.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+    pub replica: PathBuf,
+    pub url: String,
+    pub cfg: PathBuf,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let replica = dir.path().join("replica");
+        let url = file_url(&replica);
+        write(&db, &["init", "4096"]);
+        let cfg = dir.path().join("sluice.yml");
+        write_config(&cfg, &db, &url, "");
+        Setup { dir, db, replica, url, cfg }
+    }
+
+    /// Puts top-level keys (YAML) above `dbs:` in the config.
+    pub fn top_level(&self, yaml: &str) {
+        let text = fs::read_to_string(&self.cfg).unwrap();
+        fs::write(&self.cfg, format!("{yaml}{text}")).unwrap();
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `sluice replicate -config` on this setup's config.
+    pub fn daemon(&self) -> Daemon {
+        Daemon::with_config(&self.cfg, &self.path("log"))
+    }
+}
+
 pub fn write_config(path: &Path, db: &Path, replica_url: &str, extra_db_keys: &str) {
     let text = format!(
         "dbs:\n  - path: {}\n    monitor-interval: 50ms\n{extra_db_keys}    replica:\n      url: {replica_url}\n      sync-interval: 50ms\n",
