@@ -334,3 +334,43 @@ fn heartbeat_pings_while_healthy() {
     assert!(!log.contains("secret-token"), "the heartbeat URL was logged:\n{log}");
     restore_and_check(&[&s.url], &s.path("r.db"), digest(&s.db));
 }
+
+/// Directory replication: `dir:` with `pattern:` and `recursive:` replicates every
+/// SQLite database found, each under its own relative path in the replica, and
+/// skips files that do not match or are not SQLite databases.
+#[test]
+fn directory_replication() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let replica = dir.path().join("replica");
+    fs::create_dir_all(data.join("tenants")).unwrap();
+    let (a, b, other) = (data.join("a.db"), data.join("tenants/b.db"), data.join("c.sqlite"));
+    for (db, steps) in [(&a, "3"), (&b, "5"), (&other, "1")] {
+        write(db, &["init", "4096"]);
+        write(db, &["steps", "0", steps]);
+    }
+    fs::write(data.join("notes.db"), "not a database").unwrap();
+    let cfg = dir.path().join("sluice.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - dir: {}\n    pattern: \"*.db\"\n    recursive: true\n    replica:\n      url: {}\n",
+            data.display(),
+            file_url(&replica)
+        ),
+    )
+    .unwrap();
+    let cfgs = cfg.to_str().unwrap();
+    let o = sluice(&["replicate", "-once", "-config", cfgs]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    restore_and_check(&[&file_url(&replica.join("a.db"))], &dir.path().join("ra.db"), digest(&a));
+    restore_and_check(&[&file_url(&replica.join("tenants/b.db"))], &dir.path().join("rb.db"), digest(&b));
+    assert!(!replica.join("notes.db").exists() && !replica.join("c.sqlite").exists());
+    let o = sluice(&["databases", "-config", cfgs]);
+    let list = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(list.contains(&format!("{}\tfile", b.display())), "{list}");
+    // A database found under dir: is restored by its path, like any other.
+    restore_and_check(&["-config", cfgs, b.to_str().unwrap()], &dir.path().join("by-path.db"), digest(&b));
+}

@@ -379,7 +379,7 @@ fn resolve_target(target: &str, config: &ConfigArgs) -> Result<(Box<dyn ReplicaC
     let cfg = config.load()?;
     let path = clean_db_path(target)?;
     let db = cfg.find_db(&path)?;
-    let spec = cfg.db_spec(db)?;
+    let spec = cfg.db_spec(&db)?;
     Ok((spec.replica.client, Some(spec.path)))
 }
 

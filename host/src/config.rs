@@ -200,11 +200,16 @@ pub struct LoggingConfig {
     pub level: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct DbConfig {
     pub path: Option<String>,
+    /// Directory replication: every SQLite database in `dir` whose file name
+    /// matches `pattern` (in subdirectories too with `recursive`).
     pub dir: Option<String>,
+    pub pattern: Option<String>,
+    pub recursive: Option<bool>,
+    pub watch: Option<bool>,
     pub meta_path: Option<String>,
     pub monitor_interval: Option<String>,
     pub checkpoint_interval: Option<String>,
@@ -413,6 +418,71 @@ pub fn expand_env(text: &str) -> String {
 }
 
 /// Parses a Go-style duration: `500ms`, `1s`, `1m30s`, `24h`, `0`.
+/// One `DbConfig` per SQLite database under `dir` whose file name matches the
+/// entry's `pattern`; each replica location gets the database's path relative to
+/// `dir` appended, and a `meta-path` becomes the base of per-database state dirs.
+fn expand_dir(entry: &DbConfig, dir: &str) -> Result<Vec<DbConfig>> {
+    let base = clean_db_path(dir)?;
+    let pattern = entry
+        .pattern
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| anyhow!("dir: needs a pattern: naming the database files, for example pattern: \"*.db\""))?;
+    let glob = glob::Pattern::new(pattern).map_err(|e| anyhow!("invalid pattern {pattern:?}: {e}"))?;
+    if !base.is_dir() {
+        bail!("{} is not a directory", base.display());
+    }
+    let mut found = Vec::new();
+    let mut stack = vec![base.clone()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))?;
+        for e in entries {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ty = e.file_type()?;
+            if ty.is_dir() {
+                // Our own state directories are never searched.
+                if entry.recursive.unwrap_or(false) && !name.ends_with("-litestream") {
+                    stack.push(e.path());
+                }
+            } else if ty.is_file() && glob.matches(&name) && crate::db::is_sqlite_file(&e.path()) {
+                found.push(e.path());
+            }
+        }
+    }
+    found.sort();
+    let mut out = Vec::new();
+    for path in found {
+        let rel = path.strip_prefix(&base).unwrap_or(&path).to_string_lossy().into_owned();
+        let mut db = entry.clone();
+        db.dir = None;
+        db.path = Some(path.display().to_string());
+        if let Some(m) = &entry.meta_path {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let rel_dir = Path::new(&rel).parent().unwrap_or(Path::new(""));
+            db.meta_path = Some(Path::new(m).join(rel_dir).join(format!(".{name}-litestream")).display().to_string());
+        }
+        let extend = |r: &mut ReplicaConfig| {
+            if let Some(url) = &r.url {
+                let (head, query) = url.split_once('?').map_or((url.as_str(), None), |(h, q)| (h, Some(q)));
+                let joined = format!("{}/{rel}", head.trim_end_matches('/'));
+                r.url = Some(match query {
+                    Some(q) => format!("{joined}?{q}"),
+                    None => joined,
+                });
+            } else if let Some(p) = &r.path {
+                r.path = Some(format!("{}/{rel}", p.trim_end_matches('/')));
+            } else {
+                r.path = Some(rel.clone());
+            }
+        };
+        db.replica.as_mut().map(extend);
+        db.replicas.iter_mut().flatten().for_each(extend);
+        out.push(db);
+    }
+    Ok(out)
+}
+
 /// Top-level keys Litestream 0.5 reads that Sluice does not act on yet.
 const NOT_IMPLEMENTED: &[&str] = &["socket", "mcp-addr", "validation", "verify-compaction"];
 
@@ -485,6 +555,9 @@ impl Config {
         }
         let mut cfg: Config = serde_yaml::from_str(&text).map_err(|e| anyhow!("{e}"))?;
         cfg.ignored_keys = litestream_keys_not_implemented(&text);
+        if cfg.dbs.iter().any(|d| d.watch == Some(true)) {
+            cfg.ignored_keys.push("dbs[].watch (databases created after start are picked up at restart)".into());
+        }
         Ok(cfg)
     }
 
@@ -598,20 +671,34 @@ impl Config {
     /// Resolves every `dbs:` entry into something the daemon can run.
     pub fn db_specs(&self) -> Result<Vec<DbSpec>> {
         let mut out = Vec::new();
-        for (i, db) in self.dbs.iter().enumerate() {
-            out.push(self.db_spec(db).with_context(|| format!("dbs[{i}]"))?);
+        for (i, db) in self.expanded_dbs()?.iter().enumerate() {
+            out.push(self.db_spec(db).with_context(|| format!("dbs[{i}] ({})", db.path.as_deref().unwrap_or("")))?);
         }
         Ok(out)
     }
 
-    /// Finds the `dbs:` entry for a database path.
-    pub fn find_db(&self, path: &Path) -> Result<&DbConfig> {
+    /// The `dbs:` entries with each `dir:` entry replaced by one entry per database
+    /// found in it, its replica path extended by the database's relative path.
+    pub fn expanded_dbs(&self) -> Result<Vec<DbConfig>> {
+        let mut out = Vec::new();
+        for (i, db) in self.dbs.iter().enumerate() {
+            match (&db.path, &db.dir) {
+                (Some(_), Some(_)) => bail!("dbs[{i}]: use either path: or dir:, not both"),
+                (_, None) => out.push(db.clone()),
+                (None, Some(dir)) => out.extend(expand_dir(db, dir).with_context(|| format!("dbs[{i}] (dir: {dir})"))?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finds the `dbs:` entry for a database path (including databases found under a `dir:`).
+    pub fn find_db(&self, path: &Path) -> Result<DbConfig> {
         let want = absolute(path)?;
-        for db in &self.dbs {
-            if let Some(p) = &db.path {
-                if clean_db_path(p)? == want {
-                    return Ok(db);
-                }
+        for db in self.expanded_dbs()? {
+            if let Some(p) = &db.path
+                && clean_db_path(p)? == want
+            {
+                return Ok(db);
             }
         }
         bail!("database {} is not in the config file; add it under dbs:, or restore from a replica URL", want.display())
@@ -621,10 +708,8 @@ impl Config {
     /// file alone: no replica is contacted.
     pub fn database_list(&self) -> Result<Vec<(PathBuf, String)>> {
         let mut out = Vec::new();
-        for (i, db) in self.dbs.iter().enumerate() {
-            let Some(path) = &db.path else {
-                bail!("dbs[{i}]: a database needs a path: (directory replication is not supported yet)")
-            };
+        for (i, db) in self.expanded_dbs()?.iter().enumerate() {
+            let Some(path) = &db.path else { bail!("dbs[{i}]: a database needs a path: or a dir:") };
             let r = db.replica.as_ref().or(db.replicas.as_ref().and_then(|l| l.first()));
             let kind = match r {
                 None => "none".to_string(),
@@ -650,9 +735,6 @@ impl Config {
     }
 
     pub fn db_spec(&self, db: &DbConfig) -> Result<DbSpec> {
-        if db.dir.is_some() {
-            bail!("directory replication (dir:) is not supported yet; list each database with path:");
-        }
         let path = clean_db_path(db.path.as_deref().ok_or_else(|| anyhow!("a database needs a path:"))?)?;
         let mut options = DbOptions::default();
         if let Some(p) = &db.meta_path {

@@ -256,6 +256,12 @@ pub fn check_sqlite_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether a file starts with SQLite's 16-byte header (directory replication's test).
+pub fn is_sqlite_file(path: &Path) -> bool {
+    let mut magic = [0u8; 16];
+    File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"SQLite format 3\0"
+}
+
 /// The Litestream-compatible local state directory for a database path.
 pub fn default_meta_path(db_path: &Path) -> PathBuf {
     let dir = db_path.parent().unwrap_or(Path::new("."));
