@@ -57,7 +57,7 @@ pub enum Command {
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// Print the version.
-    Version,
+    Version(VersionArgs),
 }
 
 #[derive(Args, Debug)]
@@ -146,9 +146,9 @@ pub struct RestoreArgs {
     /// How often follow mode checks the replica.
     #[arg(long, value_name = "DURATION", default_value = "1s")]
     pub follow_interval: String,
-    /// Accepted for compatibility with Litestream; has no effect.
-    #[arg(long, value_name = "N", hide = true)]
-    pub parallelism: Option<u32>,
+    /// Files downloaded at once from a remote replica.
+    #[arg(long, value_name = "N", default_value_t = restore::DEFAULT_PARALLELISM)]
+    pub parallelism: usize,
     /// Database path (looked up in the config file) or replica URL.
     #[arg(value_name = "DB_PATH|REPLICA_URL")]
     pub target: String,
@@ -190,6 +190,13 @@ pub struct LtxArgs {
     /// Database path (looked up in the config file) or replica URL.
     #[arg(value_name = "DB_PATH|REPLICA_URL")]
     pub target: String,
+}
+
+#[derive(Args, Debug)]
+pub struct VersionArgs {
+    /// Also print the replica format, the plugin contract and the platform.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 #[derive(Args, Debug)]
@@ -290,8 +297,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(a) => status_cmd(a),
         Command::Reset(a) => reset_cmd(a),
         Command::Plugin(PluginCommand::Check(a)) => plugin_check(a),
-        Command::Version => {
+        Command::Version(a) => {
             println!("{}", env!("CARGO_PKG_VERSION"));
+            if a.verbose {
+                println!("replica format: Litestream 0.5 (LTX v1)");
+                println!("plugin contract: sluice:policy@0.1.0");
+                println!("platform: {}/{}", std::env::consts::OS, std::env::consts::ARCH);
+            }
             Ok(())
         }
     }
@@ -448,7 +460,7 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
         restore::remove_output(&output)?;
     }
     let started = std::time::Instant::now();
-    let txid = restore::apply(client.as_ref(), &plan, &output, a.integrity_check)
+    let txid = restore::apply_with(client.as_ref(), &plan, &output, a.integrity_check, a.parallelism)
         .with_context(|| format!("restore to {} failed", output.display()))?;
     debug_assert_eq!(txid, max_txid);
     let ms = started.elapsed().as_millis();

@@ -181,9 +181,20 @@ pub fn plan_from_listing(levels: &[Vec<FileInfo>], target: Target) -> Result<Vec
 /// Applies `plan` to `<output>.tmp`, verifies it, and renames it to `output`.
 /// Returns the TXID restored.
 pub fn apply(client: &dyn ReplicaClient, plan: &[FileInfo], output: &Path, integrity: IntegrityCheck) -> Result<u64> {
+    apply_with(client, plan, output, integrity, DEFAULT_PARALLELISM)
+}
+
+/// As [`apply`], downloading up to `parallelism` files at once from a remote replica.
+pub fn apply_with(
+    client: &dyn ReplicaClient,
+    plan: &[FileInfo],
+    output: &Path,
+    integrity: IntegrityCheck,
+    parallelism: usize,
+) -> Result<u64> {
     let _pin = pin_plan(&client.location(), plan);
     let tmp = tmp_path(output);
-    let result = apply_to(client, plan, &tmp).and_then(|txid| {
+    let result = apply_to(client, plan, &tmp, parallelism.max(1)).and_then(|txid| {
         check_integrity(&tmp, integrity)?;
         fs::rename(&tmp, output).with_context(|| format!("cannot rename {} to {}", tmp.display(), output.display()))?;
         if let Some(dir) = output.parent() {
@@ -266,10 +277,11 @@ fn open_checked(client: &dyn ReplicaClient, info: &FileInfo) -> Result<ltx::Deco
     Ok(dec)
 }
 
-/// Files downloaded ahead of the one being applied, for remote replicas.
-const PREFETCH: usize = 4;
+/// Files downloaded ahead of the one being applied, for remote replicas, unless
+/// `restore -parallelism` says otherwise.
+pub const DEFAULT_PARALLELISM: usize = 4;
 
-fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path) -> Result<u64> {
+fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path, window: usize) -> Result<u64> {
     let out = OpenOptions::new()
         .write(true)
         .create(true)
@@ -282,15 +294,21 @@ fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path) -> Result
             at = apply_file(open_checked(client, info)?, at, &out)?;
         }
     } else {
-        at = apply_prefetched(client, plan, tmp, &out)?;
+        at = apply_prefetched(client, plan, tmp, &out, window)?;
     }
     out.sync_all().with_context(|| format!("cannot fsync {}", tmp.display()))?;
     Ok(at.txid)
 }
 
-/// Downloads up to [`PREFETCH`] plan files in parallel into staging files next to
-/// the output (disk use is bounded by that window), while applying them in order.
-fn apply_prefetched(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path, out: &fs::File) -> Result<Applied> {
+/// Downloads up to `window` plan files in parallel into staging files next to the
+/// output (disk use is bounded by that window), while applying them in order.
+fn apply_prefetched(
+    client: &dyn ReplicaClient,
+    plan: &[FileInfo],
+    tmp: &Path,
+    out: &fs::File,
+    window: usize,
+) -> Result<Applied> {
     use std::sync::{Condvar, Mutex};
     struct Window {
         next: usize,
@@ -314,12 +332,12 @@ fn apply_prefetched(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path, o
         Ok(path)
     };
     let result = std::thread::scope(|scope| {
-        for _ in 0..PREFETCH.min(plan.len()) {
+        for _ in 0..window.min(plan.len()) {
             scope.spawn(|| {
                 loop {
                     let i = {
                         let mut w = state.lock().unwrap();
-                        while !w.stop && w.next < plan.len() && w.next >= w.applied + PREFETCH {
+                        while !w.stop && w.next < plan.len() && w.next >= w.applied + window {
                             w = changed.wait(w).unwrap();
                         }
                         if w.stop || w.next >= plan.len() {
