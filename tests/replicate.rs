@@ -374,3 +374,48 @@ fn directory_replication() {
     // A database found under dir: is restored by its path, like any other.
     restore_and_check(&["-config", cfgs, b.to_str().unwrap()], &dir.path().join("by-path.db"), digest(&b));
 }
+
+/// The control socket: with `sync-interval: 1h` holding uploads back, `sluice sync
+/// -wait` makes the running daemon capture and upload at once, and reports the
+/// TXIDs; `list` and `info` describe the daemon; an unknown database is an error.
+#[test]
+fn control_socket_sync_wait() {
+    let s = Setup::new();
+    let sock = s.path("sluice.sock");
+    let text = fs::read_to_string(&s.cfg).unwrap().replace("sync-interval: 50ms", "sync-interval: 1h");
+    fs::write(&s.cfg, text).unwrap();
+    s.top_level(&format!("socket:\n  enabled: true\n  path: {}\n  permissions: 0600\n", sock.display()));
+    let d = s.daemon();
+    let socks = sock.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let o = sluice(args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while replica_l0_max(&s.replica) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the first upload did not happen");
+        sleep(Duration::from_millis(50));
+    }
+    let first = replica_l0_max(&s.replica);
+    write(&s.db, &["steps", "0", "3"]);
+    sleep(Duration::from_millis(500));
+    assert_eq!(replica_l0_max(&s.replica), first, "sync-interval 1h holds the upload back");
+
+    let dbs = s.db.to_str().unwrap();
+    let out = run(&["sync", "-wait", "-socket", socks, dbs]);
+    let newest = replica_l0_max(&s.replica);
+    assert!(newest > first, "sync -wait uploaded: {out}");
+    assert!(out.contains(&format!("txid: {newest:016x}")), "{out}");
+    assert!(out.contains(&format!("replicated_txid: {newest:016x}")), "{out}");
+
+    let list = run(&["list", "-socket", socks]);
+    assert!(list.contains(&format!("{dbs}\treplicating\t")), "{list}");
+    let info: serde_json::Value = serde_json::from_str(&run(&["info", "-json", "-socket", socks])).unwrap();
+    assert_eq!(info["database_count"], 1);
+    let o = sluice(&["sync", "-socket", socks, "/not/replicated.db"]);
+    assert_one_line_error(&o, "database not found");
+
+    d.stop();
+    restore_and_check(&[&s.url], &s.path("r.db"), digest(&s.db));
+}

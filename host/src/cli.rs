@@ -53,6 +53,12 @@ pub enum Command {
         after_help = "Stop `sluice replicate` for the database first. The database itself and the replica are not touched."
     )]
     Reset(ResetArgs),
+    /// Ask a running `sluice replicate` (socket.enabled: true) about itself.
+    Info(SocketArgs),
+    /// List the databases a running `sluice replicate` replicates.
+    List(SocketArgs),
+    /// Make a running `sluice replicate` capture a database now (-wait: and upload it).
+    Sync(SyncArgs),
     /// Work with policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -193,6 +199,31 @@ pub struct LtxArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct SocketArgs {
+    /// The control socket of the running daemon.
+    #[arg(long, value_name = "PATH", default_value = crate::server::DEFAULT_PATH)]
+    pub socket: PathBuf,
+    /// Seconds to wait for an answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub timeout: u64,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Also upload to the replica before answering.
+    #[arg(long)]
+    pub wait: bool,
+    /// The database to sync.
+    #[arg(value_name = "DB_PATH")]
+    pub db_path: String,
+}
+
+#[derive(Args, Debug)]
 pub struct VersionArgs {
     /// Also print the replica format, the plugin contract and the platform.
     #[arg(long)]
@@ -296,6 +327,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Databases(a) => databases_cmd(a),
         Command::Status(a) => status_cmd(a),
         Command::Reset(a) => reset_cmd(a),
+        Command::Info(a) => socket_cmd(&a, "GET", "/info", None),
+        Command::List(a) => socket_cmd(&a, "GET", "/list", None),
+        Command::Sync(a) => {
+            let path = clean_db_path(&a.db_path)?.display().to_string();
+            let body = serde_json::json!({"path": path, "wait": a.wait, "timeout": a.socket.timeout});
+            socket_cmd(&a.socket, "POST", "/sync", Some(body))
+        }
         Command::Plugin(PluginCommand::Check(a)) => plugin_check(a),
         Command::Version(a) => {
             println!("{}", env!("CARGO_PKG_VERSION"));
@@ -311,6 +349,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn replicate(a: ReplicateArgs) -> Result<()> {
     let mut exec = a.exec.clone();
+    let mut socket = None;
     let mut opts = daemon::RunOptions {
         once: a.once,
         force_snapshot: a.force_snapshot,
@@ -351,6 +390,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
                 );
             }
             exec = exec.or(cfg.exec.clone()).filter(|e| !e.trim().is_empty());
+            socket = cfg.socket.config()?;
             let (timeout, interval) = cfg.shutdown_sync()?;
             opts.shutdown_sync_timeout = timeout.unwrap_or(opts.shutdown_sync_timeout);
             opts.shutdown_sync_interval = interval.unwrap_or(opts.shutdown_sync_interval);
@@ -380,7 +420,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
         }
         None => None,
     };
-    daemon::run(specs, opts, exec)
+    daemon::run(specs, opts, exec, socket)
 }
 
 /// A database path from the config file, or a replica URL.
@@ -542,6 +582,39 @@ fn print_plan(
             f.size,
             f.created_at.to_rfc3339_opts(SecondsFormat::Millis, true)
         )?;
+    }
+    Ok(())
+}
+
+/// One control-socket request; prints the answer as `key: value` lines (or JSON).
+fn socket_cmd(a: &SocketArgs, method: &str, route: &str, body: Option<serde_json::Value>) -> Result<()> {
+    let v = crate::server::request(&a.socket, method, route, body, std::time::Duration::from_secs(a.timeout + 5))?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    match v.get("databases").and_then(|d| d.as_array()) {
+        Some(dbs) => {
+            writeln!(out, "path\tstatus\tlast_sync_at")?;
+            for d in dbs {
+                writeln!(out, "{}\t{}\t{}", text(&d["path"]), text(&d["status"]), text(&d["last_sync_at"]))?;
+            }
+        }
+        None => {
+            for (k, val) in v.as_object().into_iter().flatten() {
+                let shown = match (k.as_str(), val.as_u64()) {
+                    ("txid" | "replicated_txid", Some(t)) => ltx::format_txid(t),
+                    _ => text(val),
+                };
+                writeln!(out, "{k}: {shown}")?;
+            }
+        }
     }
     Ok(())
 }

@@ -37,6 +37,9 @@ pub struct Config {
     pub addr: Option<String>,
     /// A command to run while replicating (as `replicate -exec`).
     pub exec: Option<String>,
+    /// The control socket.
+    #[serde(default)]
+    pub socket: SocketSettings,
     /// Dead man's switch: GET this URL every heartbeat-interval while all is well.
     pub heartbeat_url: Option<String>,
     pub heartbeat_interval: Option<String>,
@@ -60,6 +63,43 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     #[serde(skip)]
     loaded: std::cell::OnceCell<Vec<LoadedPlugin>>,
+}
+
+/// `socket:` (Litestream's control socket).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SocketSettings {
+    #[serde(default)]
+    pub enabled: bool,
+    pub path: Option<String>,
+    /// File mode of the socket, as Litestream writes it (`0600`, octal).
+    pub permissions: Option<serde_yaml::Value>,
+}
+
+impl SocketSettings {
+    /// The socket to serve, if enabled.
+    pub fn config(&self) -> Result<Option<crate::server::SocketConfig>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let permissions = match &self.permissions {
+            None => 0o600,
+            Some(v) => {
+                let text = match v {
+                    serde_yaml::Value::Number(n) => n.to_string(),
+                    serde_yaml::Value::String(s) => s.trim().to_string(),
+                    other => bail!("socket.permissions must be an octal file mode such as 0600, not {other:?}"),
+                };
+                let digits = text.trim_start_matches("0o");
+                u32::from_str_radix(digits, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| anyhow!("socket.permissions {text:?} is not an octal file mode such as 0600"))?
+            }
+        };
+        let path = PathBuf::from(self.path.clone().unwrap_or_else(|| crate::server::DEFAULT_PATH.into()));
+        Ok(Some(crate::server::SocketConfig { path, permissions }))
+    }
 }
 
 /// One entry of `plugins:`.
@@ -484,7 +524,7 @@ fn expand_dir(entry: &DbConfig, dir: &str) -> Result<Vec<DbConfig>> {
 }
 
 /// Top-level keys Litestream 0.5 reads that Sluice does not act on yet.
-const NOT_IMPLEMENTED: &[&str] = &["socket", "mcp-addr", "validation", "verify-compaction"];
+const NOT_IMPLEMENTED: &[&str] = &["mcp-addr", "validation", "verify-compaction"];
 
 fn litestream_keys_not_implemented(text: &str) -> Vec<String> {
     let Ok(serde_yaml::Value::Mapping(m)) = serde_yaml::from_str::<serde_yaml::Value>(text) else { return vec![] };
@@ -901,7 +941,12 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(cfg.ignored_keys, vec!["socket".to_string(), "mcp-addr".to_string()]);
+        assert_eq!(cfg.ignored_keys, vec!["mcp-addr".to_string()]);
+        assert_eq!(cfg.socket.config().unwrap().unwrap().permissions, 0o600);
+        let quoted = Config::parse("socket:\n  enabled: true\n  permissions: 0660\n", false).unwrap();
+        assert_eq!(quoted.socket.config().unwrap().unwrap().permissions, 0o660);
+        let bad = Config::parse("socket:\n  enabled: true\n  permissions: 0999\n", false).unwrap();
+        assert!(format!("{:#}", bad.socket.config().unwrap_err()).contains("octal"));
         assert_eq!(cfg.shutdown_sync().unwrap(), (Some(Duration::ZERO), Some(Duration::from_millis(250))));
         let bad = Config::parse("shutdown-sync-interval: 0\n", false).unwrap();
         assert!(format!("{:#}", bad.shutdown_sync().unwrap_err()).contains("greater than 0"));

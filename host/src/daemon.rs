@@ -78,13 +78,30 @@ impl std::fmt::Display for ApplicationExit {
 
 impl std::error::Error for ApplicationExit {}
 
+/// What a capture worker is told.
+pub enum ToCapture {
+    /// Do the final sync and stop.
+    Stop,
+    /// Capture now; with `wait`, also upload now. The answer is the captured TXID
+    /// and the newest TXID the replica holds.
+    Sync { wait: bool, reply: Sender<std::result::Result<(u64, u64), String>> },
+}
+
 /// Wakes every worker for its final sync, once.
-struct Shutdown(Mutex<Option<Vec<Sender<()>>>>);
+struct Shutdown(Mutex<Option<Vec<Sender<ToCapture>>>>);
 
 impl Shutdown {
-    /// True the first time; dropping the senders wakes the workers.
+    /// True the first time.
     fn begin(&self) -> bool {
-        self.0.lock().unwrap().take().is_some()
+        match self.0.lock().unwrap().take() {
+            Some(senders) => {
+                for s in senders {
+                    let _ = s.send(ToCapture::Stop);
+                }
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -147,8 +164,14 @@ impl Application {
 }
 
 /// Runs until a signal arrives (or, with `once`, until the work is done). With
-/// `exec`, runs that command alongside and stops when it exits.
-pub fn run(specs: Vec<DbSpec>, opts: RunOptions, exec: Option<Vec<String>>) -> Result<()> {
+/// `exec`, runs that command alongside and stops when it exits; with `socket`,
+/// serves the control socket there.
+pub fn run(
+    specs: Vec<DbSpec>,
+    opts: RunOptions,
+    exec: Option<Vec<String>>,
+    socket: Option<crate::server::SocketConfig>,
+) -> Result<()> {
     if specs.is_empty() {
         return Err(anyhow!(
             "no databases to replicate: give DB_PATH REPLICA_URL, or list them under dbs: in the config"
@@ -163,10 +186,12 @@ pub fn run(specs: Vec<DbSpec>, opts: RunOptions, exec: Option<Vec<String>>) -> R
         prepared.push((spec, wait_for_creation));
     }
     let abort = Arc::new(AtomicBool::new(false));
-    let mut senders: Vec<Sender<()>> = Vec::new();
+    let mut senders: Vec<Sender<ToCapture>> = Vec::new();
+    let mut endpoints = Vec::new();
     let mut workers = Vec::new();
     for (spec, wait) in prepared {
         let (tx, rx) = mpsc::channel();
+        endpoints.push((spec.path.clone(), tx.clone()));
         senders.push(tx);
         let abort = abort.clone();
         let name = spec.path.display().to_string();
@@ -177,8 +202,14 @@ pub fn run(specs: Vec<DbSpec>, opts: RunOptions, exec: Option<Vec<String>>) -> R
     }
     let shutdown = Arc::new(Shutdown(Mutex::new(Some(senders))));
     let mut failed = None;
+    if let Some(sock) = socket.filter(|_| !opts.once) {
+        if let Err(e) = crate::server::serve(sock, endpoints) {
+            shutdown.begin();
+            failed = Some(e);
+        }
+    }
     let mut app = None;
-    if let Some(argv) = exec {
+    if let Some(argv) = exec.filter(|_| failed.is_none()) {
         match Application::start(&argv, shutdown.clone()) {
             Ok(a) => app = Some(a),
             Err(e) => {
@@ -304,19 +335,35 @@ fn run_once(spec: DbSpec, opts: RunOptions) -> Result<()> {
 enum ToReplica {
     /// A new L0 file was written.
     Changed,
+    /// Upload now, whatever sync-interval says; answer with the replica's newest TXID.
+    UploadNow(Sender<std::result::Result<u64, String>>),
     /// Final upload, then exit.
     Stop,
 }
 
-/// Waits for `stop` or `d`; true when the worker should stop.
-fn sleep_or_stop(stop: &Receiver<()>, d: Duration) -> bool {
-    !matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Timeout))
+enum Wake {
+    Tick,
+    Stop,
+    Sync { wait: bool, reply: Sender<std::result::Result<(u64, u64), String>> },
 }
 
-fn wait_for_file(path: &Path, stop: &Receiver<()>, every: Duration) -> bool {
+/// Waits up to `d` for a message.
+fn next_wake(rx: &Receiver<ToCapture>, d: Duration) -> Wake {
+    match rx.recv_timeout(d) {
+        Err(RecvTimeoutError::Timeout) => Wake::Tick,
+        Ok(ToCapture::Stop) | Err(RecvTimeoutError::Disconnected) => Wake::Stop,
+        Ok(ToCapture::Sync { wait, reply }) => Wake::Sync { wait, reply },
+    }
+}
+
+fn wait_for_file(path: &Path, rx: &Receiver<ToCapture>, every: Duration) -> bool {
     while !path.exists() {
-        if sleep_or_stop(stop, every) {
-            return false;
+        match next_wake(rx, every) {
+            Wake::Stop => return false,
+            Wake::Sync { reply, .. } => {
+                let _ = reply.send(Err(format!("{} does not exist yet", path.display())));
+            }
+            Wake::Tick => {}
         }
     }
     true
@@ -325,7 +372,7 @@ fn wait_for_file(path: &Path, stop: &Receiver<()>, every: Duration) -> bool {
 fn capture_worker(
     spec: DbSpec,
     wait: bool,
-    stop: Receiver<()>,
+    stop: Receiver<ToCapture>,
     abort: Arc<AtomicBool>,
     opts: RunOptions,
 ) -> Result<()> {
@@ -350,6 +397,7 @@ fn capture_worker(
         .spawn(move || replica_worker(store, from_capture, sync_interval, abort, opts))?;
 
     let mut backoff: Option<Duration> = None;
+    let mut asked: Option<(bool, Sender<std::result::Result<(u64, u64), String>>)> = None;
     loop {
         if shared.reset_requested.swap(false, Ordering::SeqCst) {
             if let Err(e) = db.reset_local_state().and_then(|_| reconcile(&mut db, client.as_ref())) {
@@ -357,7 +405,8 @@ fn capture_worker(
                 shared.reset_requested.store(true, Ordering::SeqCst);
             }
         }
-        match db.sync() {
+        let synced = db.sync();
+        match &synced {
             Ok(r) => {
                 backoff = None;
                 if r.wrote.is_some() {
@@ -370,8 +419,25 @@ fn capture_worker(
                 backoff = Some(b);
             }
         }
-        if sleep_or_stop(&stop, backoff.unwrap_or(monitor).max(Duration::from_millis(10))) {
-            break;
+        if let Some((upload, reply)) = asked.take() {
+            let answer = match synced {
+                Err(e) => Err(format!("sync failed: {e:#}")),
+                Ok(_) if upload => {
+                    let (tx, rx) = mpsc::channel();
+                    let _ = to_replica.send(ToReplica::UploadNow(tx));
+                    match rx.recv() {
+                        Ok(r) => r.map(|replicated| (db.txid(), replicated)),
+                        Err(_) => Err("the replica worker has stopped".into()),
+                    }
+                }
+                Ok(_) => Ok((db.txid(), shared.replicated_txid.load(Ordering::SeqCst))),
+            };
+            let _ = reply.send(answer);
+        }
+        match next_wake(&stop, backoff.unwrap_or(monitor).max(Duration::from_millis(10))) {
+            Wake::Tick => {}
+            Wake::Stop => break,
+            Wake::Sync { wait, reply } => asked = Some((wait, reply)),
         }
     }
     // Final sync (no checkpoint), then let the replica thread upload and exit.
@@ -410,7 +476,10 @@ fn replica_worker(
             })();
             crate::heartbeat::record_replica(store.db_path(), result.is_ok());
             match result {
-                Ok(()) => backoff = None,
+                Ok(()) => {
+                    backoff = None;
+                    store.note_replicated();
+                }
                 Err(e) => {
                     store.invalidate();
                     let b = next_backoff(backoff, sync_interval);
@@ -430,6 +499,18 @@ fn replica_worker(
         }
         match rx.recv_timeout(wait.max(Duration::from_millis(10))) {
             Ok(ToReplica::Changed) | Err(RecvTimeoutError::Timeout) => continue,
+            Ok(ToReplica::UploadNow(reply)) => {
+                let r = (|| -> Result<u64> {
+                    while store.upload()? > 0 {}
+                    store.note_replicated();
+                    store.remote_txid()
+                })();
+                crate::heartbeat::record_replica(store.db_path(), r.is_ok());
+                if r.is_err() {
+                    store.invalidate();
+                }
+                let _ = reply.send(r.map_err(|e| format!("upload failed: {e:#}")));
+            }
             Ok(ToReplica::Stop) | Err(RecvTimeoutError::Disconnected) => break,
         }
     }

@@ -178,6 +178,8 @@ pub struct Shared {
     pub checkpoint_lock: RwLock<()>,
     /// Set by the replica side when local files it needs are gone.
     pub reset_requested: AtomicBool,
+    /// The newest TXID the replica is known to hold (set by the replica side).
+    pub replicated_txid: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -299,6 +301,7 @@ impl Db {
             pos: Mutex::new(None),
             checkpoint_lock: RwLock::new(()),
             reset_requested: AtomicBool::new(false),
+            replicated_txid: Default::default(),
         });
         Db {
             shared,
@@ -484,7 +487,7 @@ impl Db {
         let offset = self.pos.as_ref().map_or(0, |p| (p.wal_offset + p.wal_size).max(0) as u64);
         let captured = result.as_ref().map_or(0, |r| r.wal_bytes);
         metrics().record_sync(&self.path, result.is_ok(), start.elapsed(), self.txid(), offset, captured);
-        crate::heartbeat::record_sync(&self.path, result.is_ok());
+        crate::heartbeat::record_sync(&self.path, result.is_ok(), self.txid());
         let result = result?;
         if result.wrote.is_some() {
             self.written_since_checkpoint = true;

@@ -1,4 +1,5 @@
-//! `heartbeat-url`: a dead man's switch. Every `heartbeat-interval` (default 5m,
+//! Per-database health (last good sync, replica failing), which the control
+//! socket reports, and `heartbeat-url`: a dead man's switch. Every `heartbeat-interval` (default 5m,
 //! at least 1m) Sluice sends `GET heartbeat-url`, but only while every database is
 //! healthy: its last capture succeeded within the interval and its replica is not
 //! failing. A monitor such as healthchecks.io or Dead Man's Snitch raises the alarm
@@ -24,7 +25,14 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Copy, Debug, Default)]
 struct DbHealth {
     last_sync_ok: Option<Instant>,
+    last_sync_at: Option<chrono::DateTime<chrono::Utc>>,
+    txid: u64,
     replica_failing: bool,
+}
+
+/// When `db` last synced successfully, and the TXID it captured (for the control socket).
+pub fn last_sync(db: &Path) -> (Option<chrono::DateTime<chrono::Utc>>, u64) {
+    registry().lock().unwrap().get(db).map_or((None, 0), |h| (h.last_sync_at, h.txid))
 }
 
 fn registry() -> &'static Mutex<BTreeMap<PathBuf, DbHealth>> {
@@ -37,12 +45,14 @@ pub fn register(db: &Path) {
     registry().lock().unwrap().entry(db.to_path_buf()).or_default();
 }
 
-/// A capture (sync) of `db` ended.
-pub fn record_sync(db: &Path, ok: bool) {
+/// A capture (sync) of `db` ended, at `txid`.
+pub fn record_sync(db: &Path, ok: bool, txid: u64) {
     if let Some(h) = registry().lock().unwrap().get_mut(db)
         && ok
     {
         h.last_sync_ok = Some(Instant::now());
+        h.last_sync_at = Some(chrono::Utc::now());
+        h.txid = txid;
     }
 }
 
@@ -146,8 +156,8 @@ mod tests {
         register(b);
         let interval = Duration::from_secs(60);
         assert!(all_healthy(Instant::now(), interval).is_err(), "nothing synced yet");
-        record_sync(a, true);
-        record_sync(b, true);
+        record_sync(a, true, 1);
+        record_sync(b, true, 1);
         assert!(all_healthy(Instant::now(), interval).is_ok());
         record_replica(b, false);
         assert!(all_healthy(Instant::now(), interval).unwrap_err().contains("b.db"));

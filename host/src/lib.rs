@@ -22,6 +22,7 @@ pub mod plugin;
 pub mod replica_client;
 pub mod restore;
 pub mod s3_client;
+pub mod server;
 pub mod store;
 pub mod transform_client;
 pub mod wal;

@@ -121,6 +121,13 @@ impl Store {
         self
     }
 
+    /// Records the replica's newest TXID (as far as this store knows) for others to read.
+    pub fn note_replicated(&mut self) {
+        if let Ok(t) = self.remote_txid() {
+            self.shared.replicated_txid.store(t, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// The database this store replicates.
     pub fn db_path(&self) -> &std::path::Path {
         &self.shared.path

@@ -1,0 +1,263 @@
+//! The control socket (`socket: {enabled: true, path, permissions}`): HTTP/1.1
+//! over a Unix socket, with Litestream's routes for what Sluice supports:
+//!
+//! - `GET /info` → `{version, pid, uptime_seconds, started_at, database_count}`
+//! - `GET /list` → `{databases: [{path, status, last_sync_at}]}`
+//! - `GET /txid?path=DB` → `{txid}`
+//! - `POST /sync {path, wait, timeout}` → `{status, path, txid, replicated_txid}`:
+//!   capture now, and with `wait` upload now too, whatever `sync-interval` says.
+//!
+//! `register`, `unregister`, `start` and `stop` answer 501. Errors are
+//! `{error, details}` with a 4xx/5xx status. The socket file is created with
+//! `permissions` (default 0600), so only its owner can drive the daemon.
+//! `sluice info`, `list` and `sync` are the clients.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::daemon::ToCapture;
+
+pub const DEFAULT_PATH: &str = "/var/run/litestream.sock";
+
+#[derive(Clone, Debug)]
+pub struct SocketConfig {
+    pub path: PathBuf,
+    pub permissions: u32,
+}
+
+struct State {
+    dbs: Vec<(PathBuf, Sender<ToCapture>)>,
+    started: Instant,
+    started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Binds the socket (replacing a stale socket file) and serves it from a thread.
+pub fn serve(cfg: SocketConfig, dbs: Vec<(PathBuf, Sender<ToCapture>)>) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(m) = std::fs::symlink_metadata(&cfg.path) {
+        if !m.file_type().is_socket() {
+            bail!("socket path {} exists and is not a socket; choose another socket.path", cfg.path.display());
+        }
+        std::fs::remove_file(&cfg.path).with_context(|| format!("cannot replace {}", cfg.path.display()))?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(&cfg.path)
+        .map_err(|e| anyhow!("cannot create control socket {}: {e}; check socket.path", cfg.path.display()))?;
+    std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(cfg.permissions))?;
+    listener.set_nonblocking(true)?;
+    let state = std::sync::Arc::new(State { dbs, started: Instant::now(), started_at: chrono::Utc::now() });
+    std::thread::Builder::new().name("control".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return warn!("control socket cannot start: {e}"),
+        };
+        rt.block_on(async move {
+            let listener = match tokio::net::UnixListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => return warn!("control socket cannot start: {e}"),
+            };
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+    })?;
+    info!(path = %cfg.path.display(), "control socket listening");
+    Ok(())
+}
+
+fn reply(status: StatusCode, body: Value) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+fn error(
+    status: StatusCode,
+    error: &str,
+    details: impl Into<String>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    reply(status, json!({"error": error, "details": details.into()}))
+}
+
+async fn handle(
+    state: std::sync::Arc<State>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let (method, path, query) =
+        (req.method().clone(), req.uri().path().to_string(), req.uri().query().map(str::to_string));
+    let find = |p: &str| state.dbs.iter().find(|(d, _)| d == Path::new(p));
+    match (method, path.as_str()) {
+        (Method::GET, "/info") => reply(
+            StatusCode::OK,
+            json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "uptime_seconds": state.started.elapsed().as_secs(),
+                "started_at": state.started_at.to_rfc3339(),
+                "database_count": state.dbs.len(),
+            }),
+        ),
+        (Method::GET, "/list") => {
+            let dbs: Vec<Value> = state
+                .dbs
+                .iter()
+                .map(|(p, _)| {
+                    let (at, _) = crate::heartbeat::last_sync(p);
+                    json!({"path": p.display().to_string(), "status": "replicating",
+                           "last_sync_at": at.map(|t| t.to_rfc3339())})
+                })
+                .collect();
+            reply(StatusCode::OK, json!({ "databases": dbs }))
+        }
+        (Method::GET, "/txid") => {
+            let want = query
+                .as_deref()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("path=")))
+                .map(|p| percent_decode(p))
+                .unwrap_or_default();
+            match find(&want) {
+                Some((p, _)) => reply(StatusCode::OK, json!({"txid": crate::heartbeat::last_sync(p).1})),
+                None => error(StatusCode::NOT_FOUND, "database not found", format!("{want} is not replicated here")),
+            }
+        }
+        (Method::POST, "/sync") => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return error(StatusCode::BAD_REQUEST, "cannot read request", e.to_string()),
+            };
+            let v: Value = match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => return error(StatusCode::BAD_REQUEST, "invalid JSON", e.to_string()),
+            };
+            let Some(path) = v["path"].as_str() else {
+                return error(StatusCode::BAD_REQUEST, "path required", "give the database path");
+            };
+            let Some((p, tx)) = find(path) else {
+                return error(StatusCode::NOT_FOUND, "database not found", format!("{path} is not replicated here"));
+            };
+            let wait = v["wait"].as_bool().unwrap_or(false);
+            let timeout = Duration::from_secs(v["timeout"].as_u64().unwrap_or(30).max(1));
+            let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+            if tx.send(ToCapture::Sync { wait, reply: reply_tx }).is_err() {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "database stopped", "replication of it has ended");
+            }
+            let answer = tokio::task::spawn_blocking(move || reply_rx.recv_timeout(timeout)).await;
+            match answer {
+                Ok(Ok(Ok((txid, replicated)))) => reply(
+                    StatusCode::OK,
+                    json!({"status": "synced", "path": p.display().to_string(),
+                           "txid": txid, "replicated_txid": replicated}),
+                ),
+                Ok(Ok(Err(e))) => error(StatusCode::INTERNAL_SERVER_ERROR, "sync failed", e),
+                _ => error(StatusCode::GATEWAY_TIMEOUT, "sync timed out", format!("no answer within {timeout:?}")),
+            }
+        }
+        (Method::POST, "/register" | "/unregister" | "/start" | "/stop") => error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not supported",
+            "this build of sluice replicates the databases of its config file; edit it and restart",
+        ),
+        _ => error(StatusCode::NOT_FOUND, "not found", format!("no route {path}")),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex =
+            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request to the control socket at `socket`; returns the JSON answer, or the
+/// server's `{error, details}` as an error.
+pub fn request(socket: &Path, method: &str, route: &str, body: Option<Value>, timeout: Duration) -> Result<Value> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+            anyhow!(
+                "cannot connect to the control socket {}: {e}; is `sluice replicate` running with socket.enabled: true?",
+                socket.display()
+            )
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(route)
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))?;
+        let resp = tokio::time::timeout(timeout, sender.send_request(req))
+            .await
+            .map_err(|_| anyhow!("no answer from {} within {timeout:?}", socket.display()))??;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!(
+                "{}: {}",
+                v["error"].as_str().unwrap_or(status.as_str()),
+                v["details"].as_str().unwrap_or("")
+            );
+        }
+        Ok(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("%2Fdata%2Fa.db"), "/data/a.db");
+        assert_eq!(percent_decode("a%zz"), "a%zz");
+    }
+
+    #[test]
+    fn unknown_routes_and_missing_databases_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        serve(SocketConfig { path: sock.clone(), permissions: 0o600 }, vec![]).unwrap();
+        let t = Duration::from_secs(5);
+        assert_eq!(request(&sock, "GET", "/info", None, t).unwrap()["database_count"], 0);
+        let e = request(&sock, "POST", "/sync", Some(json!({"path": "/nope.db"})), t).unwrap_err();
+        assert!(format!("{e:#}").contains("database not found"), "{e:#}");
+        let e = request(&sock, "POST", "/register", Some(json!({})), t).unwrap_err();
+        assert!(format!("{e:#}").contains("not supported"), "{e:#}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
