@@ -277,9 +277,9 @@ fn databases_status_and_reset() {
     assert_eq!(j, serde_json::json!([{"path": dbs, "replica": "file"}]));
     assert!(stdout(&sluice(&["status", "-config", cfgs])).contains(&format!("{dbs}\tnot initialized\t-\t")));
 
-    write(&db, &["steps", "0", "3"]);
+    write(db, &["steps", "0", "3"]);
     stdout(&sluice(&["replicate", "-once", "-config", cfgs]));
-    let newest = replica_l0_max(&replica);
+    let newest = replica_l0_max(replica);
     let st = stdout(&sluice(&["status", "-config", cfgs]));
     assert!(st.contains(&format!("{dbs}\tok\t{newest:016x}\t")), "{st}");
     // A database named on the command line needs no config file.
@@ -295,9 +295,9 @@ fn databases_status_and_reset() {
     assert!(!meta.exists());
     assert!(stdout(&sluice(&["status", "-config", cfgs])).contains("not initialized"));
 
-    write(&db, &["steps", "3", "6"]);
+    write(db, &["steps", "3", "6"]);
     stdout(&sluice(&["replicate", "-once", "-config", cfgs]));
-    restore_and_check(&[&url], &s.path("r.db"), digest(&db));
+    restore_and_check(&[url], &s.path("r.db"), digest(db));
 }
 
 /// `heartbeat-url`: while every database syncs and its replica works, sluice sends

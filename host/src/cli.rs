@@ -464,24 +464,24 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
         (None, None) => bail!("-o PATH is required when restoring from a replica URL"),
     };
     let follow_interval = crate::config::parse_duration(&a.follow_interval).context("-follow-interval")?;
-    if a.follow {
-        if let Some(txid) = restore::read_txid_file(&output).filter(|_| output.exists()) {
-            eprintln!("resuming follow of {} at TXID {}", output.display(), ltx::format_txid(txid));
-            return follow_until_signal(client.as_ref(), &output, txid, follow_interval);
-        }
+    if a.follow
+        && let Some(txid) = restore::read_txid_file(&output).filter(|_| output.exists())
+    {
+        eprintln!("resuming follow of {} at TXID {}", output.display(), ltx::format_txid(txid));
+        return follow_until_signal(client.as_ref(), &output, txid, follow_interval);
     }
-    if !a.dry_run {
-        if let Some(existing) = restore::output_exists(&output)? {
-            if a.if_db_not_exists {
-                eprintln!("database {} already exists, skipping restore", output.display());
-                return Ok(());
-            }
-            if !a.force {
-                bail!(
-                    "output {} already exists; choose another -o path, or pass -force to overwrite it",
-                    existing.display()
-                );
-            }
+    if !a.dry_run
+        && let Some(existing) = restore::output_exists(&output)?
+    {
+        if a.if_db_not_exists {
+            eprintln!("database {} already exists, skipping restore", output.display());
+            return Ok(());
+        }
+        if !a.force {
+            bail!(
+                "output {} already exists; choose another -o path, or pass -force to overwrite it",
+                existing.display()
+            );
         }
     }
     let plan = match restore::plan(client.as_ref(), target) {

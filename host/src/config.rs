@@ -569,10 +569,10 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 /// else `/etc/sluice.yml`, else `/etc/litestream.yml` if that exists.
 pub fn default_config_path() -> PathBuf {
     for var in ["SLUICE_CONFIG", "LITESTREAM_CONFIG"] {
-        if let Ok(p) = std::env::var(var) {
-            if !p.is_empty() {
-                return PathBuf::from(p);
-            }
+        if let Ok(p) = std::env::var(var)
+            && !p.is_empty()
+        {
+            return PathBuf::from(p);
         }
     }
     let sluice = PathBuf::from("/etc/sluice.yml");
@@ -781,7 +781,7 @@ impl Config {
             options.meta_path = Some(clean_db_path(p)?);
         }
         let dur = |v: &Option<String>, name: &str| -> Result<Option<Duration>> {
-            v.as_deref().map(parse_duration).transpose().with_context(|| format!("{name}"))
+            v.as_deref().map(parse_duration).transpose().with_context(|| name.to_string())
         };
         if let Some(d) = dur(&db.monitor_interval, "monitor-interval")? {
             options.monitor_interval = d;

@@ -78,13 +78,16 @@ impl std::fmt::Display for ApplicationExit {
 
 impl std::error::Error for ApplicationExit {}
 
+/// The answer to a sync request: (captured TXID, replicated TXID), or what failed.
+pub type SyncAnswer = std::result::Result<(u64, u64), String>;
+
 /// What a capture worker is told.
 pub enum ToCapture {
     /// Do the final sync and stop.
     Stop,
     /// Capture now; with `wait`, also upload now. The answer is the captured TXID
     /// and the newest TXID the replica holds.
-    Sync { wait: bool, reply: Sender<std::result::Result<(u64, u64), String>> },
+    Sync { wait: bool, reply: Sender<SyncAnswer> },
 }
 
 /// Wakes every worker for its final sync, once.
@@ -202,11 +205,11 @@ pub fn run(
     }
     let shutdown = Arc::new(Shutdown(Mutex::new(Some(senders))));
     let mut failed = None;
-    if let Some(sock) = socket.filter(|_| !opts.once) {
-        if let Err(e) = crate::server::serve(sock, endpoints) {
-            shutdown.begin();
-            failed = Some(e);
-        }
+    if let Some(sock) = socket.filter(|_| !opts.once)
+        && let Err(e) = crate::server::serve(sock, endpoints)
+    {
+        shutdown.begin();
+        failed = Some(e);
     }
     let mut app = None;
     if let Some(argv) = exec.filter(|_| failed.is_none()) {
@@ -344,7 +347,7 @@ enum ToReplica {
 enum Wake {
     Tick,
     Stop,
-    Sync { wait: bool, reply: Sender<std::result::Result<(u64, u64), String>> },
+    Sync { wait: bool, reply: Sender<SyncAnswer> },
 }
 
 /// Waits up to `d` for a message.
@@ -397,13 +400,13 @@ fn capture_worker(
         .spawn(move || replica_worker(store, from_capture, sync_interval, abort, opts))?;
 
     let mut backoff: Option<Duration> = None;
-    let mut asked: Option<(bool, Sender<std::result::Result<(u64, u64), String>>)> = None;
+    let mut asked: Option<(bool, Sender<SyncAnswer>)> = None;
     loop {
-        if shared.reset_requested.swap(false, Ordering::SeqCst) {
-            if let Err(e) = db.reset_local_state().and_then(|_| reconcile(&mut db, client.as_ref())) {
-                error!(db = %db.path().display(), "cannot reset local state: {e:#}");
-                shared.reset_requested.store(true, Ordering::SeqCst);
-            }
+        if shared.reset_requested.swap(false, Ordering::SeqCst)
+            && let Err(e) = db.reset_local_state().and_then(|_| reconcile(&mut db, client.as_ref()))
+        {
+            error!(db = %db.path().display(), "cannot reset local state: {e:#}");
+            shared.reset_requested.store(true, Ordering::SeqCst);
         }
         let synced = db.sync();
         match &synced {

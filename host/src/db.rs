@@ -434,10 +434,10 @@ impl Db {
                     let _ = fs::remove_file(entry.path());
                     continue;
                 }
-                if let Some((_, max)) = ltx::parse_filename(&name) {
-                    if newest.as_ref().is_none_or(|(t, _)| max > *t) {
-                        newest = Some((max, entry.path()));
-                    }
+                if let Some((_, max)) = ltx::parse_filename(&name)
+                    && newest.as_ref().is_none_or(|(t, _)| max > *t)
+                {
+                    newest = Some((max, entry.path()));
                 }
             }
         }
@@ -560,7 +560,7 @@ impl Db {
             });
         }
         let fs = hdr.frame_size();
-        if prev_end < wal::HEADER_SIZE + fs || (prev_end - wal::HEADER_SIZE) % fs != 0 {
+        if prev_end < wal::HEADER_SIZE + fs || !(prev_end - wal::HEADER_SIZE).is_multiple_of(fs) {
             return Ok(Plan::Snapshot("local position is not aligned with this WAL's frames"));
         }
         let prev_frame = prev_end - fs;

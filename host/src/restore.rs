@@ -154,15 +154,15 @@ pub fn plan_from_listing(levels: &[Vec<FileInfo>], target: Target) -> Result<Vec
             plan[0]
         );
     }
-    if let Some(t) = target.txid {
-        if cur != t {
-            return Err(NoBackups(format!(
-                "TXID {} is not available (the replica can restore up to {})",
-                ltx::format_txid(t),
-                ltx::format_txid(cur)
-            ))
-            .into());
-        }
+    if let Some(t) = target.txid
+        && cur != t
+    {
+        return Err(NoBackups(format!(
+            "TXID {} is not available (the replica can restore up to {})",
+            ltx::format_txid(t),
+            ltx::format_txid(cur)
+        ))
+        .into());
     }
     if target.txid.is_none() && target.timestamp.is_none() {
         for level in levels.iter().take(SNAPSHOT_LEVEL as usize) {
@@ -546,6 +546,63 @@ pub fn remove_output(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Where restores on this host record the files they are reading, so that a
+/// retention pass of a daemon on the same host leaves them alone.
+fn pin_dir() -> PathBuf {
+    std::env::temp_dir().join("sluice-restore-pins")
+}
+
+/// Removes its pin file when the restore ends.
+pub struct Pin(PathBuf);
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Records `plan` as in use by this process for the replica at `location`.
+pub fn pin_plan(location: &str, plan: &[FileInfo]) -> Option<Pin> {
+    let dir = pin_dir();
+    fs::create_dir_all(&dir).ok()?;
+    let path = dir.join(format!("{}-{}.pin", std::process::id(), rand::random::<u32>()));
+    let mut text = format!("{location}\n");
+    for f in plan {
+        text.push_str(&format!("{} {} {}\n", f.level, f.min_txid, f.max_txid));
+    }
+    fs::write(&path, text).ok()?;
+    Some(Pin(path))
+}
+
+/// Files of the replica at `location` pinned by live restores on this host.
+pub fn pinned_files(location: &str) -> std::collections::HashSet<(u8, u64, u64)> {
+    let mut out = std::collections::HashSet::new();
+    let Ok(entries) = fs::read_dir(pin_dir()) else { return out };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        // A pin whose process is gone is stale.
+        if unsafe { libc::kill(pid, 0) } != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            let _ = fs::remove_file(e.path());
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(e.path()) else { continue };
+        let mut lines = text.lines();
+        if lines.next() != Some(location) {
+            continue;
+        }
+        for l in lines {
+            let v: Vec<&str> = l.split_whitespace().collect();
+            if let [a, b, c] = v[..]
+                && let (Ok(a), Ok(b), Ok(c)) = (a.parse(), b.parse(), c.parse())
+            {
+                out.insert((a, b, c));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,61 +653,4 @@ mod tests {
         let l = levels(&[]);
         assert!(plan_from_listing(&l, Target::default()).unwrap_err().downcast_ref::<NoBackups>().is_some());
     }
-}
-
-/// Where restores on this host record the files they are reading, so that a
-/// retention pass of a daemon on the same host leaves them alone.
-fn pin_dir() -> PathBuf {
-    std::env::temp_dir().join("sluice-restore-pins")
-}
-
-/// Removes its pin file when the restore ends.
-pub struct Pin(PathBuf);
-
-impl Drop for Pin {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-/// Records `plan` as in use by this process for the replica at `location`.
-pub fn pin_plan(location: &str, plan: &[FileInfo]) -> Option<Pin> {
-    let dir = pin_dir();
-    fs::create_dir_all(&dir).ok()?;
-    let path = dir.join(format!("{}-{}.pin", std::process::id(), rand::random::<u32>()));
-    let mut text = format!("{location}\n");
-    for f in plan {
-        text.push_str(&format!("{} {} {}\n", f.level, f.min_txid, f.max_txid));
-    }
-    fs::write(&path, text).ok()?;
-    Some(Pin(path))
-}
-
-/// Files of the replica at `location` pinned by live restores on this host.
-pub fn pinned_files(location: &str) -> std::collections::HashSet<(u8, u64, u64)> {
-    let mut out = std::collections::HashSet::new();
-    let Ok(entries) = fs::read_dir(pin_dir()) else { return out };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
-        // A pin whose process is gone is stale.
-        if unsafe { libc::kill(pid, 0) } != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-            let _ = fs::remove_file(e.path());
-            continue;
-        }
-        let Ok(text) = fs::read_to_string(e.path()) else { continue };
-        let mut lines = text.lines();
-        if lines.next() != Some(location) {
-            continue;
-        }
-        for l in lines {
-            let v: Vec<&str> = l.split_whitespace().collect();
-            if let [a, b, c] = v[..] {
-                if let (Ok(a), Ok(b), Ok(c)) = (a.parse(), b.parse(), c.parse()) {
-                    out.insert((a, b, c));
-                }
-            }
-        }
-    }
-    out
 }

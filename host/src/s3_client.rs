@@ -142,12 +142,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
@@ -1015,11 +1016,9 @@ impl ReplicaClient for S3Client {
                     .delete(del)
                     .customize()
                     .mutate_request(move |req| {
-                        if md5 {
-                            if let Some(body) = req.body().bytes() {
-                                let sum = B64.encode(Md5::digest(body));
-                                req.headers_mut().insert("Content-MD5", sum);
-                            }
+                        if md5 && let Some(body) = req.body().bytes() {
+                            let sum = B64.encode(Md5::digest(body));
+                            req.headers_mut().insert("Content-MD5", sum);
                         }
                     })
                     .send()

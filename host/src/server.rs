@@ -127,7 +127,7 @@ async fn handle(
             let want = query
                 .as_deref()
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("path=")))
-                .map(|p| percent_decode(p))
+                .map(percent_decode)
                 .unwrap_or_default();
             match find(&want) {
                 Some((p, _)) => reply(StatusCode::OK, json!({"txid": crate::heartbeat::last_sync(p).1})),

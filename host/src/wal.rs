@@ -154,7 +154,7 @@ impl<'a> FrameReader<'a> {
         if offset == HEADER_SIZE {
             return Ok(Some(Self::from_start(file, header)));
         }
-        if offset < HEADER_SIZE + fs || (offset - HEADER_SIZE) % fs != 0 {
+        if offset < HEADER_SIZE + fs || !(offset - HEADER_SIZE).is_multiple_of(fs) {
             return Ok(None);
         }
         let Some(prev) = read_frame_header_at(file, offset - fs)? else {
