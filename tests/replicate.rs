@@ -419,3 +419,41 @@ fn control_socket_sync_wait() {
     d.stop();
     restore_and_check(&[&s.url], &s.path("r.db"), digest(&s.db));
 }
+
+/// `watch: true`: a database created in the watched directory while sluice runs is
+/// found and replicated without a restart, under its relative path.
+#[test]
+fn directory_watch_picks_up_new_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let replica = dir.path().join("replica");
+    fs::create_dir_all(&data).unwrap();
+    let a = data.join("a.db");
+    write(&a, &["init", "4096"]);
+    let cfg = dir.path().join("sluice.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - dir: {}\n    pattern: \"*.db\"\n    watch: true\n    monitor-interval: 50ms\n    replica:\n      url: {}\n      sync-interval: 50ms\n",
+            data.display(),
+            file_url(&replica)
+        ),
+    )
+    .unwrap();
+    let d = Daemon::with_config(&cfg, &dir.path().join("log"));
+    write(&a, &["steps", "0", "2"]);
+    let late = data.join("late.db");
+    write(&late, &["init", "4096"]);
+    write(&late, &["steps", "0", "3"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while replica_l0_max(&replica.join("late.db")) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the new database was not picked up");
+        sleep(Duration::from_millis(100));
+    }
+    wait_replica_settled(&replica.join("late.db"), Duration::from_millis(500));
+    wait_replica_settled(&replica.join("a.db"), Duration::from_millis(300));
+    let log = d.stop();
+    assert!(log.contains("new database found"), "{log}");
+    restore_and_check(&[&file_url(&replica.join("a.db"))], &dir.path().join("ra.db"), digest(&a));
+    restore_and_check(&[&file_url(&replica.join("late.db"))], &dir.path().join("rl.db"), digest(&late));
+}

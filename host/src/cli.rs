@@ -350,6 +350,7 @@ pub fn run(cli: Cli) -> Result<()> {
 fn replicate(a: ReplicateArgs) -> Result<()> {
     let mut exec = a.exec.clone();
     let mut socket = None;
+    let mut rescan: Option<(daemon::Rescan, std::time::Duration)> = None;
     let mut opts = daemon::RunOptions {
         once: a.once,
         force_snapshot: a.force_snapshot,
@@ -406,6 +407,10 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
                 }
                 _ => {}
             }
+            if cfg.watches() && !a.once {
+                // Databases created under a watched dir: are found every second.
+                rescan = Some((Box::new(move |known| cfg.rescan(known)), std::time::Duration::from_secs(1)));
+            }
             specs
         }
     };
@@ -420,7 +425,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
         }
         None => None,
     };
-    daemon::run(specs, opts, exec, socket)
+    daemon::run(specs, opts, exec, socket, rescan)
 }
 
 /// A database path from the config file, or a replica URL.

@@ -595,9 +595,6 @@ impl Config {
         }
         let mut cfg: Config = serde_yaml::from_str(&text).map_err(|e| anyhow!("{e}"))?;
         cfg.ignored_keys = litestream_keys_not_implemented(&text);
-        if cfg.dbs.iter().any(|d| d.watch == Some(true)) {
-            cfg.ignored_keys.push("dbs[].watch (databases created after start are picked up at restart)".into());
-        }
         Ok(cfg)
     }
 
@@ -729,6 +726,30 @@ impl Config {
             }
         }
         Ok(out)
+    }
+
+    /// Whether some `dir:` entry has `watch: true`.
+    pub fn watches(&self) -> bool {
+        self.dbs.iter().any(|d| d.dir.is_some() && d.watch == Some(true))
+    }
+
+    /// For `watch: true`: every database path the config names now, and specs for
+    /// those not in `known`.
+    pub fn rescan(
+        &self,
+        known: &std::collections::HashSet<PathBuf>,
+    ) -> Result<(std::collections::HashSet<PathBuf>, Vec<DbSpec>)> {
+        let mut found = std::collections::HashSet::new();
+        let mut new = Vec::new();
+        for db in self.expanded_dbs()? {
+            let Some(p) = &db.path else { continue };
+            let path = clean_db_path(p)?;
+            if !known.contains(&path) {
+                new.push(self.db_spec(&db).with_context(|| format!("database {}", path.display()))?);
+            }
+            found.insert(path);
+        }
+        Ok((found, new))
     }
 
     /// Finds the `dbs:` entry for a database path (including databases found under a `dir:`).

@@ -10,7 +10,8 @@
 //! read per `monitor-interval` and no replica requests. SIGINT/SIGTERM trigger a
 //! final sync and upload (retried for up to 30 s; a second signal abandons it).
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -94,6 +95,17 @@ pub enum ToCapture {
 struct Shutdown(Mutex<Option<Vec<Sender<ToCapture>>>>);
 
 impl Shutdown {
+    /// Adds a worker started later; false once shutdown has begun.
+    fn add(&self, tx: Sender<ToCapture>) -> bool {
+        match self.0.lock().unwrap().as_mut() {
+            Some(senders) => {
+                senders.push(tx);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// True the first time.
     fn begin(&self) -> bool {
         match self.0.lock().unwrap().take() {
@@ -166,16 +178,42 @@ impl Application {
     }
 }
 
+/// Finds the databases of `dir:` entries with `watch: true` again: given the paths
+/// already replicated, returns every path now found and specs for the new ones.
+pub type Rescan = Box<dyn FnMut(&HashSet<PathBuf>) -> Result<(HashSet<PathBuf>, Vec<DbSpec>)> + Send>;
+
+/// Database paths and their workers' channels, shared with the control socket.
+pub type Endpoints = Arc<Mutex<Vec<(PathBuf, Sender<ToCapture>)>>>;
+
+type Worker = (PathBuf, thread::JoinHandle<Result<()>>);
+
+/// Starts a database's capture worker (or, with `once`, its one-shot run).
+fn spawn_worker(
+    spec: DbSpec,
+    wait: bool,
+    opts: RunOptions,
+    abort: Arc<AtomicBool>,
+) -> Result<(Sender<ToCapture>, Worker)> {
+    let (tx, rx) = mpsc::channel();
+    let path = spec.path.clone();
+    let handle = thread::Builder::new()
+        .name(format!("capture:{}", path.display()))
+        .spawn(move || if opts.once { run_once(spec, opts) } else { capture_worker(spec, wait, rx, abort, opts) })?;
+    Ok((tx, (path, handle)))
+}
+
 /// Runs until a signal arrives (or, with `once`, until the work is done). With
 /// `exec`, runs that command alongside and stops when it exits; with `socket`,
-/// serves the control socket there.
+/// serves the control socket there; with `rescan`, picks up databases created
+/// (and drops those deleted) while running, every `rescan_every`.
 pub fn run(
     specs: Vec<DbSpec>,
     opts: RunOptions,
     exec: Option<Vec<String>>,
     socket: Option<crate::server::SocketConfig>,
+    rescan: Option<(Rescan, Duration)>,
 ) -> Result<()> {
-    if specs.is_empty() {
+    if specs.is_empty() && rescan.is_none() {
         return Err(anyhow!(
             "no databases to replicate: give DB_PATH REPLICA_URL, or list them under dbs: in the config"
         ));
@@ -190,23 +228,18 @@ pub fn run(
     }
     let abort = Arc::new(AtomicBool::new(false));
     let mut senders: Vec<Sender<ToCapture>> = Vec::new();
-    let mut endpoints = Vec::new();
+    let endpoints: Endpoints = Default::default();
     let mut workers = Vec::new();
     for (spec, wait) in prepared {
-        let (tx, rx) = mpsc::channel();
-        endpoints.push((spec.path.clone(), tx.clone()));
+        let (tx, worker) = spawn_worker(spec, wait, opts, abort.clone())?;
+        endpoints.lock().unwrap().push((worker.0.clone(), tx.clone()));
         senders.push(tx);
-        let abort = abort.clone();
-        let name = spec.path.display().to_string();
-        let handle = thread::Builder::new().name(format!("capture:{name}")).spawn(move || {
-            if opts.once { run_once(spec, opts) } else { capture_worker(spec, wait, rx, abort, opts) }
-        })?;
-        workers.push((name, handle));
+        workers.push(worker);
     }
     let shutdown = Arc::new(Shutdown(Mutex::new(Some(senders))));
     let mut failed = None;
     if let Some(sock) = socket.filter(|_| !opts.once)
-        && let Err(e) = crate::server::serve(sock, endpoints)
+        && let Err(e) = crate::server::serve(sock, endpoints.clone())
     {
         shutdown.begin();
         failed = Some(e);
@@ -222,16 +255,19 @@ pub fn run(
         }
     }
     if !opts.once {
-        spawn_signal_thread(shutdown, abort, app.as_ref().map(|a| a.signal.clone()))?;
+        spawn_signal_thread(shutdown.clone(), abort.clone(), app.as_ref().map(|a| a.signal.clone()))?;
     }
-    for (name, h) in workers {
+    if let Some((rescan, every)) = rescan.filter(|_| !opts.once && failed.is_none()) {
+        watch(rescan, every, opts, &abort, &shutdown, &endpoints, &mut workers);
+    }
+    for (path, h) in workers {
         match h.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                failed.get_or_insert(e.context(format!("replication of {name} stopped")));
+                failed.get_or_insert(e.context(format!("replication of {} stopped", path.display())));
             }
             Err(_) => {
-                failed.get_or_insert(anyhow!("replication of {name} stopped unexpectedly"));
+                failed.get_or_insert(anyhow!("replication of {} stopped unexpectedly", path.display()));
             }
         }
     }
@@ -245,6 +281,74 @@ pub fn run(
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Directory watching (`watch: true`), until shutdown begins: starts workers for
+/// new databases, stops those whose file is gone, and forgets workers that ended
+/// with an error, so that a later pass retries them.
+fn watch(
+    mut rescan: Rescan,
+    every: Duration,
+    opts: RunOptions,
+    abort: &Arc<AtomicBool>,
+    shutdown: &Shutdown,
+    endpoints: &Endpoints,
+    workers: &mut Vec<Worker>,
+) {
+    let mut known: HashSet<PathBuf> = workers.iter().map(|w| w.0.clone()).collect();
+    let mut next = Instant::now() + every;
+    while shutdown.0.lock().unwrap().is_some() {
+        thread::sleep(Duration::from_millis(50).min(every));
+        if Instant::now() < next {
+            continue;
+        }
+        next = Instant::now() + every;
+        let mut i = 0;
+        while i < workers.len() {
+            if workers[i].1.is_finished() {
+                let (path, h) = workers.swap_remove(i);
+                match h.join() {
+                    Ok(Ok(())) => info!(db = %path.display(), "stopped replicating"),
+                    Ok(Err(e)) => error!(db = %path.display(), "replication stopped: {e:#}; retrying at the next scan"),
+                    Err(_) => error!(db = %path.display(), "replication stopped unexpectedly"),
+                }
+                known.remove(&path);
+                endpoints.lock().unwrap().retain(|(p, _)| p != &path);
+            } else {
+                i += 1;
+            }
+        }
+        let (found, new) = match rescan(&known) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("cannot scan for databases: {e:#}");
+                continue;
+            }
+        };
+        for (path, tx) in endpoints.lock().unwrap().iter() {
+            if !found.contains(path) {
+                info!(db = %path.display(), "database is gone; stopping its replication");
+                let _ = tx.send(ToCapture::Stop);
+            }
+        }
+        for spec in new {
+            let path = spec.path.clone();
+            crate::heartbeat::register(&path);
+            let started = prepare(&spec, opts).and_then(|wait| spawn_worker(spec, wait, opts, abort.clone()));
+            match started {
+                Ok((tx, worker)) => {
+                    if !shutdown.add(tx.clone()) {
+                        let _ = tx.send(ToCapture::Stop);
+                    }
+                    info!(db = %path.display(), "new database found; replicating it");
+                    endpoints.lock().unwrap().push((path.clone(), tx));
+                    workers.push(worker);
+                    known.insert(path);
+                }
+                Err(e) => warn!(db = %path.display(), "cannot replicate new database: {e:#}"),
+            }
+        }
     }
 }
 

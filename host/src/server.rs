@@ -13,7 +13,6 @@
 //! `sluice info`, `list` and `sync` are the clients.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -23,7 +22,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use crate::daemon::ToCapture;
+use crate::daemon::{Endpoints, ToCapture};
 
 pub const DEFAULT_PATH: &str = "/var/run/litestream.sock";
 
@@ -34,13 +33,13 @@ pub struct SocketConfig {
 }
 
 struct State {
-    dbs: Vec<(PathBuf, Sender<ToCapture>)>,
+    dbs: Endpoints,
     started: Instant,
     started_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Binds the socket (replacing a stale socket file) and serves it from a thread.
-pub fn serve(cfg: SocketConfig, dbs: Vec<(PathBuf, Sender<ToCapture>)>) -> Result<()> {
+pub fn serve(cfg: SocketConfig, dbs: Endpoints) -> Result<()> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Ok(m) = std::fs::symlink_metadata(&cfg.path) {
         if !m.file_type().is_socket() {
@@ -99,7 +98,7 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let (method, path, query) =
         (req.method().clone(), req.uri().path().to_string(), req.uri().query().map(str::to_string));
-    let find = |p: &str| state.dbs.iter().find(|(d, _)| d == Path::new(p));
+    let find = |p: &str| state.dbs.lock().unwrap().iter().find(|(d, _)| d == Path::new(p)).cloned();
     match (method, path.as_str()) {
         (Method::GET, "/info") => reply(
             StatusCode::OK,
@@ -108,12 +107,14 @@ async fn handle(
                 "pid": std::process::id(),
                 "uptime_seconds": state.started.elapsed().as_secs(),
                 "started_at": state.started_at.to_rfc3339(),
-                "database_count": state.dbs.len(),
+                "database_count": state.dbs.lock().unwrap().len(),
             }),
         ),
         (Method::GET, "/list") => {
             let dbs: Vec<Value> = state
                 .dbs
+                .lock()
+                .unwrap()
                 .iter()
                 .map(|(p, _)| {
                     let (at, _) = crate::heartbeat::last_sync(p);
@@ -130,7 +131,7 @@ async fn handle(
                 .map(percent_decode)
                 .unwrap_or_default();
             match find(&want) {
-                Some((p, _)) => reply(StatusCode::OK, json!({"txid": crate::heartbeat::last_sync(p).1})),
+                Some((p, _)) => reply(StatusCode::OK, json!({"txid": crate::heartbeat::last_sync(&p).1})),
                 None => error(StatusCode::NOT_FOUND, "database not found", format!("{want} is not replicated here")),
             }
         }
@@ -250,7 +251,7 @@ mod tests {
     fn unknown_routes_and_missing_databases_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("s.sock");
-        serve(SocketConfig { path: sock.clone(), permissions: 0o600 }, vec![]).unwrap();
+        serve(SocketConfig { path: sock.clone(), permissions: 0o600 }, Default::default()).unwrap();
         let t = Duration::from_secs(5);
         assert_eq!(request(&sock, "GET", "/info", None, t).unwrap()["database_count"], 0);
         let e = request(&sock, "POST", "/sync", Some(json!({"path": "/nope.db"})), t).unwrap_err();
