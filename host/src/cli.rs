@@ -42,7 +42,8 @@ pub enum Command {
         after_help = "Examples:\n  sluice restore -o restored.db file:///var/backups/app\n  sluice restore -txid 0000000000000042 -o at42.db file:///var/backups/app\n  sluice restore /var/lib/app.db            (replica looked up in the config file)"
     )]
     Restore(RestoreArgs),
-    /// List the LTX files in a replica.
+    /// List the LTX files in a replica (`wal` is accepted too, as in Litestream).
+    #[command(alias = "wal")]
     Ltx(LtxArgs),
     /// List the databases in the config file and their replica types.
     Databases(DatabasesArgs),
