@@ -377,7 +377,8 @@ fn directory_replication() {
 
 /// The control socket: with `sync-interval: 1h` holding uploads back, `sluice sync
 /// -wait` makes the running daemon capture and upload at once, and reports the
-/// TXIDs; `list` and `info` describe the daemon; an unknown database is an error.
+/// TXIDs; `list` and `info` describe the daemon; an unknown database is an error;
+/// `register` and `unregister` add and remove databases while it runs.
 #[test]
 fn control_socket_sync_wait() {
     let s = Setup::new();
@@ -415,6 +416,24 @@ fn control_socket_sync_wait() {
     assert_eq!(info["database_count"], 1);
     let o = sluice(&["sync", "-socket", socks, "/not/replicated.db"]);
     assert_one_line_error(&o, "database not found");
+
+    // register adds a database to the running daemon; unregister takes it out
+    // after a final sync that leaves its replica complete.
+    let other = s.path("other.db");
+    let other_replica = s.path("other-replica");
+    write(&other, &["init", "4096"]);
+    let others = other.to_str().unwrap();
+    run(&["register", "-socket", socks, "-replica", &file_url(&other_replica), others]);
+    let o = sluice(&["register", "-socket", socks, "-replica", &file_url(&other_replica), others]);
+    assert_one_line_error(&o, "already being replicated");
+    write(&other, &["steps", "0", "2"]);
+    let out = run(&["sync", "-wait", "-socket", socks, others]);
+    assert!(out.contains(&format!("replicated_txid: {:016x}", replica_l0_max(&other_replica))), "{out}");
+    assert!(run(&["list", "-socket", socks]).contains(others));
+    write(&other, &["steps", "2", "4"]);
+    run(&["unregister", "-socket", socks, others]);
+    assert!(!run(&["list", "-socket", socks]).contains(others));
+    restore_and_check(&[&file_url(&other_replica)], &s.path("other-r.db"), digest(&other));
 
     d.stop();
     restore_and_check(&[&s.url], &s.path("r.db"), digest(&s.db));

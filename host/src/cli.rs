@@ -9,11 +9,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::config::{Config, DbSpec, ReplicaSpec, clean_db_path, default_config_path};
-use crate::db::DbOptions;
+use crate::config::{Config, clean_db_path, default_config_path};
 use crate::replica_client::{ReplicaClient, client_from_url};
 use crate::restore::{self, IntegrityCheck, NoBackups, Target};
-use crate::store::StoreOptions;
 use crate::{daemon, ltx};
 
 #[derive(Parser, Debug)]
@@ -60,6 +58,10 @@ pub enum Command {
     List(SocketArgs),
     /// Make a running `sluice replicate` capture a database now (-wait: and upload it).
     Sync(SyncArgs),
+    /// Make a running `sluice replicate` replicate another database.
+    Register(RegisterArgs),
+    /// Make a running `sluice replicate` stop replicating a database (after a final sync).
+    Unregister(UnregisterArgs),
     /// Work with policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -225,6 +227,27 @@ pub struct SyncArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Where to replicate it (file:// or s3:// URL).
+    #[arg(long, value_name = "URL")]
+    pub replica: String,
+    /// The database to replicate.
+    #[arg(value_name = "DB_PATH")]
+    pub db_path: String,
+}
+
+#[derive(Args, Debug)]
+pub struct UnregisterArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// The database to stop replicating.
+    #[arg(value_name = "DB_PATH")]
+    pub db_path: String,
+}
+
+#[derive(Args, Debug)]
 pub struct VersionArgs {
     /// Also print the replica format, the plugin contract and the platform.
     #[arg(long)]
@@ -335,6 +358,20 @@ pub fn run(cli: Cli) -> Result<()> {
             let body = serde_json::json!({"path": path, "wait": a.wait, "timeout": a.socket.timeout});
             socket_cmd(&a.socket, "POST", "/sync", Some(body))
         }
+        Command::Register(a) => {
+            let path = clean_db_path(&a.db_path)?.display().to_string();
+            let body = serde_json::json!({"path": path, "replica_url": a.replica, "timeout": a.socket.timeout});
+            socket_cmd(&a.socket, "POST", "/register", Some(body))
+        }
+        Command::Unregister(a) => {
+            let path = clean_db_path(&a.db_path)?.display().to_string();
+            socket_cmd(
+                &a.socket,
+                "POST",
+                "/unregister",
+                Some(serde_json::json!({"path": path, "timeout": a.socket.timeout})),
+            )
+        }
         Command::Plugin(PluginCommand::Check(a)) => plugin_check(a),
         Command::Version(a) => {
             println!("{}", env!("CARGO_PKG_VERSION"));
@@ -370,18 +407,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
                 _ => bail!("multiple replicas on a single database are not supported; give one replica URL"),
             }
             init_logging(a.log_level.as_deref());
-            let client = client_from_url(&a.replica_urls[0], &Default::default())?;
-            vec![DbSpec {
-                path: clean_db_path(db)?,
-                options: DbOptions::default(),
-                replica: ReplicaSpec {
-                    client,
-                    sync_interval: std::time::Duration::from_secs(1),
-                    retention_plugin: None,
-                },
-                store: StoreOptions::default(),
-                restore_if_db_not_exists: false,
-            }]
+            vec![crate::config::db_spec_from_url(db, &a.replica_urls[0])?]
         }
         None => {
             let cfg = a.config.load()?;

@@ -458,6 +458,22 @@ pub fn expand_env(text: &str) -> String {
 }
 
 /// Parses a Go-style duration: `500ms`, `1s`, `1m30s`, `24h`, `0`.
+/// A database replicated to one replica URL with default settings, as
+/// `replicate DB_PATH REPLICA_URL` and the control socket's `register` do.
+pub fn db_spec_from_url(db: &str, url: &str) -> Result<DbSpec> {
+    Ok(DbSpec {
+        path: clean_db_path(db)?,
+        options: DbOptions::default(),
+        replica: ReplicaSpec {
+            client: crate::replica_client::client_from_url(url, &Default::default())?,
+            sync_interval: Duration::from_secs(1),
+            retention_plugin: None,
+        },
+        store: StoreOptions::default(),
+        restore_if_db_not_exists: false,
+    })
+}
+
 /// One `DbConfig` per SQLite database under `dir` whose file name matches the
 /// entry's `pattern`; each replica location gets the database's path relative to
 /// `dir` appended, and a `meta-path` becomes the base of per-database state dirs.

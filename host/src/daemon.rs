@@ -205,7 +205,7 @@ fn spawn_worker(
 /// Runs until a signal arrives (or, with `once`, until the work is done). With
 /// `exec`, runs that command alongside and stops when it exits; with `socket`,
 /// serves the control socket there; with `rescan`, picks up databases created
-/// (and drops those deleted) while running, every `rescan_every`.
+/// (and drops those deleted) while running, at the interval it comes with.
 pub fn run(
     specs: Vec<DbSpec>,
     opts: RunOptions,
@@ -238,11 +238,16 @@ pub fn run(
     }
     let shutdown = Arc::new(Shutdown(Mutex::new(Some(senders))));
     let mut failed = None;
-    if let Some(sock) = socket.filter(|_| !opts.once)
-        && let Err(e) = crate::server::serve(sock, endpoints.clone())
-    {
-        shutdown.begin();
-        failed = Some(e);
+    let mut requests = None;
+    if let Some(sock) = socket.filter(|_| !opts.once) {
+        let (tx, rx) = mpsc::channel();
+        match crate::server::serve(sock, endpoints.clone(), tx) {
+            Ok(()) => requests = Some(rx),
+            Err(e) => {
+                shutdown.begin();
+                failed = Some(e);
+            }
+        }
     }
     let mut app = None;
     if let Some(argv) = exec.filter(|_| failed.is_none()) {
@@ -257,8 +262,19 @@ pub fn run(
     if !opts.once {
         spawn_signal_thread(shutdown.clone(), abort.clone(), app.as_ref().map(|a| a.signal.clone()))?;
     }
-    if let Some((rescan, every)) = rescan.filter(|_| !opts.once && failed.is_none()) {
-        watch(rescan, every, opts, &abort, &shutdown, &endpoints, &mut workers);
+    let rescan = rescan.filter(|_| !opts.once);
+    if failed.is_none() && (requests.is_some() || rescan.is_some()) {
+        let mut s = Supervisor {
+            opts,
+            abort: &abort,
+            shutdown: &shutdown,
+            endpoints: &endpoints,
+            workers: &mut workers,
+            unregistered: HashSet::new(),
+            failure: None,
+        };
+        s.run(requests, rescan);
+        failed = s.failure.take();
     }
     for (path, h) in workers {
         match h.join() {
@@ -284,49 +300,138 @@ pub fn run(
     }
 }
 
-/// Directory watching (`watch: true`), until shutdown begins: starts workers for
-/// new databases, stops those whose file is gone, and forgets workers that ended
-/// with an error, so that a later pass retries them.
-fn watch(
-    mut rescan: Rescan,
-    every: Duration,
+/// What the control socket asks of the daemon itself.
+pub enum Control {
+    /// Start replicating another database.
+    Register { spec: DbSpec, reply: Sender<std::result::Result<(), String>> },
+    /// Stop replicating a database (after its final sync).
+    Unregister { path: PathBuf, reply: Sender<std::result::Result<(), String>> },
+}
+
+/// While the daemon runs with a control socket or a watched directory: starts and
+/// stops workers as asked, finds new databases (`watch: true`), and forgets
+/// workers that ended with an error, so that a later scan retries them.
+struct Supervisor<'a> {
     opts: RunOptions,
-    abort: &Arc<AtomicBool>,
-    shutdown: &Shutdown,
-    endpoints: &Endpoints,
-    workers: &mut Vec<Worker>,
-) {
-    let mut known: HashSet<PathBuf> = workers.iter().map(|w| w.0.clone()).collect();
-    let mut next = Instant::now() + every;
-    while shutdown.0.lock().unwrap().is_some() {
-        thread::sleep(Duration::from_millis(50).min(every));
-        if Instant::now() < next {
-            continue;
-        }
-        next = Instant::now() + every;
-        let mut i = 0;
-        while i < workers.len() {
-            if workers[i].1.is_finished() {
-                let (path, h) = workers.swap_remove(i);
-                match h.join() {
-                    Ok(Ok(())) => info!(db = %path.display(), "stopped replicating"),
-                    Ok(Err(e)) => error!(db = %path.display(), "replication stopped: {e:#}; retrying at the next scan"),
-                    Err(_) => error!(db = %path.display(), "replication stopped unexpectedly"),
+    abort: &'a Arc<AtomicBool>,
+    shutdown: &'a Shutdown,
+    endpoints: &'a Endpoints,
+    workers: &'a mut Vec<Worker>,
+    /// Databases taken out with `unregister`, which a scan must not bring back.
+    unregistered: HashSet<PathBuf>,
+    /// Without a watched directory, a worker's failure stops the daemon (as it
+    /// does without a supervisor); this is it.
+    failure: Option<anyhow::Error>,
+}
+
+impl Supervisor<'_> {
+    fn run(&mut self, requests: Option<Receiver<Control>>, mut rescan: Option<(Rescan, Duration)>) {
+        let watching = rescan.is_some();
+        let mut next_scan = Instant::now();
+        while self.shutdown.0.lock().unwrap().is_some() {
+            match requests.as_ref().map(|r| r.recv_timeout(Duration::from_millis(50))) {
+                Some(Ok(Control::Register { spec, reply })) => {
+                    let path = spec.path.clone();
+                    let r = if self.endpoints.lock().unwrap().iter().any(|(p, _)| *p == path) {
+                        Err(format!("{} is already being replicated", path.display()))
+                    } else {
+                        self.unregistered.remove(&path);
+                        self.start(spec).map_err(|e| format!("{e:#}"))
+                    };
+                    let _ = reply.send(r);
                 }
-                known.remove(&path);
-                endpoints.lock().unwrap().retain(|(p, _)| p != &path);
-            } else {
-                i += 1;
+                Some(Ok(Control::Unregister { path, reply })) => {
+                    let _ = reply.send(self.stop(&path));
+                }
+                None => thread::sleep(Duration::from_millis(50)),
+                Some(Err(_)) => {}
+            }
+            self.reap(watching);
+            if let Some((scan, every)) = rescan.as_mut()
+                && Instant::now() >= next_scan
+            {
+                next_scan = Instant::now() + *every;
+                self.scan(scan);
             }
         }
-        let (found, new) = match rescan(&known) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!("cannot scan for databases: {e:#}");
+    }
+
+    fn known(&self) -> HashSet<PathBuf> {
+        self.workers.iter().map(|w| w.0.clone()).chain(self.unregistered.iter().cloned()).collect()
+    }
+
+    fn start(&mut self, spec: DbSpec) -> Result<()> {
+        let path = spec.path.clone();
+        crate::heartbeat::register(&path);
+        let wait = prepare(&spec, self.opts)?;
+        let (tx, worker) = spawn_worker(spec, wait, self.opts, self.abort.clone())?;
+        if !self.shutdown.add(tx.clone()) {
+            let _ = tx.send(ToCapture::Stop);
+        }
+        self.endpoints.lock().unwrap().push((path, tx));
+        self.workers.push(worker);
+        Ok(())
+    }
+
+    /// Stops one worker and waits for its final sync.
+    fn stop(&mut self, path: &Path) -> std::result::Result<(), String> {
+        let Some(i) = self.workers.iter().position(|w| w.0 == path) else {
+            return Err(format!("{} is not being replicated", path.display()));
+        };
+        let mut endpoints = self.endpoints.lock().unwrap();
+        if let Some((_, tx)) = endpoints.iter().find(|(p, _)| p == path) {
+            let _ = tx.send(ToCapture::Stop);
+        }
+        endpoints.retain(|(p, _)| p != path);
+        drop(endpoints);
+        self.unregistered.insert(path.to_path_buf());
+        let (_, h) = self.workers.swap_remove(i);
+        match h.join() {
+            Ok(Ok(())) => {
+                info!(db = %path.display(), "unregistered after its final sync");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("final sync of {} failed: {e:#}", path.display())),
+            Err(_) => Err(format!("replication of {} stopped unexpectedly", path.display())),
+        }
+    }
+
+    /// Joins workers that have ended. A failure is logged and retried at the next
+    /// scan when watching; otherwise it stops the daemon.
+    fn reap(&mut self, watching: bool) {
+        let mut i = 0;
+        while i < self.workers.len() {
+            if !self.workers[i].1.is_finished() {
+                i += 1;
                 continue;
             }
+            let (path, h) = self.workers.swap_remove(i);
+            let err = match h.join() {
+                Ok(Ok(())) => {
+                    info!(db = %path.display(), "stopped replicating");
+                    None
+                }
+                Ok(Err(e)) => Some(e.context(format!("replication of {} stopped", path.display()))),
+                Err(_) => Some(anyhow!("replication of {} stopped unexpectedly", path.display())),
+            };
+            self.endpoints.lock().unwrap().retain(|(p, _)| p != &path);
+            match err {
+                Some(e) if watching => error!("{e:#}; retrying at the next scan"),
+                Some(e) => {
+                    self.failure.get_or_insert(e);
+                    self.shutdown.begin();
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn scan(&mut self, rescan: &mut Rescan) {
+        let (found, new) = match rescan(&self.known()) {
+            Ok(r) => r,
+            Err(e) => return warn!("cannot scan for databases: {e:#}"),
         };
-        for (path, tx) in endpoints.lock().unwrap().iter() {
+        for (path, tx) in self.endpoints.lock().unwrap().iter() {
             if !found.contains(path) {
                 info!(db = %path.display(), "database is gone; stopping its replication");
                 let _ = tx.send(ToCapture::Stop);
@@ -334,18 +439,8 @@ fn watch(
         }
         for spec in new {
             let path = spec.path.clone();
-            crate::heartbeat::register(&path);
-            let started = prepare(&spec, opts).and_then(|wait| spawn_worker(spec, wait, opts, abort.clone()));
-            match started {
-                Ok((tx, worker)) => {
-                    if !shutdown.add(tx.clone()) {
-                        let _ = tx.send(ToCapture::Stop);
-                    }
-                    info!(db = %path.display(), "new database found; replicating it");
-                    endpoints.lock().unwrap().push((path.clone(), tx));
-                    workers.push(worker);
-                    known.insert(path);
-                }
+            match self.start(spec) {
+                Ok(()) => info!(db = %path.display(), "new database found; replicating it"),
                 Err(e) => warn!(db = %path.display(), "cannot replicate new database: {e:#}"),
             }
         }

@@ -7,10 +7,14 @@
 //! - `POST /sync {path, wait, timeout}` → `{status, path, txid, replicated_txid}`:
 //!   capture now, and with `wait` upload now too, whatever `sync-interval` says.
 //!
-//! `register`, `unregister`, `start` and `stop` answer 501. Errors are
+//! - `POST /register {path, replica_url}` → `{status, path}`: replicate another
+//!   database (default settings) until `unregister` or shutdown.
+//! - `POST /unregister {path, timeout}` → `{status, path}`, after its final sync.
+//!
+//! `start` and `stop` answer 501. Errors are
 //! `{error, details}` with a 4xx/5xx status. The socket file is created with
 //! `permissions` (default 0600), so only its owner can drive the daemon.
-//! `sluice info`, `list` and `sync` are the clients.
+//! `sluice info`, `list`, `sync`, `register` and `unregister` are the clients.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,7 +26,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use crate::daemon::{Endpoints, ToCapture};
+use crate::daemon::{Control, Endpoints, ToCapture};
 
 pub const DEFAULT_PATH: &str = "/var/run/litestream.sock";
 
@@ -34,12 +38,13 @@ pub struct SocketConfig {
 
 struct State {
     dbs: Endpoints,
+    requests: std::sync::Mutex<std::sync::mpsc::Sender<Control>>,
     started: Instant,
     started_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Binds the socket (replacing a stale socket file) and serves it from a thread.
-pub fn serve(cfg: SocketConfig, dbs: Endpoints) -> Result<()> {
+pub fn serve(cfg: SocketConfig, dbs: Endpoints, requests: std::sync::mpsc::Sender<Control>) -> Result<()> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Ok(m) = std::fs::symlink_metadata(&cfg.path) {
         if !m.file_type().is_socket() {
@@ -51,7 +56,12 @@ pub fn serve(cfg: SocketConfig, dbs: Endpoints) -> Result<()> {
         .map_err(|e| anyhow!("cannot create control socket {}: {e}; check socket.path", cfg.path.display()))?;
     std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(cfg.permissions))?;
     listener.set_nonblocking(true)?;
-    let state = std::sync::Arc::new(State { dbs, started: Instant::now(), started_at: chrono::Utc::now() });
+    let state = std::sync::Arc::new(State {
+        dbs,
+        requests: std::sync::Mutex::new(requests),
+        started: Instant::now(),
+        started_at: chrono::Utc::now(),
+    });
     std::thread::Builder::new().name("control".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -77,25 +87,18 @@ pub fn serve(cfg: SocketConfig, dbs: Endpoints) -> Result<()> {
     Ok(())
 }
 
-fn reply(status: StatusCode, body: Value) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+fn reply(status: StatusCode, body: Value) -> Answer {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
     Ok(r)
 }
 
-fn error(
-    status: StatusCode,
-    error: &str,
-    details: impl Into<String>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+fn error(status: StatusCode, error: &str, details: impl Into<String>) -> Answer {
     reply(status, json!({"error": error, "details": details.into()}))
 }
 
-async fn handle(
-    state: std::sync::Arc<State>,
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming>) -> Answer {
     let (method, path, query) =
         (req.method().clone(), req.uri().path().to_string(), req.uri().query().map(str::to_string));
     let find = |p: &str| state.dbs.lock().unwrap().iter().find(|(d, _)| d == Path::new(p)).cloned();
@@ -136,13 +139,9 @@ async fn handle(
             }
         }
         (Method::POST, "/sync") => {
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return error(StatusCode::BAD_REQUEST, "cannot read request", e.to_string()),
-            };
-            let v: Value = match serde_json::from_slice(&body) {
+            let v = match read_json(req).await {
                 Ok(v) => v,
-                Err(e) => return error(StatusCode::BAD_REQUEST, "invalid JSON", e.to_string()),
+                Err(r) => return r,
             };
             let Some(path) = v["path"].as_str() else {
                 return error(StatusCode::BAD_REQUEST, "path required", "give the database path");
@@ -167,13 +166,54 @@ async fn handle(
                 _ => error(StatusCode::GATEWAY_TIMEOUT, "sync timed out", format!("no answer within {timeout:?}")),
             }
         }
-        (Method::POST, "/register" | "/unregister" | "/start" | "/stop") => error(
+        (Method::POST, route @ ("/register" | "/unregister")) => {
+            let v = match read_json(req).await {
+                Ok(v) => v,
+                Err(r) => return r,
+            };
+            let Some(path) = v["path"].as_str().map(str::to_string) else {
+                return error(StatusCode::BAD_REQUEST, "path required", "give the database path");
+            };
+            let timeout = Duration::from_secs(v["timeout"].as_u64().unwrap_or(30).max(1));
+            let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+            let request = if route == "/register" {
+                let Some(url) = v["replica_url"].as_str() else {
+                    return error(StatusCode::BAD_REQUEST, "replica_url required", "give the replica URL");
+                };
+                match crate::config::db_spec_from_url(&path, url) {
+                    Ok(spec) => Control::Register { spec, reply: reply_tx },
+                    Err(e) => return error(StatusCode::BAD_REQUEST, "invalid database or replica", format!("{e:#}")),
+                }
+            } else {
+                Control::Unregister { path: crate::config::clean_db_path(&path).unwrap_or_default(), reply: reply_tx }
+            };
+            if state.requests.lock().unwrap().send(request).is_err() {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down", "the daemon is stopping");
+            }
+            match tokio::task::spawn_blocking(move || reply_rx.recv_timeout(timeout)).await {
+                Ok(Ok(Ok(()))) => reply(StatusCode::OK, json!({"status": route.trim_start_matches('/'), "path": path})),
+                Ok(Ok(Err(e))) => error(StatusCode::CONFLICT, "refused", e),
+                _ => error(StatusCode::GATEWAY_TIMEOUT, "timed out", format!("no answer within {timeout:?}")),
+            }
+        }
+        (Method::POST, "/start" | "/stop") => error(
             StatusCode::NOT_IMPLEMENTED,
             "not supported",
-            "this build of sluice replicates the databases of its config file; edit it and restart",
+            "use unregister to stop replicating a database and register to start it again",
         ),
         _ => error(StatusCode::NOT_FOUND, "not found", format!("no route {path}")),
     }
+}
+
+type Answer = Result<Response<Full<Bytes>>, std::convert::Infallible>;
+
+/// The request's JSON body, or the error answer to send.
+async fn read_json(req: Request<hyper::body::Incoming>) -> Result<Value, Answer> {
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Err(error(StatusCode::BAD_REQUEST, "cannot read request", e.to_string())),
+    };
+    serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid JSON", e.to_string()))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -251,12 +291,15 @@ mod tests {
     fn unknown_routes_and_missing_databases_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("s.sock");
-        serve(SocketConfig { path: sock.clone(), permissions: 0o600 }, Default::default()).unwrap();
+        let (tx, _rx) = std::sync::mpsc::channel();
+        serve(SocketConfig { path: sock.clone(), permissions: 0o600 }, Default::default(), tx).unwrap();
         let t = Duration::from_secs(5);
         assert_eq!(request(&sock, "GET", "/info", None, t).unwrap()["database_count"], 0);
         let e = request(&sock, "POST", "/sync", Some(json!({"path": "/nope.db"})), t).unwrap_err();
         assert!(format!("{e:#}").contains("database not found"), "{e:#}");
         let e = request(&sock, "POST", "/register", Some(json!({})), t).unwrap_err();
+        assert!(format!("{e:#}").contains("path required"), "{e:#}");
+        let e = request(&sock, "POST", "/start", Some(json!({})), t).unwrap_err();
         assert!(format!("{e:#}").contains("not supported"), "{e:#}");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
