@@ -378,7 +378,8 @@ fn directory_replication() {
 /// The control socket: with `sync-interval: 1h` holding uploads back, `sluice sync
 /// -wait` makes the running daemon capture and upload at once, and reports the
 /// TXIDs; `list` and `info` describe the daemon; an unknown database is an error;
-/// `register` and `unregister` add and remove databases while it runs.
+/// `register` and `unregister` add and remove databases while it runs; `stop` and
+/// `start` pause and resume one.
 #[test]
 fn control_socket_sync_wait() {
     let s = Setup::new();
@@ -431,9 +432,22 @@ fn control_socket_sync_wait() {
     assert!(out.contains(&format!("replicated_txid: {:016x}", replica_l0_max(&other_replica))), "{out}");
     assert!(run(&["list", "-socket", socks]).contains(others));
     write(&other, &["steps", "2", "4"]);
+    // stop keeps it listed as stopped; start resumes it from its replica URL.
+    run(&["stop", "-socket", socks, others]);
+    assert!(run(&["list", "-socket", socks]).contains(&format!("{others}\tstopped")));
+    write(&other, &["steps", "4", "5"]);
+    run(&["start", "-socket", socks, others]);
+    assert_one_line_error(&sluice(&["start", "-socket", socks, others]), "already being replicated");
     run(&["unregister", "-socket", socks, others]);
     assert!(!run(&["list", "-socket", socks]).contains(others));
     restore_and_check(&[&file_url(&other_replica)], &s.path("other-r.db"), digest(&other));
+
+    // A database from the config file stops and starts again (rebuilt from the config).
+    run(&["stop", "-socket", socks, dbs]);
+    write(&s.db, &["steps", "3", "5"]);
+    run(&["start", "-socket", socks, dbs]);
+    let out = run(&["sync", "-wait", "-socket", socks, dbs]);
+    assert!(out.contains(&format!("replicated_txid: {:016x}", replica_l0_max(&s.replica))), "{out}");
 
     d.stop();
     restore_and_check(&[&s.url], &s.path("r.db"), digest(&s.db));

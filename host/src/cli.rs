@@ -61,7 +61,11 @@ pub enum Command {
     /// Make a running `sluice replicate` replicate another database.
     Register(RegisterArgs),
     /// Make a running `sluice replicate` stop replicating a database (after a final sync).
-    Unregister(UnregisterArgs),
+    Unregister(DbSocketArgs),
+    /// Stop replicating a database (after a final sync) but keep it listed, until `start`.
+    Stop(DbSocketArgs),
+    /// Start replicating a stopped database again.
+    Start(DbSocketArgs),
     /// Work with policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -239,10 +243,10 @@ pub struct RegisterArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct UnregisterArgs {
+pub struct DbSocketArgs {
     #[command(flatten)]
     pub socket: SocketArgs,
-    /// The database to stop replicating.
+    /// The database.
     #[arg(value_name = "DB_PATH")]
     pub db_path: String,
 }
@@ -363,15 +367,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let body = serde_json::json!({"path": path, "replica_url": a.replica, "timeout": a.socket.timeout});
             socket_cmd(&a.socket, "POST", "/register", Some(body))
         }
-        Command::Unregister(a) => {
-            let path = clean_db_path(&a.db_path)?.display().to_string();
-            socket_cmd(
-                &a.socket,
-                "POST",
-                "/unregister",
-                Some(serde_json::json!({"path": path, "timeout": a.socket.timeout})),
-            )
-        }
+        Command::Unregister(a) => db_socket_cmd(&a, "/unregister"),
+        Command::Stop(a) => db_socket_cmd(&a, "/stop"),
+        Command::Start(a) => db_socket_cmd(&a, "/start"),
         Command::Plugin(PluginCommand::Check(a)) => plugin_check(a),
         Command::Version(a) => {
             println!("{}", env!("CARGO_PKG_VERSION"));
@@ -389,6 +387,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
     let mut exec = a.exec.clone();
     let mut socket = None;
     let mut rescan: Option<(daemon::Rescan, std::time::Duration)> = None;
+    let mut respec: Option<daemon::Respec> = None;
     let mut opts = daemon::RunOptions {
         once: a.once,
         force_snapshot: a.force_snapshot,
@@ -434,10 +433,19 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
                 }
                 _ => {}
             }
-            if cfg.watches() && !a.once {
+            let watches = cfg.watches() && !a.once;
+            let cfg = std::sync::Arc::new(std::sync::Mutex::new(cfg));
+            if watches {
                 // Databases created under a watched dir: are found every second.
-                rescan = Some((Box::new(move |known| cfg.rescan(known)), std::time::Duration::from_secs(1)));
+                let cfg = cfg.clone();
+                rescan =
+                    Some((Box::new(move |known| cfg.lock().unwrap().rescan(known)), std::time::Duration::from_secs(1)));
             }
+            // `start` of a stopped database rebuilds its spec from the config.
+            respec = Some(Box::new(move |path| {
+                let cfg = cfg.lock().unwrap();
+                cfg.db_spec(&cfg.find_db(path)?)
+            }));
             specs
         }
     };
@@ -452,7 +460,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
         }
         None => None,
     };
-    daemon::run(specs, opts, exec, socket, rescan)
+    daemon::run(specs, opts, exec, socket, rescan, respec)
 }
 
 /// A database path from the config file, or a replica URL.
@@ -616,6 +624,12 @@ fn print_plan(
         )?;
     }
     Ok(())
+}
+
+/// A control-socket request about one database.
+fn db_socket_cmd(a: &DbSocketArgs, route: &str) -> Result<()> {
+    let path = clean_db_path(&a.db_path)?.display().to_string();
+    socket_cmd(&a.socket, "POST", route, Some(serde_json::json!({"path": path, "timeout": a.socket.timeout})))
 }
 
 /// One control-socket request; prints the answer as `key: value` lines (or JSON).

@@ -212,6 +212,7 @@ pub fn run(
     exec: Option<Vec<String>>,
     socket: Option<crate::server::SocketConfig>,
     rescan: Option<(Rescan, Duration)>,
+    respec: Option<Respec>,
 ) -> Result<()> {
     if specs.is_empty() && rescan.is_none() {
         return Err(anyhow!(
@@ -272,6 +273,9 @@ pub fn run(
             workers: &mut workers,
             unregistered: HashSet::new(),
             failure: None,
+            stopped: Default::default(),
+            registered: Default::default(),
+            respec,
         };
         s.run(requests, rescan);
         failed = s.failure.take();
@@ -300,12 +304,24 @@ pub fn run(
     }
 }
 
+/// The supervisor's answer to a control request.
+pub type Reply = Sender<std::result::Result<(), String>>;
+
+/// Builds the spec of a database the config file names (for `start`).
+pub type Respec = Box<dyn FnMut(&Path) -> Result<DbSpec> + Send>;
+
 /// What the control socket asks of the daemon itself.
 pub enum Control {
-    /// Start replicating another database.
-    Register { spec: DbSpec, reply: Sender<std::result::Result<(), String>> },
-    /// Stop replicating a database (after its final sync).
-    Unregister { path: PathBuf, reply: Sender<std::result::Result<(), String>> },
+    /// Start replicating another database, whose spec was made from `url`.
+    Register { spec: DbSpec, url: String, reply: Reply },
+    /// Stop replicating a database (after its final sync) and forget it.
+    Unregister { path: PathBuf, reply: Reply },
+    /// Stop replicating a database (after its final sync); `Start` resumes it.
+    Stop { path: PathBuf, reply: Reply },
+    /// Resume a stopped database.
+    Start { path: PathBuf, reply: Reply },
+    /// The stopped databases, for `list`.
+    Stopped { reply: Sender<Vec<PathBuf>> },
 }
 
 /// While the daemon runs with a control socket or a watched directory: starts and
@@ -322,6 +338,12 @@ struct Supervisor<'a> {
     /// Without a watched directory, a worker's failure stops the daemon (as it
     /// does without a supervisor); this is it.
     failure: Option<anyhow::Error>,
+    /// Stopped databases, with the replica URL of those added by `register`.
+    stopped: std::collections::BTreeMap<PathBuf, Option<String>>,
+    /// Replica URLs of the databases added by `register`.
+    registered: std::collections::HashMap<PathBuf, String>,
+    /// Specs of databases from the config file.
+    respec: Option<Respec>,
 }
 
 impl Supervisor<'_> {
@@ -330,18 +352,38 @@ impl Supervisor<'_> {
         let mut next_scan = Instant::now();
         while self.shutdown.0.lock().unwrap().is_some() {
             match requests.as_ref().map(|r| r.recv_timeout(Duration::from_millis(50))) {
-                Some(Ok(Control::Register { spec, reply })) => {
+                Some(Ok(Control::Register { spec, url, reply })) => {
                     let path = spec.path.clone();
                     let r = if self.endpoints.lock().unwrap().iter().any(|(p, _)| *p == path) {
                         Err(format!("{} is already being replicated", path.display()))
                     } else {
                         self.unregistered.remove(&path);
+                        self.stopped.remove(&path);
+                        self.registered.insert(path, url);
                         self.start(spec).map_err(|e| format!("{e:#}"))
                     };
                     let _ = reply.send(r);
                 }
                 Some(Ok(Control::Unregister { path, reply })) => {
-                    let _ = reply.send(self.stop(&path));
+                    let r = match self.stopped.remove(&path) {
+                        Some(_) => Ok(()),
+                        None => self.stop(&path),
+                    };
+                    self.registered.remove(&path);
+                    let _ = reply.send(r);
+                }
+                Some(Ok(Control::Stop { path, reply })) => {
+                    let r = self.stop(&path);
+                    if r.is_ok() {
+                        self.stopped.insert(path.clone(), self.registered.get(&path).cloned());
+                    }
+                    let _ = reply.send(r);
+                }
+                Some(Ok(Control::Start { path, reply })) => {
+                    let _ = reply.send(self.resume(&path));
+                }
+                Some(Ok(Control::Stopped { reply })) => {
+                    let _ = reply.send(self.stopped.keys().cloned().collect());
                 }
                 None => thread::sleep(Duration::from_millis(50)),
                 Some(Err(_)) => {}
@@ -358,6 +400,27 @@ impl Supervisor<'_> {
 
     fn known(&self) -> HashSet<PathBuf> {
         self.workers.iter().map(|w| w.0.clone()).chain(self.unregistered.iter().cloned()).collect()
+    }
+
+    /// Starts a stopped database again, rebuilding its spec from its replica URL
+    /// (registered) or the config file.
+    fn resume(&mut self, path: &Path) -> std::result::Result<(), String> {
+        let Some(origin) = self.stopped.get(path).cloned() else {
+            return Err(if self.workers.iter().any(|w| w.0 == path) {
+                format!("{} is already being replicated", path.display())
+            } else {
+                format!("{} is not a stopped database; register it first", path.display())
+            });
+        };
+        let spec = match (origin, self.respec.as_mut()) {
+            (Some(url), _) => crate::config::db_spec_from_url(&path.display().to_string(), &url),
+            (None, Some(respec)) => respec(path),
+            (None, None) => Err(anyhow!("no config file to rebuild it from")),
+        };
+        spec.and_then(|spec| self.start(spec)).map_err(|e| format!("{e:#}"))?;
+        self.stopped.remove(path);
+        self.unregistered.remove(path);
+        Ok(())
     }
 
     fn start(&mut self, spec: DbSpec) -> Result<()> {
@@ -388,7 +451,7 @@ impl Supervisor<'_> {
         let (_, h) = self.workers.swap_remove(i);
         match h.join() {
             Ok(Ok(())) => {
-                info!(db = %path.display(), "unregistered after its final sync");
+                info!(db = %path.display(), "stopped after its final sync");
                 Ok(())
             }
             Ok(Err(e)) => Err(format!("final sync of {} failed: {e:#}", path.display())),

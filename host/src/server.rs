@@ -10,11 +10,12 @@
 //! - `POST /register {path, replica_url}` → `{status, path}`: replicate another
 //!   database (default settings) until `unregister` or shutdown.
 //! - `POST /unregister {path, timeout}` → `{status, path}`, after its final sync.
-//!
-//! `start` and `stop` answer 501. Errors are
+//! - `POST /stop {path, timeout}` / `POST /start {path, timeout}`: stop a database
+//!   (after its final sync) but keep it listed as stopped; start it again. Errors are
 //! `{error, details}` with a 4xx/5xx status. The socket file is created with
 //! `permissions` (default 0600), so only its owner can drive the daemon.
-//! `sluice info`, `list`, `sync`, `register` and `unregister` are the clients.
+//! `sluice info`, `list`, `sync`, `register`, `unregister`, `start` and `stop` are
+//! the clients.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -114,7 +115,13 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
             }),
         ),
         (Method::GET, "/list") => {
-            let dbs: Vec<Value> = state
+            let (tx, rx) = std::sync::mpsc::channel();
+            let _ = state.requests.lock().unwrap().send(Control::Stopped { reply: tx });
+            let stopped =
+                tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
+                    .await
+                    .unwrap_or_default();
+            let mut dbs: Vec<Value> = state
                 .dbs
                 .lock()
                 .unwrap()
@@ -125,6 +132,7 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
                            "last_sync_at": at.map(|t| t.to_rfc3339())})
                 })
                 .collect();
+            dbs.extend(stopped.iter().map(|p| json!({"path": p.display().to_string(), "status": "stopped"})));
             reply(StatusCode::OK, json!({ "databases": dbs }))
         }
         (Method::GET, "/txid") => {
@@ -166,7 +174,7 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
                 _ => error(StatusCode::GATEWAY_TIMEOUT, "sync timed out", format!("no answer within {timeout:?}")),
             }
         }
-        (Method::POST, route @ ("/register" | "/unregister")) => {
+        (Method::POST, route @ ("/register" | "/unregister" | "/start" | "/stop")) => {
             let v = match read_json(req).await {
                 Ok(v) => v,
                 Err(r) => return r,
@@ -181,11 +189,16 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
                     return error(StatusCode::BAD_REQUEST, "replica_url required", "give the replica URL");
                 };
                 match crate::config::db_spec_from_url(&path, url) {
-                    Ok(spec) => Control::Register { spec, reply: reply_tx },
+                    Ok(spec) => Control::Register { spec, url: url.to_string(), reply: reply_tx },
                     Err(e) => return error(StatusCode::BAD_REQUEST, "invalid database or replica", format!("{e:#}")),
                 }
             } else {
-                Control::Unregister { path: crate::config::clean_db_path(&path).unwrap_or_default(), reply: reply_tx }
+                let p = crate::config::clean_db_path(&path).unwrap_or_default();
+                match route {
+                    "/unregister" => Control::Unregister { path: p, reply: reply_tx },
+                    "/stop" => Control::Stop { path: p, reply: reply_tx },
+                    _ => Control::Start { path: p, reply: reply_tx },
+                }
             };
             if state.requests.lock().unwrap().send(request).is_err() {
                 return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down", "the daemon is stopping");
@@ -196,11 +209,7 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
                 _ => error(StatusCode::GATEWAY_TIMEOUT, "timed out", format!("no answer within {timeout:?}")),
             }
         }
-        (Method::POST, "/start" | "/stop") => error(
-            StatusCode::NOT_IMPLEMENTED,
-            "not supported",
-            "use unregister to stop replicating a database and register to start it again",
-        ),
+
         _ => error(StatusCode::NOT_FOUND, "not found", format!("no route {path}")),
     }
 }
@@ -300,7 +309,7 @@ mod tests {
         let e = request(&sock, "POST", "/register", Some(json!({})), t).unwrap_err();
         assert!(format!("{e:#}").contains("path required"), "{e:#}");
         let e = request(&sock, "POST", "/start", Some(json!({})), t).unwrap_err();
-        assert!(format!("{e:#}").contains("not supported"), "{e:#}");
+        assert!(format!("{e:#}").contains("path required"), "{e:#}");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
     }
