@@ -54,8 +54,7 @@ fn non_sqlite_file() {
 #[test]
 fn unknown_replica_scheme() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    write(&db, &["init", "4096"]);
+    let db = new_db(dir.path());
     let o = sluice(&["replicate", db.to_str().unwrap(), "ftp://example.com/backups"]);
     assert_one_line_error(&o, "unknown replica URL scheme \"ftp\"");
     let o = sluice(&["restore", "-o", dir.path().join("x.db").to_str().unwrap(), "ftp://example.com/b"]);

@@ -60,8 +60,7 @@ fn age_path_template_and_gfs_on_s3() {
     let recipients = dir.path().join("recipients.txt");
     let out = std::process::Command::new("age-keygen").arg("-y").arg(key_file()).output().unwrap();
     fs::write(&recipients, &out.stdout).unwrap();
-    let db = dir.path().join("app.db");
-    write(&db, &["init", "4096"]);
+    let db = new_db(dir.path());
     let url = format!("s3://{BUCKET}/enc");
     // The replicating host holds only the public key.
     let cfg = dir.path().join("replicate.yml");
@@ -146,8 +145,7 @@ fn misbehaving_plugins_in_the_daemon_are_contained() {
     fs::write(&layout, plugins::test_plugin("misbehave-layout").unwrap()).unwrap();
     let retention = dir.path().join("misbehave-retention.wasm");
     fs::write(&retention, plugins::test_plugin("misbehave-retention").unwrap()).unwrap();
-    let db = dir.path().join("app.db");
-    write(&db, &["init", "4096"]);
+    let db = new_db(dir.path());
 
     // A layout that escapes the replica's path: nothing is uploaded anywhere.
     let cfg = dir.path().join("escape.yml");

@@ -112,20 +112,16 @@ fn application_checkpoint_while_stopped() {
 /// An idle database costs nothing: no new local or replica files.
 #[test]
 fn idle_database_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let replica = dir.path().join("replica");
-    write(&db, &["init", "4096"]);
-    let cfg = dir.path().join("sluice.yml");
-    write_config(&cfg, &db, &file_url(&replica), "");
-    let d = Daemon::with_config(&cfg, &dir.path().join("log"));
-    write(&db, &["step", "0"]);
-    let txid = wait_replica_settled(&replica, Duration::from_millis(300));
+    let s = Setup::new();
+    let replica = &s.replica;
+    let d = s.daemon();
+    write(&s.db, &["step", "0"]);
+    let txid = wait_replica_settled(replica, Duration::from_millis(300));
     let count = |p: &Path| fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
-    let local = dir.path().join(".app.db-litestream/ltx/0");
+    let local = s.path(".app.db-litestream/ltx/0");
     let (l0, r0) = (count(&local), count(&replica.join("ltx/0")));
     sleep(Duration::from_secs(2)); // 40 monitor and sync intervals
-    assert_eq!(replica_l0_max(&replica), txid);
+    assert_eq!(replica_l0_max(replica), txid);
     assert_eq!((count(&local), count(&replica.join("ltx/0"))), (l0, r0));
     d.stop();
 }
@@ -335,6 +331,19 @@ fn heartbeat_pings_while_healthy() {
     restore_and_check(&[&s.url], &s.path("r.db"), digest(&s.db));
 }
 
+/// `sluice.yml` in `dir` replicating every `*.db` under `data` to `replica`, with
+/// extra keys for the `dbs:` entry and for its replica.
+fn dir_config(dir: &Path, data: &Path, replica: &Path, entry_keys: &str, replica_keys: &str) -> std::path::PathBuf {
+    let cfg = dir.join("sluice.yml");
+    let text = format!(
+        "dbs:\n  - dir: {}\n    pattern: \"*.db\"\n{entry_keys}    replica:\n      url: {}\n{replica_keys}",
+        data.display(),
+        file_url(replica)
+    );
+    fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 /// Directory replication: `dir:` with `pattern:` and `recursive:` replicates every
 /// SQLite database found, each under its own relative path in the replica, and
 /// skips files that do not match or are not SQLite databases.
@@ -350,16 +359,7 @@ fn directory_replication() {
         write(db, &["steps", "0", steps]);
     }
     fs::write(data.join("notes.db"), "not a database").unwrap();
-    let cfg = dir.path().join("sluice.yml");
-    fs::write(
-        &cfg,
-        format!(
-            "dbs:\n  - dir: {}\n    pattern: \"*.db\"\n    recursive: true\n    replica:\n      url: {}\n",
-            data.display(),
-            file_url(&replica)
-        ),
-    )
-    .unwrap();
+    let cfg = dir_config(dir.path(), &data, &replica, "    recursive: true\n", "");
     let cfgs = cfg.to_str().unwrap();
     let o = sluice(&["replicate", "-once", "-config", cfgs]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -463,16 +463,13 @@ fn directory_watch_picks_up_new_databases() {
     fs::create_dir_all(&data).unwrap();
     let a = data.join("a.db");
     write(&a, &["init", "4096"]);
-    let cfg = dir.path().join("sluice.yml");
-    fs::write(
-        &cfg,
-        format!(
-            "dbs:\n  - dir: {}\n    pattern: \"*.db\"\n    watch: true\n    monitor-interval: 50ms\n    replica:\n      url: {}\n      sync-interval: 50ms\n",
-            data.display(),
-            file_url(&replica)
-        ),
-    )
-    .unwrap();
+    let cfg = dir_config(
+        dir.path(),
+        &data,
+        &replica,
+        "    watch: true\n    monitor-interval: 50ms\n",
+        "      sync-interval: 50ms\n",
+    );
     let d = Daemon::with_config(&cfg, &dir.path().join("log"));
     write(&a, &["steps", "0", "2"]);
     let late = data.join("late.db");

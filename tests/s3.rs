@@ -16,6 +16,13 @@ use support::*;
 
 const BUCKET: &str = "sluice-bucket";
 
+/// An in-process S3 server under `dir`, holding the test bucket.
+fn bucket_server(dir: &Path) -> S3Server {
+    let server = S3Server::start(&dir.join("s3"));
+    server.create_bucket(BUCKET);
+    server
+}
+
 fn guide_env(server: &S3Server) -> Vec<(&'static str, String)> {
     credentials_env(server.endpoint())
 }
@@ -42,8 +49,7 @@ fn replicate_and_restore(
 #[test]
 fn guide_command_line() {
     let dir = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&dir.path().join("s3"));
-    server.create_bucket(BUCKET);
+    let server = bucket_server(dir.path());
     let env = guide_env(&server);
     let envr = env_refs(&env);
     // `litestream replicate /path/to/db s3://BUCKETNAME/PATHNAME`, then
@@ -67,8 +73,7 @@ fn guide_command_line() {
 
 fn config_test(yaml: impl Fn(&Path) -> String, creds_in_env: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&dir.path().join("s3"));
-    server.create_bucket(BUCKET);
+    let server = bucket_server(dir.path());
     let endpoint_only = vec![("AWS_ENDPOINT_URL_S3", server.endpoint())];
     let env = if creds_in_env { guide_env(&server) } else { endpoint_only.clone() };
     let envr = env_refs(&env);
@@ -139,10 +144,8 @@ fn guide_config_per_replica_keys_with_env_expansion() {
 #[test]
 fn wrong_secret_missing_bucket_and_unreachable_endpoint_are_explained() {
     let dir = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&dir.path().join("s3"));
-    server.create_bucket(BUCKET);
-    let db = dir.path().join("app.db");
-    write(&db, &["init", "4096"]);
+    let server = bucket_server(dir.path());
+    let db = new_db(dir.path());
     let url = format!("s3://{BUCKET}/db");
     let ep = server.endpoint();
     let bad_secret =
@@ -166,12 +169,10 @@ fn wrong_secret_missing_bucket_and_unreachable_endpoint_are_explained() {
 #[test]
 fn point_in_time_over_s3() {
     let dir = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&dir.path().join("s3"));
-    server.create_bucket(BUCKET);
+    let server = bucket_server(dir.path());
     let env = guide_env(&server);
     let envr = env_refs(&env);
-    let db = dir.path().join("app.db");
-    write(&db, &["init", "4096"]);
+    let db = new_db(dir.path());
     let url = format!("s3://{BUCKET}/pitr");
     let d = Daemon::start_with(&[db.to_str().unwrap(), &url], &dir.path().join("log"), &envr);
     let mut points = Vec::new();
@@ -207,12 +208,10 @@ fn point_in_time_over_s3() {
 #[test]
 fn large_snapshot_uses_multipart() {
     let dir = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&dir.path().join("s3"));
-    server.create_bucket(BUCKET);
+    let server = bucket_server(dir.path());
     let env = guide_env(&server);
     let envr = env_refs(&env);
-    let db = dir.path().join("app.db");
-    write(&db, &["init", "4096"]);
+    let db = new_db(dir.path());
     write(&db, &["randomfill", "12"]); // ~12 MiB of incompressible data
     let url = format!("s3://{BUCKET}/big?partSize=5242880&concurrency=2");
     let o = sluice_with(&["replicate", "-once", db.to_str().unwrap(), &url], &envr);
@@ -260,12 +259,10 @@ fn large_snapshot_uses_multipart() {
 #[test]
 fn survives_server_faults() {
     let dir = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&dir.path().join("s3"));
-    server.create_bucket(BUCKET);
+    let server = bucket_server(dir.path());
     let proxy = FaultProxy::start(server.port);
     let via_proxy = credentials_env(proxy.endpoint());
-    let db = dir.path().join("app.db");
-    write(&db, &["init", "4096"]);
+    let db = new_db(dir.path());
     let d = Daemon::start_with(
         &[db.to_str().unwrap(), &format!("s3://{BUCKET}/faulty")],
         &dir.path().join("log"),
@@ -300,16 +297,14 @@ fn survives_server_faults() {
 fn interop_with_litestream_over_s3() {
     assert_litestream_version();
     let dir = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&dir.path().join("s3"));
-    server.create_bucket(BUCKET);
+    let server = bucket_server(dir.path());
     let env = guide_env(&server);
     let envr = env_refs(&env);
     let ls_url = format!("s3://{BUCKET}/shared?endpoint={}&forcePathStyle=true", server.endpoint());
     let ls_env = [("LITESTREAM_ACCESS_KEY_ID", ACCESS_KEY), ("LITESTREAM_SECRET_ACCESS_KEY", SECRET_KEY)];
 
     // Sluice writes, Litestream restores.
-    let db = dir.path().join("app.db");
-    write(&db, &["init", "4096"]);
+    let db = new_db(dir.path());
     let d =
         Daemon::start_with(&[db.to_str().unwrap(), &format!("s3://{BUCKET}/shared")], &dir.path().join("s.log"), &envr);
     write(&db, &["steps", "0", "6"]);
@@ -365,8 +360,7 @@ fn iam_policies_from_the_guide() {
     };
     let (rw, ro, path_only) = (creds("readwrite"), creds("readonly"), creds("pathonly"));
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    write(&db, &["init", "4096"]);
+    let db = new_db(dir.path());
     write(&db, &["steps", "0", "4"]);
     let run = |args: &[&str], env: &Vec<(&'static str, String)>| sluice_with(args, &env_refs(env));
     let dbs = db.to_str().unwrap();
@@ -409,11 +403,9 @@ fn iam_policies_from_the_guide() {
 #[test]
 fn idle_database_makes_no_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&dir.path().join("s3"));
-    server.create_bucket(BUCKET);
+    let server = bucket_server(dir.path());
     let env = guide_env(&server);
-    let db = dir.path().join("app.db");
-    write(&db, &["init", "4096"]);
+    let db = new_db(dir.path());
     let cfg = dir.path().join("sluice.yml");
     fs::write(
         &cfg,
@@ -458,8 +450,7 @@ fn skip_verify_with_a_self_signed_server() {
     };
     let (rw, ro) = (creds("readwrite"), creds("readonly"));
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    write(&db, &["init", "4096"]);
+    let db = new_db(dir.path());
     write(&db, &["steps", "0", "4"]);
     let url = format!("s3://{BUCKET}/app?endpoint={}", moto.endpoint());
 

@@ -578,7 +578,7 @@ pub fn reconcile(db: &mut Db, client: &dyn ReplicaClient) -> Result<()> {
 }
 
 fn run_once(spec: DbSpec, opts: RunOptions) -> Result<()> {
-    let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client, &spec.path));
+    let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client));
     let mut db = Db::new(spec.path, spec.options);
     db.open()?;
     reconcile(&mut db, client.as_ref())?;
@@ -643,7 +643,7 @@ fn capture_worker(
 ) -> Result<()> {
     let monitor = spec.options.monitor_interval;
     let sync_interval = spec.replica.sync_interval;
-    let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client, &spec.path));
+    let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client));
     if wait && !wait_for_file(&spec.path, &stop, monitor) {
         return Ok(());
     }

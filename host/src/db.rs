@@ -23,7 +23,7 @@ use tracing::{debug, info};
 
 use crate::file_client::fsync_dir;
 use crate::ltx::{self, Header};
-use crate::metrics::metrics;
+use crate::metrics::{DbMetrics, metrics};
 use crate::wal::{self, FrameReader, WalHeader};
 
 /// Streams a full snapshot of the live database at position `pos` into `out`:
@@ -180,6 +180,8 @@ pub struct Shared {
     pub reset_requested: AtomicBool,
     /// The newest TXID the replica is known to hold (set by the replica side).
     pub replicated_txid: std::sync::atomic::AtomicU64,
+    /// This database's Prometheus series.
+    pub metrics: DbMetrics,
 }
 
 impl Shared {
@@ -241,6 +243,16 @@ pub fn check_sqlite_file(path: &Path) -> Result<()> {
     if f.metadata()?.is_dir() {
         bail!("database path {} is a directory, not an SQLite database file", path.display());
     }
+    match read_magic(&mut f)? {
+        None | Some(true) => Ok(()),
+        Some(false) => bail!("{} is not an SQLite database (its header is not \"SQLite format 3\")", path.display()),
+    }
+}
+
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Whether a file starts with SQLite's 16-byte header; `None` if it is empty.
+fn read_magic(f: &mut File) -> io::Result<Option<bool>> {
     let mut magic = [0u8; 16];
     let mut n = 0;
     while n < 16 {
@@ -249,19 +261,13 @@ pub fn check_sqlite_file(path: &Path) -> Result<()> {
             k => n += k,
         }
     }
-    if n == 0 {
-        return Ok(());
-    }
-    if n < 16 || &magic != b"SQLite format 3\0" {
-        bail!("{} is not an SQLite database (its header is not \"SQLite format 3\")", path.display());
-    }
-    Ok(())
+    Ok((n > 0).then(|| n == 16 && &magic == SQLITE_MAGIC))
 }
 
-/// Whether a file starts with SQLite's 16-byte header (directory replication's test).
+/// Whether a file starts with SQLite's header (directory replication's test; an
+/// empty file is not yet a database).
 pub fn is_sqlite_file(path: &Path) -> bool {
-    let mut magic = [0u8; 16];
-    File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"SQLite format 3\0"
+    File::open(path).and_then(|mut f| read_magic(&mut f)).is_ok_and(|m| m == Some(true))
 }
 
 /// The Litestream-compatible local state directory for a database path.
@@ -273,16 +279,27 @@ pub fn default_meta_path(db_path: &Path) -> PathBuf {
 
 /// The newest TXID among the local L0 files under a state directory, if any.
 pub fn local_txid(meta_path: &Path) -> io::Result<Option<u64>> {
-    let dir = meta_path.join("ltx").join("0");
-    let entries = match fs::read_dir(&dir) {
+    Ok(newest_l0(&meta_path.join("ltx").join("0"), false)?.map(|(txid, _)| txid))
+}
+
+/// The newest L0 file in `dir` (none if the directory does not exist). With
+/// `remove_partial`, leftover `.ltx.tmp` files of an interrupted write are deleted.
+fn newest_l0(dir: &Path, remove_partial: bool) -> io::Result<Option<(u64, PathBuf)>> {
+    let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut newest = None;
-    for e in entries {
-        if let Some((_, max)) = ltx::parse_filename(&e?.file_name().to_string_lossy()) {
-            newest = newest.max(Some(max));
+    let mut newest: Option<(u64, PathBuf)> = None;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if remove_partial && name.ends_with(".ltx.tmp") {
+            let _ = fs::remove_file(entry.path());
+        } else if let Some((_, max)) = ltx::parse_filename(&name)
+            && newest.as_ref().is_none_or(|(t, _)| max > *t)
+        {
+            newest = Some((max, entry.path()));
         }
     }
     Ok(newest)
@@ -302,6 +319,7 @@ impl Db {
             checkpoint_lock: RwLock::new(()),
             reset_requested: AtomicBool::new(false),
             replicated_txid: Default::default(),
+            metrics: metrics().for_db(&path),
         });
         Db {
             shared,
@@ -425,23 +443,8 @@ impl Db {
 
     /// Re-reads the newest local L0 header; removes stale staging files.
     pub fn reload_position(&mut self) -> Result<()> {
-        let dir = self.l0_dir();
-        let mut newest: Option<(u64, PathBuf)> = None;
-        if let Ok(entries) = fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".ltx.tmp") {
-                    let _ = fs::remove_file(entry.path());
-                    continue;
-                }
-                if let Some((_, max)) = ltx::parse_filename(&name)
-                    && newest.as_ref().is_none_or(|(t, _)| max > *t)
-                {
-                    newest = Some((max, entry.path()));
-                }
-            }
-        }
-        let pos = match newest {
+        // An unreadable state directory counts as empty: the next sync starts over.
+        let pos = match newest_l0(&self.l0_dir(), true).ok().flatten() {
             Some((_, path)) => Some(ltx::read_header_file(&path)?),
             None => None,
         };
@@ -486,8 +489,13 @@ impl Db {
         let result = self.sync_without_checkpoint();
         let offset = self.pos.as_ref().map_or(0, |p| (p.wal_offset + p.wal_size).max(0) as u64);
         let captured = result.as_ref().map_or(0, |r| r.wal_bytes);
-        metrics().record_sync(&self.path, result.is_ok(), start.elapsed(), self.txid(), offset, captured);
-        crate::heartbeat::record_sync(&self.path, result.is_ok(), self.txid());
+        let m = &self.shared.metrics;
+        m.record_sync(result.is_ok(), start.elapsed(), self.txid(), offset, captured);
+        if captured > 0 {
+            // Only a sync that captured something can follow a change in the file.
+            self.record_db_size();
+        }
+        crate::heartbeat::record_sync(&self.path, result.is_ok());
         let result = result?;
         if result.wrote.is_some() {
             self.written_since_checkpoint = true;
@@ -786,9 +794,15 @@ impl Db {
     pub fn checkpoint(&mut self, mode: CheckpointMode) -> Result<()> {
         let start = Instant::now();
         let result = self.checkpoint_inner(mode);
-        let name = if mode == CheckpointMode::Truncate { "TRUNCATE" } else { "PASSIVE" };
-        metrics().record_checkpoint(&self.path, name, result.is_ok(), start.elapsed());
+        self.shared.metrics.record_checkpoint(mode == CheckpointMode::Truncate, result.is_ok(), start.elapsed());
+        self.record_db_size();
         result
+    }
+
+    fn record_db_size(&self) {
+        if let Ok(m) = fs::metadata(&self.path) {
+            self.shared.metrics.set_db_size(m.len());
+        }
     }
 
     fn checkpoint_inner(&mut self, mode: CheckpointMode) -> Result<()> {

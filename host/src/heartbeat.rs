@@ -26,13 +26,12 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 struct DbHealth {
     last_sync_ok: Option<Instant>,
     last_sync_at: Option<chrono::DateTime<chrono::Utc>>,
-    txid: u64,
     replica_failing: bool,
 }
 
-/// When `db` last synced successfully, and the TXID it captured (for the control socket).
-pub fn last_sync(db: &Path) -> (Option<chrono::DateTime<chrono::Utc>>, u64) {
-    registry().lock().unwrap().get(db).map_or((None, 0), |h| (h.last_sync_at, h.txid))
+/// When `db` last synced successfully (for the control socket's `list`).
+pub fn last_sync(db: &Path) -> Option<chrono::DateTime<chrono::Utc>> {
+    registry().lock().unwrap().get(db).and_then(|h| h.last_sync_at)
 }
 
 fn registry() -> &'static Mutex<BTreeMap<PathBuf, DbHealth>> {
@@ -45,14 +44,13 @@ pub fn register(db: &Path) {
     registry().lock().unwrap().entry(db.to_path_buf()).or_default();
 }
 
-/// A capture (sync) of `db` ended, at `txid`.
-pub fn record_sync(db: &Path, ok: bool, txid: u64) {
+/// A capture (sync) of `db` ended.
+pub fn record_sync(db: &Path, ok: bool) {
     if let Some(h) = registry().lock().unwrap().get_mut(db)
         && ok
     {
         h.last_sync_ok = Some(Instant::now());
         h.last_sync_at = Some(chrono::Utc::now());
-        h.txid = txid;
     }
 }
 
@@ -94,13 +92,7 @@ pub fn validate(url: &str, interval: Option<Duration>) -> Result<Duration> {
 /// Starts the heartbeat thread; it runs until the process exits.
 pub fn start(url: String, interval: Duration) -> Result<()> {
     let uri: hyper::Uri = url.parse().map_err(|e| anyhow!("invalid heartbeat-url {url:?}: {e}"))?;
-    std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => return warn!("heartbeat cannot start: {e}"),
-        };
-        rt.block_on(run(uri, interval));
-    })?;
+    crate::background::spawn("heartbeat", move || run(uri, interval))?;
     info!(interval = ?interval, "heartbeat enabled");
     Ok(())
 }
@@ -156,8 +148,8 @@ mod tests {
         register(b);
         let interval = Duration::from_secs(60);
         assert!(all_healthy(Instant::now(), interval).is_err(), "nothing synced yet");
-        record_sync(a, true, 1);
-        record_sync(b, true, 1);
+        record_sync(a, true);
+        record_sync(b, true);
         assert!(all_healthy(Instant::now(), interval).is_ok());
         record_replica(b, false);
         assert!(all_healthy(Instant::now(), interval).unwrap_err().contains("b.db"));

@@ -7,6 +7,7 @@
 //! snapshots and retention, `restore` rebuilds a database, `config` reads the YAML
 //! file, `daemon` runs the replicate threads and `cli` the commands.
 
+pub mod background;
 pub mod cli;
 pub mod compaction;
 pub mod config;

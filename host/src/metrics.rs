@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tracing::{info, warn};
 
@@ -102,29 +103,37 @@ impl Metrics {
         }
     }
 
-    /// One sync of `db`: its outcome, duration, and the position after it.
-    pub fn record_sync(&self, db: &Path, ok: bool, took: Duration, txid: u64, wal_offset: u64, captured: u64) {
+    /// The metrics of one database, with its label values resolved once, so that
+    /// recording a sync takes a few atomic adds.
+    pub fn for_db(&self, db: &Path) -> DbMetrics {
         let db = db.to_string_lossy();
         let l = [db.as_ref()];
-        self.sync_count.with_label_values(&l).inc();
-        // Touched even on success, so that alerts see 0 rather than no series.
-        self.sync_error_count.with_label_values(&l).inc_by(u64::from(!ok));
-        self.sync_seconds.with_label_values(&l).inc_by(took.as_secs_f64());
-        self.txid.with_label_values(&l).set(txid as i64);
-        self.wal_size.with_label_values(&l).set(wal_offset as i64);
-        self.total_wal_bytes.with_label_values(&l).inc_by(captured);
-        if let Ok(m) = std::fs::metadata(db.as_ref()) {
-            self.db_size.with_label_values(&l).set(m.len() as i64);
+        let checkpoint = |mode: &str| {
+            let l = [db.as_ref(), mode];
+            CheckpointMetrics {
+                count: self.checkpoint_count.with_label_values(&l),
+                // Created at once, so that alerts see 0 rather than no series.
+                errors: self.checkpoint_error_count.with_label_values(&l),
+                seconds: self.checkpoint_seconds.with_label_values(&l),
+            }
+        };
+        DbMetrics {
+            db_size: self.db_size.with_label_values(&l),
+            wal_size: self.wal_size.with_label_values(&l),
+            total_wal_bytes: self.total_wal_bytes.with_label_values(&l),
+            txid: self.txid.with_label_values(&l),
+            sync_count: self.sync_count.with_label_values(&l),
+            sync_errors: self.sync_error_count.with_label_values(&l),
+            sync_seconds: self.sync_seconds.with_label_values(&l),
+            replica_txid: self.replica_txid.with_label_values(&l),
+            passive: checkpoint("PASSIVE"),
+            truncate: checkpoint("TRUNCATE"),
         }
     }
 
-    /// One checkpoint in `mode` (`PASSIVE`, `TRUNCATE`).
-    pub fn record_checkpoint(&self, db: &Path, mode: &str, ok: bool, took: Duration) {
-        let db = db.to_string_lossy();
-        let l = [db.as_ref(), mode];
-        self.checkpoint_count.with_label_values(&l).inc();
-        self.checkpoint_error_count.with_label_values(&l).inc_by(u64::from(!ok));
-        self.checkpoint_seconds.with_label_values(&l).inc_by(took.as_secs_f64());
+    /// The newest TXID captured for `db` (what `litestream_txid` shows).
+    pub fn txid_of(&self, db: &Path) -> u64 {
+        self.txid.get_metric_with_label_values(&[db.to_string_lossy().as_ref()]).map_or(0, |g| g.get() as u64)
     }
 
     /// The exposition text of every metric.
@@ -137,15 +146,67 @@ impl Metrics {
     }
 }
 
+#[derive(Clone, Debug)]
+struct CheckpointMetrics {
+    count: IntCounter,
+    errors: IntCounter,
+    seconds: Counter,
+}
+
+/// One database's series (label `db`), held by its [`crate::db::Shared`] state.
+#[derive(Clone, Debug)]
+pub struct DbMetrics {
+    db_size: IntGauge,
+    wal_size: IntGauge,
+    total_wal_bytes: IntCounter,
+    txid: IntGauge,
+    sync_count: IntCounter,
+    sync_errors: IntCounter,
+    sync_seconds: Counter,
+    replica_txid: IntGauge,
+    passive: CheckpointMetrics,
+    truncate: CheckpointMetrics,
+}
+
+impl DbMetrics {
+    /// One sync: its outcome, duration, the position after it and the WAL bytes it
+    /// captured.
+    pub fn record_sync(&self, ok: bool, took: Duration, txid: u64, wal_offset: u64, captured: u64) {
+        self.sync_count.inc();
+        self.sync_errors.inc_by(u64::from(!ok));
+        self.sync_seconds.inc_by(took.as_secs_f64());
+        self.txid.set(txid as i64);
+        self.wal_size.set(wal_offset as i64);
+        self.total_wal_bytes.inc_by(captured);
+    }
+
+    /// One checkpoint; `truncate` tells the mode.
+    pub fn record_checkpoint(&self, truncate: bool, ok: bool, took: Duration) {
+        let m = if truncate { &self.truncate } else { &self.passive };
+        m.count.inc();
+        m.errors.inc_by(u64::from(!ok));
+        m.seconds.inc_by(took.as_secs_f64());
+    }
+
+    /// The database file's size (it changes only when pages are written back).
+    pub fn set_db_size(&self, bytes: u64) {
+        self.db_size.set(bytes as i64);
+    }
+
+    /// The newest TXID the replica holds.
+    pub fn set_replica_txid(&self, txid: u64) {
+        self.replica_txid.set(txid as i64);
+    }
+}
+
 /// A replica client that counts its operations (GET, PUT, DELETE, LIST).
 pub struct Metered {
     inner: Box<dyn ReplicaClient>,
-    db: String,
 }
 
 impl Metered {
-    pub fn new(inner: Box<dyn ReplicaClient>, db: &Path) -> Metered {
-        Metered { inner, db: db.to_string_lossy().into_owned() }
+    pub fn new(inner: Box<dyn ReplicaClient>) -> Metered {
+        Metered { inner }
     }
 
     fn observe<T>(&self, op: &str, start: Instant, r: &Result<T>) {
@@ -215,10 +276,7 @@ impl ReplicaClient for Metered {
         let r = self.inner.write(level, min_txid, max_txid, timestamp_ms, data);
         self.observe("PUT", start, &r);
         if let Ok(f) = &r {
-            let m = metrics();
-            m.op_bytes.with_label_values(&[self.inner.kind(), "PUT"]).inc_by(f.size);
-            let g = m.replica_txid.with_label_values(&[self.db.as_str()]);
-            g.set(g.get().max(max_txid as i64));
+            metrics().op_bytes.with_label_values(&[self.inner.kind(), "PUT"]).inc_by(f.size);
         }
         r
     }
@@ -255,13 +313,7 @@ pub fn serve(addr: &str) -> Result<SocketAddr> {
     })?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
-            Ok(rt) => rt,
-            Err(e) => return warn!("metrics server cannot start: {e}"),
-        };
-        rt.block_on(accept_loop(listener));
-    })?;
+    crate::background::spawn("metrics", move || accept_loop(listener))?;
     info!(addr = %local, "serving Prometheus metrics at /metrics");
     Ok(local)
 }
@@ -306,10 +358,10 @@ mod tests {
 
     #[test]
     fn names_and_labels_match_litestream() {
-        let m = metrics();
-        m.record_sync(Path::new("/tmp/names.db"), true, Duration::from_millis(5), 7, 4152, 4152);
-        m.record_checkpoint(Path::new("/tmp/names.db"), "PASSIVE", true, Duration::from_millis(1));
-        let text = m.render();
+        let m = metrics().for_db(Path::new("/tmp/names.db"));
+        m.record_sync(true, Duration::from_millis(5), 7, 4152, 4152);
+        m.record_checkpoint(false, true, Duration::from_millis(1));
+        let text = metrics().render();
         assert!(text.contains("litestream_txid{db=\"/tmp/names.db\"} 7"), "{text}");
         assert!(text.contains("litestream_wal_size{db=\"/tmp/names.db\"} 4152"), "{text}");
         assert!(text.contains("litestream_sync_count{db=\"/tmp/names.db\"} 1"), "{text}");

@@ -262,12 +262,17 @@ pub struct Provider {
     pub strip_accept_encoding: bool,
 }
 
+/// The host of an endpoint URL (`https://host:port/path` → `host`).
+fn endpoint_host(endpoint: &str) -> &str {
+    let host_port = endpoint.split("://").nth(1).unwrap_or(endpoint).split('/').next().unwrap_or("");
+    host_port.split(':').next().unwrap_or("")
+}
+
 /// Litestream's provider detection, by endpoint host.
 pub fn detect_provider(endpoint: Option<&str>) -> Provider {
     let base = Provider { name: "aws", sign_payload: true, require_content_md5: true, ..Default::default() };
     let Some(ep) = endpoint else { return base };
-    let host_port = ep.split("://").nth(1).unwrap_or(ep).split('/').next().unwrap_or("");
-    let host = host_port.split(':').next().unwrap_or("");
+    let host = endpoint_host(ep);
     let p = |name| Provider { name, force_path_style: true, ..base.clone() };
     if host.ends_with(".r2.cloudflarestorage.com") {
         Provider { concurrency: Some(2), ..p("cloudflare-r2") }
@@ -298,8 +303,7 @@ pub fn detect_provider(endpoint: Option<&str>) -> Provider {
 /// `s3.us-west-004.backblazeb2.com`, `s3.nl-ams.scw.cloud`,
 /// `fsn1.your-objectstorage.com`); `auto` for R2 and Tigris; else none.
 pub fn region_from_endpoint(endpoint: &str) -> Option<String> {
-    let host_port = endpoint.split("://").nth(1).unwrap_or(endpoint).split('/').next().unwrap_or("");
-    let host = host_port.split(':').next().unwrap_or("");
+    let host = endpoint_host(endpoint);
     let labels: Vec<&str> = host.split('.').collect();
     let region = if let Some(rest) = host.strip_suffix(".amazonaws.com") {
         let rest = rest.trim_start_matches("s3.").trim_start_matches("s3-").trim_start_matches("dualstack.");

@@ -63,26 +63,20 @@ pub fn serve(cfg: SocketConfig, dbs: Endpoints, requests: std::sync::mpsc::Sende
         started: Instant::now(),
         started_at: chrono::Utc::now(),
     });
-    std::thread::Builder::new().name("control".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
+    crate::background::spawn("control", move || async move {
+        let listener = match tokio::net::UnixListener::from_std(listener) {
+            Ok(l) => l,
             Err(e) => return warn!("control socket cannot start: {e}"),
         };
-        rt.block_on(async move {
-            let listener = match tokio::net::UnixListener::from_std(listener) {
-                Ok(l) => l,
-                Err(e) => return warn!("control socket cannot start: {e}"),
-            };
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-                });
-            }
-        });
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
     })?;
     info!(path = %cfg.path.display(), "control socket listening");
     Ok(())
@@ -117,17 +111,14 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
         (Method::GET, "/list") => {
             let (tx, rx) = std::sync::mpsc::channel();
             let _ = state.requests.lock().unwrap().send(Control::Stopped { reply: tx });
-            let stopped =
-                tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
-                    .await
-                    .unwrap_or_default();
+            let stopped = answer(rx, Duration::from_secs(5)).await.unwrap_or_default();
             let mut dbs: Vec<Value> = state
                 .dbs
                 .lock()
                 .unwrap()
                 .iter()
                 .map(|(p, _)| {
-                    let (at, _) = crate::heartbeat::last_sync(p);
+                    let at = crate::heartbeat::last_sync(p);
                     json!({"path": p.display().to_string(), "status": "replicating",
                            "last_sync_at": at.map(|t| t.to_rfc3339())})
                 })
@@ -142,7 +133,7 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
                 .map(percent_decode)
                 .unwrap_or_default();
             match find(&want) {
-                Some((p, _)) => reply(StatusCode::OK, json!({"txid": crate::heartbeat::last_sync(&p).1})),
+                Some((p, _)) => reply(StatusCode::OK, json!({"txid": crate::metrics::metrics().txid_of(&p)})),
                 None => error(StatusCode::NOT_FOUND, "database not found", format!("{want} is not replicated here")),
             }
         }
@@ -163,14 +154,13 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
             if tx.send(ToCapture::Sync { wait, reply: reply_tx }).is_err() {
                 return error(StatusCode::SERVICE_UNAVAILABLE, "database stopped", "replication of it has ended");
             }
-            let answer = tokio::task::spawn_blocking(move || reply_rx.recv_timeout(timeout)).await;
-            match answer {
-                Ok(Ok(Ok((txid, replicated)))) => reply(
+            match answer(reply_rx, timeout).await {
+                Some(Ok((txid, replicated))) => reply(
                     StatusCode::OK,
                     json!({"status": "synced", "path": p.display().to_string(),
                            "txid": txid, "replicated_txid": replicated}),
                 ),
-                Ok(Ok(Err(e))) => error(StatusCode::INTERNAL_SERVER_ERROR, "sync failed", e),
+                Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "sync failed", e),
                 _ => error(StatusCode::GATEWAY_TIMEOUT, "sync timed out", format!("no answer within {timeout:?}")),
             }
         }
@@ -203,9 +193,9 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
             if state.requests.lock().unwrap().send(request).is_err() {
                 return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down", "the daemon is stopping");
             }
-            match tokio::task::spawn_blocking(move || reply_rx.recv_timeout(timeout)).await {
-                Ok(Ok(Ok(()))) => reply(StatusCode::OK, json!({"status": route.trim_start_matches('/'), "path": path})),
-                Ok(Ok(Err(e))) => error(StatusCode::CONFLICT, "refused", e),
+            match answer(reply_rx, timeout).await {
+                Some(Ok(())) => reply(StatusCode::OK, json!({"status": route.trim_start_matches('/'), "path": path})),
+                Some(Err(e)) => error(StatusCode::CONFLICT, "refused", e),
                 _ => error(StatusCode::GATEWAY_TIMEOUT, "timed out", format!("no answer within {timeout:?}")),
             }
         }
@@ -215,6 +205,12 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
 }
 
 type Answer = Result<Response<Full<Bytes>>, std::convert::Infallible>;
+
+/// Waits (off the async thread) for the daemon's answer to a request; none if it
+/// does not come within `timeout`.
+async fn answer<T: Send + 'static>(rx: std::sync::mpsc::Receiver<T>, timeout: Duration) -> Option<T> {
+    tokio::task::spawn_blocking(move || rx.recv_timeout(timeout).ok()).await.ok().flatten()
+}
 
 /// The request's JSON body, or the error answer to send.
 async fn read_json(req: Request<hyper::body::Incoming>) -> Result<Value, Answer> {

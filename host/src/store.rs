@@ -125,6 +125,7 @@ impl Store {
     pub fn note_replicated(&mut self) {
         if let Ok(t) = self.remote_txid() {
             self.shared.replicated_txid.store(t, std::sync::atomic::Ordering::SeqCst);
+            self.shared.metrics.set_replica_txid(t);
         }
     }
 

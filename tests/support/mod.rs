@@ -150,6 +150,13 @@ impl Drop for Daemon {
 }
 
 /// A config file for one database with fast test intervals.
+/// `app.db` in `dir`, created by the writer (WAL mode, 4096-byte pages).
+pub fn new_db(dir: &Path) -> PathBuf {
+    let db = dir.join("app.db");
+    write(&db, &["init", "4096"]);
+    db
+}
+
 /// A temporary directory holding `app.db` (initialised, 4096-byte pages), the path
 /// of a file replica, and `sluice.yml` replicating one to the other.
 pub struct Setup {
@@ -163,10 +170,9 @@ pub struct Setup {
 impl Setup {
     pub fn new() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("app.db");
+        let db = new_db(dir.path());
         let replica = dir.path().join("replica");
         let url = file_url(&replica);
-        write(&db, &["init", "4096"]);
         let cfg = dir.path().join("sluice.yml");
         write_config(&cfg, &db, &url, "");
         Setup { dir, db, replica, url, cfg }
