@@ -59,9 +59,9 @@ fn point_in_time_by_txid_and_timestamp() {
     for step in 0..8 {
         write(&db, &["step", &step.to_string()]);
         let (txid, d) = loop {
-            let txid = wait_replica_settled(&replica, Duration::from_millis(250));
+            let txid = wait_caught_up(&db, &replica);
             let d = digest(&db);
-            if replica_l0_max(&replica) == txid {
+            if replica_caught_up(&db, &replica) && replica_l0_max(&replica) == txid {
                 break (txid, d);
             }
         };
@@ -116,7 +116,7 @@ fn idle_database_writes_nothing() {
     let replica = &s.replica;
     let d = s.daemon();
     write(&s.db, &["step", "0"]);
-    let txid = wait_replica_settled(replica, Duration::from_millis(300));
+    let txid = wait_caught_up(&s.db, replica);
     let count = |p: &Path| fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
     let local = s.path(".app.db-litestream/ltx/0");
     let (l0, r0) = (count(&local), count(&replica.join("ltx/0")));
@@ -220,7 +220,7 @@ fn metrics_endpoint_reports_progress() {
     s.top_level(&format!("addr: 127.0.0.1:{port}\n"));
     let d = s.daemon();
     write(&s.db, &["steps", "0", "4"]);
-    wait_replica_settled(&s.replica, Duration::from_millis(300));
+    let newest = wait_caught_up(&s.db, &s.replica);
     let get = |path: &str| {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
@@ -228,8 +228,20 @@ fn metrics_endpoint_reports_progress() {
         s.read_to_string(&mut text).unwrap();
         text
     };
-    let page = get("/metrics");
-    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let db_label = format!("db=\"{}\"", s.db.display());
+    let newest = newest as f64;
+    assert!(newest > 1.0);
+    // The replica's TXID is noted once the replica pass that uploaded it ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let page = get("/metrics");
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        let needle = format!("sluice_replica_txid{{{db_label}}} {newest}");
+        if page.lines().any(|l| l == needle) || std::time::Instant::now() > deadline {
+            break page;
+        }
+        sleep(Duration::from_millis(50));
+    };
     let value = |name: &str, labels: &[&str]| -> f64 {
         page.lines()
             .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
@@ -240,9 +252,6 @@ fn metrics_endpoint_reports_progress() {
             .parse()
             .unwrap()
     };
-    let db_label = format!("db=\"{}\"", s.db.display());
-    let newest = replica_l0_max(&s.replica) as f64;
-    assert!(newest > 1.0);
     assert_eq!(value("litestream_txid", &[&db_label]), newest);
     assert_eq!(value("sluice_replica_txid", &[&db_label]), newest);
     assert!(value("litestream_sync_count", &[&db_label]) >= 1.0);

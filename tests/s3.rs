@@ -179,7 +179,7 @@ fn point_in_time_over_s3() {
     for step in 0..5 {
         write(&db, &["step", &step.to_string()]);
         let (txid, dg) = loop {
-            let txid = wait_s3_settled(&server, BUCKET, "pitr", Duration::from_millis(1300));
+            let txid = wait_s3_caught_up(&db, &server, BUCKET, "pitr");
             let dg = digest(&db);
             if s3_l0_max(&server, BUCKET, "pitr") == txid {
                 break (txid, dg);

@@ -121,6 +121,19 @@ impl Daemon {
         Daemon::start(&["-config", config.to_str().unwrap()], log)
     }
 
+    /// Waits until the daemon's log contains `needle`; panics with the log after `within`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            if log.contains(needle) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} in the log within {within:?}:\n{log}");
+            sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, then waits; asserts a clean exit.
     pub fn stop(mut self) -> String {
         let mut child = self.child.take().unwrap();
@@ -248,6 +261,59 @@ pub fn wait_settled(newest: impl Fn() -> u64, quiet: Duration) -> u64 {
 /// Waits until a file replica's newest TXID has not changed for `quiet`.
 pub fn wait_replica_settled(replica_dir: &Path, quiet: Duration) -> u64 {
     wait_settled(|| replica_l0_max(replica_dir), quiet)
+}
+
+/// Whether a file replica holds every transaction committed to `db` so far (see
+/// [`l0_caught_up`]).
+pub fn replica_caught_up(db: &Path, replica_dir: &Path) -> bool {
+    l0_caught_up(db, &replica_dir.join("ltx/0"))
+}
+
+/// Whether the newest LTX file in `l0_dir` (a replica's level 0, as files on
+/// disk) ends where the WAL's last frame of the current generation ends, that is,
+/// whether the replica holds every transaction committed to `db` so far. Unlike
+/// "nothing new for a while", this cannot be fooled by a daemon that is busy
+/// (compacting or snapshotting) while changes wait to be uploaded. Only meaningful
+/// while no writer is active.
+pub fn l0_caught_up(db: &Path, l0_dir: &Path) -> bool {
+    let files: Vec<(u64, PathBuf)> = fs::read_dir(l0_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| ltx::parse_filename(&e.file_name().to_string_lossy()).map(|(_, m)| (m, e.path())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some((_, newest)) = files.into_iter().max() else { return false };
+    let Ok(pos) = ltx::read_header_file(&newest) else { return false };
+    let wal_path = PathBuf::from(format!("{}-wal", db.display()));
+    let Ok(Some(wal)) = sluice::wal::read_header(&wal_path) else { return false };
+    if wal.salts() != (pos.wal_salt1, pos.wal_salt2) || pos.wal_offset < 32 {
+        return false;
+    }
+    let Ok(f) = fs::File::open(&wal_path) else { return false };
+    let end = (pos.wal_offset + pos.wal_size) as u64;
+    match sluice::wal::read_frame_header_at(&f, end) {
+        Ok(None) => true,
+        Ok(Some(next)) => (next.salt1, next.salt2) != wal.salts(),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `caught_up()` holds; panics after two minutes naming `what`.
+pub fn wait_until_caught_up(caught_up: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !caught_up() {
+        assert!(Instant::now() < deadline, "the replica never caught up with {what}");
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until a file replica holds everything committed to `db`; returns the
+/// replica's newest TXID.
+pub fn wait_caught_up(db: &Path, replica_dir: &Path) -> u64 {
+    wait_until_caught_up(|| replica_caught_up(db, replica_dir), &db.display().to_string());
+    replica_l0_max(replica_dir)
 }
 
 /// Content digest of a database: schema and every row of every table, in rowid

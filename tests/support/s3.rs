@@ -99,6 +99,14 @@ pub fn s3_l0_max(server: &S3Server, bucket: &str, path: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until an s3s-fs replica holds everything committed to `db` (see
+/// [`super::support::l0_caught_up`]); returns its newest TXID.
+pub fn wait_s3_caught_up(db: &Path, server: &S3Server, bucket: &str, path: &str) -> u64 {
+    let l0 = server.root.join(bucket).join(path).join("0000");
+    super::support::wait_until_caught_up(|| super::support::l0_caught_up(db, &l0), &db.display().to_string());
+    s3_l0_max(server, bucket, path)
+}
+
 pub fn wait_s3_settled(server: &S3Server, bucket: &str, path: &str, quiet: Duration) -> u64 {
     super::support::wait_settled(|| s3_l0_max(server, bucket, path), quiet)
 }
