@@ -85,7 +85,14 @@ fn sluice_restores_what_litestream_wrote_including_compacted_levels() {
     litestream_config(&cfg, &db, &replica);
     let d = Daemon::litestream(&cfg, &dir.path().join("log"));
     slow_steps(&db, 0, 16, 300);
-    sleep(Duration::from_millis(2500)); // let the 1 s and 2 s levels compact
+    // Let the 1 s and 2 s levels compact (a busy machine may need longer).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    sleep(Duration::from_millis(2500));
+    while !(replica_levels(&replica).contains(&1) && replica_levels(&replica).contains(&2))
+        && std::time::Instant::now() < deadline
+    {
+        sleep(Duration::from_millis(100));
+    }
     let log = d.stop();
     assert_no_errors(&log, "litestream");
     let levels = replica_levels(&replica);

@@ -133,6 +133,92 @@ fn age_path_template_and_gfs_on_s3() {
 
 /// Misbehaving plugins in the daemon: uploads stop (nothing stored under a bad key),
 /// retention deletes nothing it must keep, and the daemon keeps running.
+/// A layout plugin on a file replica (both config forms): files go where the
+/// template says and nowhere else, and listing, compaction, snapshots, retention
+/// and restore (by Sluice, at the latest state and at an earlier TXID) find them.
+#[test]
+fn path_template_on_a_file_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    for (form, replica_keys) in [("url", "url: file://{replica}"), ("path", "type: file\n      path: {replica}")] {
+        let replica = dir.path().join(format!("replica-{form}"));
+        let replica_keys = replica_keys.replace("{replica}", &replica.display().to_string());
+        let cfg = dir.path().join(format!("{form}.yml"));
+        fs::write(
+            &cfg,
+            format!(
+                "levels:\n  - interval: 1s\nsnapshot:\n  interval: 2s\n  retention: 3s\n\
+                 plugins:\n  - name: paths\n    builtin: path-template\n    config:\n      template: \"{{db}}/{{yyyy}}-{{mm}}/L{{level}}/{{min}}-{{max}}.ltx\"\n\
+                 dbs:\n  - path: {}\n    monitor-interval: 100ms\n    replica:\n      {replica_keys}\n      sync-interval: 100ms\n      layout-plugin: paths\n",
+                db.display()
+            ),
+        )
+        .unwrap();
+        let d = Daemon::with_config(&cfg, &dir.path().join(format!("{form}.log")));
+        let l0_files = || -> Vec<PathBuf> {
+            all_objects(&replica).into_iter().filter(|p| p.to_string_lossy().contains("/L0000/")).collect()
+        };
+        let newest_l0 = || {
+            l0_files()
+                .iter()
+                .filter_map(|p| sluice::ltx::parse_filename(&p.file_name()?.to_string_lossy()))
+                .map(|(_, max)| max)
+                .max()
+        };
+        let mut points = Vec::new();
+        for s in 0..6 {
+            write(&db, &["step", &s.to_string()]);
+            let point = loop {
+                wait_until_caught_up(|| l0_files_caught_up(&db, l0_files()), form);
+                let (txid, dg) = (newest_l0().unwrap(), digest(&db));
+                if l0_files_caught_up(&db, l0_files()) && newest_l0() == Some(txid) {
+                    break (txid, dg);
+                }
+            };
+            points.push(point);
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        d.wait_for_log("retention deleted files", Duration::from_secs(60));
+        let log = d.stop();
+        assert!(log.contains("compacted"), "levels were compacted:\n{log}");
+
+        // Every file sits where the template puts it; Litestream's layout is unused.
+        let files = all_objects(&replica);
+        assert!(!replica.join("ltx").exists(), "nothing under ltx/: {files:?}");
+        let month = chrono::Utc::now().format("%Y-%m").to_string();
+        let mut levels = std::collections::BTreeSet::new();
+        for f in &files {
+            let rel = f.strip_prefix(&replica).unwrap().to_string_lossy().to_string();
+            let parts: Vec<&str> = rel.split('/').collect();
+            assert_eq!((parts.len(), parts[0]), (4, "app.db"), "{rel} follows the template");
+            assert!(parts[1] == month || parts[1] < month.as_str(), "{rel}: date part");
+            levels.insert(parts[2].to_string());
+            assert!(sluice::ltx::parse_filename(parts[3]).is_some(), "{rel}");
+        }
+        for l in ["L0000", "L0001", "L0009"] {
+            assert!(levels.contains(l), "{l} holds files: {files:?}");
+        }
+
+        // `ltx` lists through the plugin; restores equal the source.
+        let o = sluice(&["ltx", "-config", cfg.to_str().unwrap(), "-level", "all", db.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let listed = String::from_utf8_lossy(&o.stdout).lines().count();
+        assert!(listed > files.len(), "ltx lists every file (plus a header): {listed} lines, {} files", files.len());
+        let restore = |extra: &[&str], out: &Path| {
+            let mut args = vec!["restore", "-config", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            args.push(db.to_str().unwrap());
+            let o = sluice(&args);
+            assert!(o.status.success(), "restore {extra:?}: {}", String::from_utf8_lossy(&o.stderr));
+            integrity_ok(out);
+            digest(out)
+        };
+        assert_eq!(restore(&[], &dir.path().join(format!("{form}-latest.db"))), digest(&db));
+        let (txid, dg) = points[points.len() - 2];
+        assert_eq!(restore(&["-txid", &format!("{txid:016x}")], &dir.path().join(format!("{form}-txid.db"))), dg);
+    }
+}
+
 #[test]
 fn misbehaving_plugins_in_the_daemon_are_contained() {
     let dir = tempfile::tempdir().unwrap();

@@ -336,7 +336,12 @@ fn interop_with_litestream_over_s3() {
         write(&db, &["step", &s.to_string()]);
         std::thread::sleep(Duration::from_millis(300));
     }
+    // Let Litestream compact into level 1 (a busy machine may need longer).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     std::thread::sleep(Duration::from_millis(1500));
+    while !server.object_path(BUCKET, "shared/0001").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let log = d.stop();
     assert!(!log.contains("level=ERROR"), "litestream logged errors:\n{log}");
     assert!(server.object_path(BUCKET, "shared/0001").exists(), "litestream compacted into level 1");

@@ -17,9 +17,10 @@ use serde::Deserialize;
 
 use crate::db::DbOptions;
 use crate::file_client::FileClient;
+use crate::layout::LayoutSpec;
 use crate::plugin::{Kind, Plugin, Settings};
 use crate::replica_client::{ReplicaClient, client_from_url_with};
-use crate::s3_client::{LayoutSpec, S3Client, S3Settings, endpoint_with_scheme};
+use crate::s3_client::{S3Client, S3Settings, endpoint_with_scheme};
 use crate::store::StoreOptions;
 use crate::transform_client::TransformClient;
 
@@ -898,7 +899,7 @@ impl Config {
                 if path.contains("://") {
                     bail!("replica path: must be a file path, not a URL; use url: instead");
                 }
-                Box::new(FileClient::new(clean_db_path(path)?))
+                Box::new(FileClient::new(clean_db_path(path)?).with_layout(layout.clone()))
             }
             (None, "s3") => {
                 let bucket = settings.bucket.clone().ok_or_else(|| anyhow!("an s3 replica needs bucket:"))?;

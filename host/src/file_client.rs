@@ -1,7 +1,8 @@
 //! The `file://` replica: `<path>/ltx/<level decimal>/<min>-<max>.ltx`, exactly as
-//! Litestream lays it out. Files are written to `<name>.tmp`, fsynced, renamed and
-//! the directory fsynced; the file's mtime is set to the LTX header timestamp, which
-//! is what timestamp restores read back.
+//! Litestream lays it out, or `<path>/<key>` with the keys of a layout plugin.
+//! Files are written to `<name>.tmp`, fsynced, renamed and the directory fsynced;
+//! the file's mtime is set to the LTX header timestamp, which is what timestamp
+//! restores read back.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -11,25 +12,94 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 
+use crate::layout::{Layout, LayoutSpec};
 use crate::ltx;
 use crate::replica_client::{FileInfo, ReplicaClient};
 
 pub struct FileClient {
     root: PathBuf,
+    layout: Option<Layout>,
 }
 
 impl FileClient {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        FileClient { root: root.into() }
+        FileClient { root: root.into(), layout: None }
+    }
+
+    /// Files go where a layout plugin says instead of Litestream's layout.
+    pub fn with_layout(mut self, layout: Option<LayoutSpec>) -> Self {
+        self.layout = layout.map(Layout::new);
+        self
     }
 
     fn level_dir(&self, level: u8) -> PathBuf {
         self.root.join("ltx").join(level.to_string())
     }
 
-    fn file_path(&self, level: u8, min: u64, max: u64) -> PathBuf {
-        self.level_dir(level).join(ltx::format_filename(min, max))
+    /// Where an existing file is.
+    fn file_path(&self, level: u8, min: u64, max: u64) -> Result<PathBuf> {
+        let Some(l) = &self.layout else { return Ok(self.level_dir(level).join(ltx::format_filename(min, max))) };
+        if l.known_key(level, min, max).is_none() {
+            self.list(level)?;
+        }
+        let key = l.known_key(level, min, max).ok_or_else(|| {
+            anyhow::anyhow!("level {level} file {} is not in the replica", ltx::format_filename(min, max))
+        })?;
+        Ok(self.root.join(key))
     }
+
+    /// Where a new file goes.
+    fn new_file_path(&self, level: u8, min: u64, max: u64, timestamp_ms: i64) -> Result<PathBuf> {
+        match &self.layout {
+            Some(l) => Ok(self.root.join(l.new_key(level, min, max, timestamp_ms)?)),
+            None => self.file_path(level, min, max),
+        }
+    }
+
+    /// Files of `level` as a layout plugin places them: every file under the
+    /// plugin's prefixes whose key parses back to a file of that level.
+    fn list_with_layout(&self, l: &Layout, level: u8) -> Result<Vec<(u64, u64, PathBuf)>> {
+        let mut keys: Vec<(String, PathBuf)> = Vec::new();
+        for prefix in l.prefixes(level)? {
+            // A prefix is a string prefix of keys (as on S3): walk from its directory part.
+            let start = match prefix.rfind('/') {
+                Some(i) => self.root.join(&prefix[..i]),
+                None => self.root.clone(),
+            };
+            walk(&self.root, &start, &mut |key, path| {
+                if key.starts_with(&prefix) && !key.ends_with(".tmp") {
+                    keys.push((key, path));
+                }
+            })?;
+        }
+        keys.sort();
+        keys.dedup();
+        let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+        let parsed = l.parse(level, &names)?;
+        Ok(keys.into_iter().zip(parsed).filter_map(|((_, path), id)| id.map(|(min, max)| (min, max, path))).collect())
+    }
+}
+
+/// Calls `found(key, path)` for every file under `dir`, with its key relative to `root`.
+fn walk(root: &Path, dir: &Path, found: &mut dyn FnMut(String, PathBuf)) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list replica directory {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list replica directory {}", dir.display()))?;
+        let path = entry.path();
+        let kind = entry.file_type().with_context(|| format!("cannot stat {}", path.display()))?;
+        if kind.is_dir() {
+            walk(root, &path, found)?;
+        } else if kind.is_file()
+            && let Some(key) = path.strip_prefix(root).ok().and_then(|k| k.to_str())
+        {
+            found(key.to_string(), path.clone());
+        }
+    }
+    Ok(())
 }
 
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -50,37 +120,36 @@ impl ReplicaClient for FileClient {
     }
 
     fn list(&self, level: u8) -> Result<Vec<FileInfo>> {
-        let dir = self.level_dir(level);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot list replica directory {}", dir.display()));
+        let found: Vec<(u64, u64, PathBuf)> = match &self.layout {
+            Some(l) => self.list_with_layout(l, level)?,
+            None => {
+                let mut found = Vec::new();
+                let dir = self.level_dir(level);
+                walk(&dir, &dir, &mut |name, path| {
+                    if let Some((min, max)) = ltx::parse_filename(&name) {
+                        found.push((min, max, path));
+                    }
+                })?;
+                found
             }
         };
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.with_context(|| format!("cannot list replica directory {}", dir.display()))?;
-            let name = entry.file_name();
-            let Some((min_txid, max_txid)) = name.to_str().and_then(ltx::parse_filename) else {
-                continue;
-            };
-            let meta = match entry.metadata() {
+        for (min_txid, max_txid, path) in found {
+            let meta = match fs::metadata(&path) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot stat {}", entry.path().display()));
-                }
+                Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
             };
             let created_at: DateTime<Utc> = meta.modified().unwrap_or(UNIX_EPOCH).into();
             out.push(FileInfo { level, min_txid, max_txid, size: meta.len(), created_at });
         }
         out.sort_by_key(|f| (f.min_txid, f.max_txid));
+        out.dedup_by_key(|f| (f.min_txid, f.max_txid));
         Ok(out)
     }
 
     fn open(&self, level: u8, min_txid: u64, max_txid: u64) -> Result<Box<dyn Read + Send>> {
-        let path = self.file_path(level, min_txid, max_txid);
+        let path = self.file_path(level, min_txid, max_txid)?;
         let f = File::open(&path).with_context(|| format!("cannot open replica file {}", path.display()))?;
         Ok(Box::new(f))
     }
@@ -93,10 +162,10 @@ impl ReplicaClient for FileClient {
         timestamp_ms: i64,
         data: &mut dyn Read,
     ) -> Result<FileInfo> {
-        let dir = self.level_dir(level);
+        let path = self.new_file_path(level, min_txid, max_txid, timestamp_ms)?;
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).with_context(|| format!("cannot create replica directory {}", dir.display()))?;
-        let path = self.file_path(level, min_txid, max_txid);
-        let tmp = path.with_extension("ltx.tmp");
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
         let result = (|| -> io::Result<u64> {
             let mut w = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
             let n = io::copy(data, &mut w)?;
@@ -122,7 +191,11 @@ impl ReplicaClient for FileClient {
 
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
         for &(min, max) in files {
-            let path = self.file_path(level, min, max);
+            let path = match self.file_path(level, min, max) {
+                Ok(p) => p,
+                Err(_) if self.layout.is_some() => continue, // not in the replica: nothing to delete
+                Err(e) => return Err(e),
+            };
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -17,6 +17,7 @@ pub mod db;
 pub mod file_client;
 pub mod heartbeat;
 pub mod insecure_tls;
+pub mod layout;
 pub mod ltx;
 pub mod metrics;
 pub mod plugin;

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::ReplicaSettings;
 use crate::file_client::FileClient;
-use crate::s3_client::{LayoutSpec, S3Client, S3Settings};
+use crate::layout::LayoutSpec;
+use crate::s3_client::{S3Client, S3Settings};
 
 /// The level full snapshots live at.
 pub const SNAPSHOT_LEVEL: u8 = 9;
@@ -80,7 +81,8 @@ pub fn client_from_url(url: &str, settings: &ReplicaSettings) -> Result<Box<dyn 
     client_from_url_with(url, settings, None, None)
 }
 
-/// As [`client_from_url`], with a layout plugin and a transform tag (S3 only).
+/// As [`client_from_url`], with a layout plugin and a transform tag (the tag is
+/// recorded in S3 object metadata; file replicas have no metadata to keep it in).
 pub fn client_from_url_with(
     url: &str,
     settings: &ReplicaSettings,
@@ -94,14 +96,11 @@ pub fn client_from_url_with(
     };
     match scheme {
         "file" => {
-            if layout.is_some() {
-                bail!("layout plugins work with s3:// replicas; a file:// replica keeps Litestream's layout");
-            }
             let path = rest.split(['?', '#']).next().unwrap_or("");
             if !path.starts_with('/') {
                 bail!("invalid file replica URL {url:?}: the path must be absolute, as in file:///var/backups/app");
             }
-            Ok(Box::new(FileClient::new(path)))
+            Ok(Box::new(FileClient::new(path).with_layout(layout)))
         }
         "s3" => {
             let mut s = S3Settings::from_url(url)?;

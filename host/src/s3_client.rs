@@ -40,6 +40,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use md5::{Digest, Md5};
 use tracing::{debug, warn};
 
+use crate::layout::{Layout, LayoutSpec};
 use crate::ltx;
 use crate::replica_client::{FileInfo, ReplicaClient};
 
@@ -73,14 +74,6 @@ pub struct S3Settings {
     pub layout: Option<LayoutSpec>,
     /// The transform that writes this replica's objects, recorded in their metadata.
     pub transform_tag: Option<String>,
-}
-
-/// A layout plugin with its settings and the database name it is given.
-#[derive(Clone, Debug)]
-pub struct LayoutSpec {
-    pub plugin: crate::plugin::Plugin,
-    pub settings: crate::plugin::Settings,
-    pub database: String,
 }
 
 const TRANSFORM_META: &str = "sluice-transform";
@@ -410,11 +403,8 @@ pub struct S3Client {
     sse_kms_key_id: Option<String>,
     sign_payload: bool,
     require_content_md5: bool,
-    layout: Option<LayoutSpec>,
+    layout: Option<Layout>,
     transform_tag: Option<String>,
-    /// Keys seen in listings or written, for layouts whose keys need more than the
-    /// file's identity (date parts).
-    keys: std::sync::Mutex<std::collections::HashMap<(u8, u64, u64), String>>,
 }
 
 /// Turns an SDK error into one line a user can act on.
@@ -573,9 +563,8 @@ impl S3Client {
             sse_kms_key_id: s.sse_kms_key_id.clone(),
             sign_payload: s.sign_payload.unwrap_or(provider.sign_payload),
             require_content_md5: s.require_content_md5.unwrap_or(provider.require_content_md5),
-            layout: s.layout.clone(),
+            layout: s.layout.clone().map(Layout::new),
             transform_tag: s.transform_tag.clone(),
-            keys: Default::default(),
         })
     }
 
@@ -585,29 +574,25 @@ impl S3Client {
 
     /// The key of an existing file.
     fn key(&self, level: u8, min: u64, max: u64) -> Result<String> {
-        if self.layout.is_none() {
+        let Some(l) = &self.layout else {
             return Ok(format!("{}{}", self.prefix(level), ltx::format_filename(min, max)));
-        }
-        if let Some(k) = self.keys.lock().unwrap().get(&(level, min, max)) {
-            return Ok(k.clone());
-        }
-        runtime().block_on(self.list_async(level))?;
-        self.keys
-            .lock()
-            .unwrap()
-            .get(&(level, min, max))
-            .cloned()
-            .ok_or_else(|| anyhow!("level {level} file {} is not in the replica", ltx::format_filename(min, max)))
+        };
+        let rel = match l.known_key(level, min, max) {
+            Some(k) => k,
+            None => {
+                runtime().block_on(self.list_async(level))?;
+                l.known_key(level, min, max).ok_or_else(|| {
+                    anyhow!("level {level} file {} is not in the replica", ltx::format_filename(min, max))
+                })?
+            }
+        };
+        Ok(format!("{}/{rel}", self.path))
     }
 
     /// The key for a new file.
     fn new_key(&self, level: u8, min: u64, max: u64, timestamp_ms: i64) -> Result<String> {
         let Some(l) = &self.layout else { return self.key(level, min, max) };
-        let f = crate::plugin::PluginFile { level, min_txid: min, max_txid: max, size: 0, created_ms: timestamp_ms };
-        let rel = l.plugin.keys(&l.settings, &l.database, &[f])?.remove(0);
-        let key = format!("{}/{rel}", self.path);
-        self.keys.lock().unwrap().insert((level, min, max), key.clone());
-        Ok(key)
+        Ok(format!("{}/{}", self.path, l.new_key(level, min, max, timestamp_ms)?))
     }
 
     fn what(&self, key: &str) -> String {
@@ -629,16 +614,14 @@ impl S3Client {
         };
         let base = format!("{}/", self.path);
         let mut objects = Vec::new();
-        for prefix in l.plugin.list_plan(&l.settings, &l.database, level)? {
+        for prefix in l.prefixes(level)? {
             objects.extend(self.list_prefix(&format!("{base}{prefix}")).await?);
         }
         let rel: Vec<String> = objects.iter().map(|(k, _, _)| k.strip_prefix(&base).unwrap_or(k).to_string()).collect();
-        let parsed = l.plugin.parse_keys(&l.settings, &l.database, level, &rel)?;
+        let parsed = l.parse(level, &rel)?;
         let mut out = Vec::new();
-        let mut keys = self.keys.lock().unwrap();
         for ((key, size, created_at), id) in objects.into_iter().zip(parsed) {
             let Some((min_txid, max_txid)) = id else { continue };
-            keys.insert((level, min_txid, max_txid), key.clone());
             out.push((FileInfo { level, min_txid, max_txid, size, created_at }, key));
         }
         out.sort_by_key(|(f, _)| (f.min_txid, f.max_txid));

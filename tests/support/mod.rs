@@ -276,15 +276,17 @@ pub fn replica_caught_up(db: &Path, replica_dir: &Path) -> bool {
 /// (compacting or snapshotting) while changes wait to be uploaded. Only meaningful
 /// while no writer is active.
 pub fn l0_caught_up(db: &Path, l0_dir: &Path) -> bool {
-    let files: Vec<(u64, PathBuf)> = fs::read_dir(l0_dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| ltx::parse_filename(&e.file_name().to_string_lossy()).map(|(_, m)| (m, e.path())))
-                .collect()
-        })
-        .unwrap_or_default();
-    let Some((_, newest)) = files.into_iter().max() else { return false };
+    let files = fs::read_dir(l0_dir).map(|entries| entries.flatten().map(|e| e.path()).collect());
+    l0_files_caught_up(db, files.unwrap_or_default())
+}
+
+/// As [`l0_caught_up`], given a replica's level-0 files wherever they are.
+pub fn l0_files_caught_up(db: &Path, files: Vec<PathBuf>) -> bool {
+    let files = files.into_iter().filter_map(|p| {
+        let max = ltx::parse_filename(&p.file_name()?.to_string_lossy())?.1;
+        Some((max, p))
+    });
+    let Some((_, newest)) = files.max() else { return false };
     let Ok(pos) = ltx::read_header_file(&newest) else { return false };
     let wal_path = PathBuf::from(format!("{}-wal", db.display()));
     let Ok(Some(wal)) = sluice::wal::read_header(&wal_path) else { return false };
