@@ -53,8 +53,7 @@ pub fn merge<R: Read, W: Write>(mut inputs: Vec<Decoder<R>>, out: W) -> Result<(
         let mut buf = Vec::new();
         heads.push(d.next_page(&mut buf)?.map(|p| (p, buf)));
     }
-    loop {
-        let Some(pgno) = heads.iter().flatten().map(|(p, _)| *p).min() else { break };
+    while let Some(pgno) = heads.iter().flatten().map(|(p, _)| *p).min() {
         // The newest input holding this page wins; every input at it advances.
         let mut winner: Option<Vec<u8>> = None;
         for (i, head) in heads.iter_mut().enumerate() {

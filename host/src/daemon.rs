@@ -313,7 +313,7 @@ pub type Respec = Box<dyn FnMut(&Path) -> Result<DbSpec> + Send>;
 /// What the control socket asks of the daemon itself.
 pub enum Control {
     /// Start replicating another database, whose spec was made from `url`.
-    Register { spec: DbSpec, url: String, reply: Reply },
+    Register { spec: Box<DbSpec>, url: String, reply: Reply },
     /// Stop replicating a database (after its final sync) and forget it.
     Unregister { path: PathBuf, reply: Reply },
     /// Stop replicating a database (after its final sync); `Start` resumes it.
@@ -360,7 +360,7 @@ impl Supervisor<'_> {
                         self.unregistered.remove(&path);
                         self.stopped.remove(&path);
                         self.registered.insert(path, url);
-                        self.start(spec).map_err(|e| format!("{e:#}"))
+                        self.start(*spec).map_err(|e| format!("{e:#}"))
                     };
                     let _ = reply.send(r);
                 }

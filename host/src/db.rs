@@ -49,7 +49,7 @@ pub fn write_snapshot<W: std::io::Write>(
     let mut pending = Vec::new();
     let mut reached = wal::HEADER_SIZE;
     while reader.offset() < end {
-        let Some((off, fh)) = reader.next()? else { break };
+        let Some((off, fh)) = reader.next_frame()? else { break };
         pending.push((fh.pgno, off));
         if fh.commit != 0 {
             pages.extend(pending.drain(..));
@@ -671,7 +671,7 @@ impl Db {
         let mut end = start;
         let mut limited = false;
         let limit = self.opts.max_sync_wal_bytes;
-        while let Some((off, fh)) = reader.next()? {
+        while let Some((off, fh)) = reader.next_frame()? {
             pending.push((fh.pgno, off));
             if fh.commit != 0 {
                 for (p, o) in pending.drain(..) {

@@ -622,7 +622,9 @@ mod tests {
         enc.finish().unwrap().0
     }
 
-    fn decode_all(bytes: &[u8]) -> Result<(Header, Vec<(u32, Vec<u8>)>), Error> {
+    type Pages = Vec<(u32, Vec<u8>)>;
+
+    fn decode_all(bytes: &[u8]) -> Result<(Header, Pages), Error> {
         let mut d = Decoder::new(bytes, "test.ltx")?;
         let mut out = Vec::new();
         let mut buf = Vec::new();

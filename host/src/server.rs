@@ -11,9 +11,10 @@
 //!   database (default settings) until `unregister` or shutdown.
 //! - `POST /unregister {path, timeout}` → `{status, path}`, after its final sync.
 //! - `POST /stop {path, timeout}` / `POST /start {path, timeout}`: stop a database
-//!   (after its final sync) but keep it listed as stopped; start it again. Errors are
-//! `{error, details}` with a 4xx/5xx status. The socket file is created with
-//! `permissions` (default 0600), so only its owner can drive the daemon.
+//!   (after its final sync) but keep it listed as stopped; start it again.
+//!
+//! Errors are `{error, details}` with a 4xx/5xx status. The socket file is created
+//! with `permissions` (default 0600), so only its owner can drive the daemon.
 //! `sluice info`, `list`, `sync`, `register`, `unregister`, `start` and `stop` are
 //! the clients.
 
@@ -179,7 +180,7 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
                     return error(StatusCode::BAD_REQUEST, "replica_url required", "give the replica URL");
                 };
                 match crate::config::db_spec_from_url(&path, url) {
-                    Ok(spec) => Control::Register { spec, url: url.to_string(), reply: reply_tx },
+                    Ok(spec) => Control::Register { spec: Box::new(spec), url: url.to_string(), reply: reply_tx },
                     Err(e) => return error(StatusCode::BAD_REQUEST, "invalid database or replica", format!("{e:#}")),
                 }
             } else {

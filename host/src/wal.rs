@@ -179,7 +179,7 @@ impl<'a> FrameReader<'a> {
 
     /// Reads and validates the next frame; `None` at the end of the valid log.
     /// On success the frame's page data is available from [`FrameReader::page`].
-    pub fn next(&mut self) -> io::Result<Option<(u64, FrameHeader)>> {
+    pub fn next_frame(&mut self) -> io::Result<Option<(u64, FrameHeader)>> {
         match self.file.read_exact_at(&mut self.buf, self.offset) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -222,14 +222,14 @@ mod tests {
         let f = File::open(&wal_path).unwrap();
         let mut r = FrameReader::from_start(&f, h);
         let mut frames = Vec::new();
-        while let Some((off, fh)) = r.next().unwrap() {
+        while let Some((off, fh)) = r.next_frame().unwrap() {
             frames.push((off, fh));
         }
         assert!(frames.len() >= 3);
         assert!(frames.last().unwrap().1.commit > 0, "last frame commits");
         // Resuming at the second frame yields the same remaining frames.
         let mut r2 = FrameReader::resume_at(&f, h, frames[1].0).unwrap().unwrap();
-        assert_eq!(r2.next().unwrap().unwrap(), frames[1]);
+        assert_eq!(r2.next_frame().unwrap().unwrap(), frames[1]);
         // A corrupted byte in frame 2's page ends the log there.
         let mut bytes = std::fs::read(&wal_path).unwrap();
         drop(conn);
@@ -238,7 +238,7 @@ mod tests {
         std::fs::write(&bad, bytes).unwrap();
         let f = File::open(&bad).unwrap();
         let mut r = FrameReader::from_start(&f, h);
-        assert!(r.next().unwrap().is_some());
-        assert!(r.next().unwrap().is_none());
+        assert!(r.next_frame().unwrap().is_some());
+        assert!(r.next_frame().unwrap().is_none());
     }
 }
