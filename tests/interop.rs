@@ -1,6 +1,6 @@
 //! Wire compatibility with the real Litestream 0.5.17, in both directions: each
 //! restores what the other wrote, and each takes over replicating a database the
-//! other was replicating, on the same replica.
+//! other was replicating, on the same replica. And backups left by Litestream 0.3.
 
 mod support;
 
@@ -174,4 +174,117 @@ fn sluice_takes_over_from_litestream() {
     let expected = digest(&db);
     assert_eq!(litestream_restore(&[&file_url(&replica)], &dir.path().join("ls-restored2.db")), expected);
     restore_and_check(&[&file_url(&replica)], &dir.path().join("sluice-restored2.db"), expected);
+}
+
+/// A replica Litestream 0.3.13 wrote (a generation with a snapshot and WAL segments
+/// over two WAL indexes): Sluice restores it equal to the source, as Litestream
+/// 0.3.13 and 0.5.17 do; `-dry-run` shows the 0.3 plan; a truncated segment is refused
+/// with no output left behind; and once Sluice replicates the database to the same
+/// replica, its newer LTX files win over the old backup.
+#[test]
+fn sluice_restores_a_litestream_0_3_backup() {
+    assert_litestream_version();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    write(&db, &["init", "4096"]);
+    let cfg = dir.path().join("litestream-0.3.yml");
+    let text = format!(
+        "dbs:\n  - path: {}\n    replicas:\n      - url: {}\n        sync-interval: 100ms\n",
+        db.display(),
+        file_url(&replica)
+    );
+    fs::write(&cfg, text).unwrap();
+    let d = Daemon::litestream_v3(&cfg, &dir.path().join("ls3.log"));
+    slow_steps(&db, 0, 6, 200);
+    write(&db, &["checkpoint-truncate"]);
+    slow_steps(&db, 6, 10, 200);
+    // Litestream 0.3 does not sync at shutdown: wait until its own restore is current.
+    let url = file_url(&replica);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut round = 0;
+    loop {
+        round += 1;
+        let out = dir.path().join(format!("probe{round}.db"));
+        let o = litestream_v3(&["restore", "-o", out.to_str().unwrap(), &url]);
+        if o.status.success() && digest_app(&out) == digest_app(&db) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "litestream 0.3 never caught up");
+        sleep(Duration::from_millis(500));
+    }
+    let log = d.stop();
+    assert_no_errors(&log, "litestream 0.3");
+    let wal_indexes: std::collections::BTreeSet<String> = fs::read_dir(replica.join("generations"))
+        .unwrap()
+        .flat_map(|g| fs::read_dir(g.unwrap().path().join("wal")).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy()[..8].to_string())
+        .collect();
+    assert!(wal_indexes.len() >= 2, "the backup spans WAL indexes: {wal_indexes:?}");
+    let expected = digest_app(&db);
+
+    let o = sluice(&["restore", "-dry-run", "-o", dir.path().join("dry.db").to_str().unwrap(), &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plan = String::from_utf8_lossy(&o.stdout);
+    assert!(plan.contains("Litestream 0.3 generation") && plan.contains(".snapshot.lz4"), "{plan}");
+    assert!(!dir.path().join("dry.db").exists());
+
+    let ours = dir.path().join("sluice.db");
+    let o = sluice(&["restore", "-integrity-check", "full", "-o", ours.to_str().unwrap(), &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!dir.path().join("sluice.db.tmp-wal").exists() && !dir.path().join("sluice.db.tmp").exists());
+    integrity_ok(&ours);
+    assert_eq!(digest_app(&ours), expected, "sluice restores the 0.3 backup");
+    let theirs = dir.path().join("ls5.db");
+    litestream_restore(&[&url], &theirs);
+    assert_eq!(digest_app(&theirs), expected, "litestream 0.5.17 agrees");
+
+    // A truncated WAL segment: a one-line error, and no output.
+    let broken = dir.path().join("broken");
+    copy_dir(&replica, &broken);
+    let seg = fs::read_dir(broken.join("generations"))
+        .unwrap()
+        .flat_map(|g| fs::read_dir(g.unwrap().path().join("wal")).unwrap())
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let bytes = fs::read(&seg).unwrap();
+    fs::write(&seg, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dir.path().join("from-broken.db");
+    let o = sluice(&["restore", "-o", out.to_str().unwrap(), &file_url(&broken)]);
+    assert_one_line_error(&o, "LZ4");
+    assert!(!out.exists() && !dir.path().join("from-broken.db.tmp").exists());
+
+    // `replicate -restore-if-db-not-exists` restores a missing database from it too.
+    let pristine = dir.path().join("pristine");
+    copy_dir(&replica, &pristine);
+    let missing = dir.path().join("missing.db");
+    let mcfg = dir.path().join("missing.yml");
+    write_config(&mcfg, &missing, &file_url(&pristine), "");
+    let o = sluice(&["replicate", "-once", "-restore-if-db-not-exists", "-config", mcfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    integrity_ok(&missing);
+    assert_eq!(digest_app(&missing), expected, "restored from the 0.3 backup before replicating");
+
+    // Sluice takes over the database on the same replica: its LTX files are newer.
+    let scfg = dir.path().join("sluice.yml");
+    write_config(&scfg, &db, &url, "");
+    let d = Daemon::with_config(&scfg, &dir.path().join("sluice.log"));
+    slow_steps(&db, 10, 13, 100);
+    wait_replica_settled(&replica, Duration::from_millis(300));
+    d.stop();
+    assert_ne!(digest_app(&db), expected, "the database moved on");
+    restore_and_check(&[&url], &dir.path().join("after.db"), digest(&db));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }

@@ -12,7 +12,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use crate::config::{Config, clean_db_path, default_config_path};
 use crate::replica_client::{ReplicaClient, client_from_url};
 use crate::restore::{self, IntegrityCheck, NoBackups, Target};
-use crate::{daemon, ltx};
+use crate::{daemon, ltx, v3};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -524,7 +524,15 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
             );
         }
     }
-    let plan = match restore::plan(client.as_ref(), target) {
+    let plan = restore::plan(client.as_ref(), target);
+    // A Litestream 0.3 backup is used when no TXID is asked for and it is newer.
+    if target.txid.is_none()
+        && !a.follow
+        && let Some(b) = v3::instead_of(client.as_ref(), target.timestamp, &plan)?
+    {
+        return restore_v3(&a, client.as_ref(), &b, &output);
+    }
+    let plan = match plan {
         Ok(p) => p,
         Err(e) if a.if_replica_exists && e.downcast_ref::<NoBackups>().is_some() => {
             eprintln!("no backups found in {}, skipping restore", client.location());
@@ -564,6 +572,63 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
             ltx::format_txid(txid),
             client.location(),
             plan.len()
+        );
+    }
+    Ok(())
+}
+
+/// `restore` from a Litestream 0.3 backup (snapshot plus WAL segments).
+fn restore_v3(a: &RestoreArgs, client: &dyn ReplicaClient, b: &v3::Backup, output: &Path) -> Result<()> {
+    let when = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    if a.dry_run {
+        let mut out = std::io::stdout().lock();
+        let files: Vec<&v3::Segment> = std::iter::once(&b.snapshot).chain(&b.wal).collect();
+        if a.json {
+            let files: Vec<_> = files
+                .iter()
+                .map(|s| serde_json::json!({"key": s.key, "index": s.index, "offset": s.offset, "size": s.size, "timestamp": when(&s.modified)}))
+                .collect();
+            let j = serde_json::json!({"target_path": output.display().to_string(), "replica": client.location(),
+                                       "format": "litestream-0.3", "generation": b.generation, "files": files});
+            writeln!(out, "{j}")?;
+        } else {
+            writeln!(
+                out,
+                "restore plan for {} from {} (Litestream 0.3 generation {}):",
+                output.display(),
+                client.location(),
+                b.generation
+            )?;
+            for s in files {
+                writeln!(out, "  {}  {:>10} bytes  {}", s.key, s.size, when(&s.modified))?;
+            }
+        }
+        return Ok(());
+    }
+    if a.force {
+        restore::remove_output(output)?;
+    }
+    let started = std::time::Instant::now();
+    v3::apply(client, b, output, a.integrity_check)
+        .with_context(|| format!("restore to {} failed", output.display()))?;
+    let ms = started.elapsed().as_millis();
+    if a.json {
+        let j = serde_json::json!({
+            "db_path": output.display().to_string(),
+            "replica": client.location(),
+            "format": "litestream-0.3",
+            "generation": b.generation,
+            "duration_ms": ms,
+            "integrity_check": format!("{:?}", a.integrity_check),
+        });
+        println!("{j}");
+    } else {
+        eprintln!(
+            "restored {} from {}, Litestream 0.3 generation {} (snapshot and {} WAL segments, {ms} ms)",
+            output.display(),
+            client.location(),
+            b.generation,
+            b.wal.len()
         );
     }
     Ok(())

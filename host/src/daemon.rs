@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use chrono::Utc;
 use tracing::{error, info, warn};
 
@@ -516,7 +516,15 @@ fn prepare(spec: &DbSpec, opts: RunOptions) -> Result<bool> {
     let restore_missing = opts.restore_if_db_not_exists || spec.restore_if_db_not_exists;
     if restore_missing && !spec.path.exists() {
         let client = spec.replica.client.as_ref();
-        match restore::plan(client, Target::default()) {
+        let plan = restore::plan(client, Target::default());
+        if let Some(b) = crate::v3::instead_of(client, None, &plan)? {
+            crate::v3::apply(client, &b, &spec.path, IntegrityCheck::None)
+                .with_context(|| format!("cannot restore missing database {}", spec.path.display()))?;
+            info!(db = %spec.path.display(), generation = %b.generation, "restored missing database from its Litestream 0.3 backup");
+            check_sqlite_file(&spec.path)?;
+            return Ok(false);
+        }
+        match plan {
             Ok(plan) => {
                 let txid = restore::apply(client, &plan, &spec.path, IntegrityCheck::None)?;
                 info!(db = %spec.path.display(), txid = %ltx::format_txid(txid), "restored missing database from its replica");

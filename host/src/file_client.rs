@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 use crate::layout::{Layout, LayoutSpec};
 use crate::ltx;
-use crate::replica_client::{FileInfo, ReplicaClient};
+use crate::replica_client::{FileInfo, Object, ReplicaClient};
 
 pub struct FileClient {
     root: PathBuf,
@@ -205,5 +205,37 @@ impl ReplicaClient for FileClient {
             }
         }
         Ok(())
+    }
+
+    fn list_keys(&self, prefix: &str) -> Result<Vec<Object>> {
+        let start = match prefix.rfind('/') {
+            Some(i) => self.root.join(&prefix[..i]),
+            None => self.root.clone(),
+        };
+        let mut found = Vec::new();
+        walk(&self.root, &start, &mut |key, path| {
+            if key.starts_with(prefix) {
+                found.push((key, path));
+            }
+        })?;
+        let mut out = Vec::new();
+        for (key, path) in found {
+            let meta = match fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+            };
+            out.push(Object { key, size: meta.len(), modified: meta.modified().unwrap_or(UNIX_EPOCH).into() });
+        }
+        Ok(out)
+    }
+
+    fn open_key(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        if key.starts_with('/') || key.split('/').any(|s| s == "..") {
+            anyhow::bail!("{key:?} is not a key under {}", self.root.display());
+        }
+        let path = self.root.join(key);
+        let f = File::open(&path).with_context(|| format!("cannot open replica file {}", path.display()))?;
+        Ok(Box::new(f))
     }
 }

@@ -27,4 +27,5 @@ pub mod s3_client;
 pub mod server;
 pub mod store;
 pub mod transform_client;
+pub mod v3;
 pub mod wal;

@@ -19,7 +19,7 @@ use prometheus::{
 };
 use tracing::{info, warn};
 
-use crate::replica_client::{FileInfo, ReplicaClient};
+use crate::replica_client::{FileInfo, Object, ReplicaClient};
 
 pub struct Metrics {
     registry: Registry,
@@ -286,6 +286,20 @@ impl ReplicaClient for Metered {
         let r = self.inner.delete(level, files);
         self.observe("DELETE", start, &r);
         r
+    }
+
+    fn list_keys(&self, prefix: &str) -> Result<Vec<Object>> {
+        let start = Instant::now();
+        let r = self.inner.list_keys(prefix);
+        self.observe("LIST", start, &r);
+        r
+    }
+
+    fn open_key(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        let start = Instant::now();
+        let r = self.inner.open_key(key);
+        self.observe("GET", start, &r);
+        Ok(Box::new(CountingReader { inner: r?, kind: self.inner.kind() }))
     }
 }
 

@@ -38,6 +38,16 @@ impl fmt::Display for FileInfo {
     }
 }
 
+/// An object found by [`ReplicaClient::list_keys`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    /// The key relative to the replica's path, with `/` separators.
+    pub key: String,
+    pub size: u64,
+    /// The backend's modification time (S3 LastModified, a file's mtime).
+    pub modified: DateTime<Utc>,
+}
+
 /// A replica store. Implementations are blocking; the daemon calls them from its
 /// per-database worker thread.
 pub trait ReplicaClient: Send + Sync {
@@ -73,6 +83,19 @@ pub trait ReplicaClient: Send + Sync {
 
     /// Deletes files of one level; missing files are not an error.
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()>;
+
+    /// Objects whose key (relative to the replica's path) starts with `prefix`, in
+    /// any order. Restore uses it to read Litestream 0.3's `generations/` layout;
+    /// nothing ever writes or deletes through it. A backend that cannot hold that
+    /// layout returns nothing.
+    fn list_keys(&self, _prefix: &str) -> Result<Vec<Object>> {
+        Ok(Vec::new())
+    }
+
+    /// Opens an object that [`ReplicaClient::list_keys`] returned.
+    fn open_key(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        bail!("{} cannot read {key}", self.location())
+    }
 }
 
 /// Builds a client from a replica URL such as `file:///var/backups/db` or

