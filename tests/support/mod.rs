@@ -113,7 +113,11 @@ impl Daemon {
 
     /// Litestream 0.3.13 (see [`litestream_v3_bin`]), replicating with a config file.
     pub fn litestream_v3(config: &Path, log: &Path) -> Daemon {
-        let mut cmd = clean_command(litestream_v3_bin().to_str().unwrap(), &[]);
+        Daemon::litestream_v3_with(config, log, &[])
+    }
+
+    pub fn litestream_v3_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = clean_command(litestream_v3_bin().to_str().unwrap(), env);
         cmd.env_remove("AWS_CA_BUNDLE");
         cmd.args(["replicate", "-config", config.to_str().unwrap()]);
         Daemon::spawn(cmd, log)
@@ -441,7 +445,11 @@ pub fn litestream_v3_bin() -> PathBuf {
 
 /// Litestream 0.3.13 run with `args`.
 pub fn litestream_v3(args: &[&str]) -> Output {
-    clean_command(litestream_v3_bin().to_str().unwrap(), &[]).env_remove("AWS_CA_BUNDLE").args(args).output().unwrap()
+    litestream_v3_with(args, &[])
+}
+
+pub fn litestream_v3_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    clean_command(litestream_v3_bin().to_str().unwrap(), env).env_remove("AWS_CA_BUNDLE").args(args).output().unwrap()
 }
 
 pub fn assert_litestream_version() {
