@@ -967,16 +967,7 @@ impl ReplicaClient for S3Client {
     }
 
     fn open(&self, level: u8, min_txid: u64, max_txid: u64) -> Result<Box<dyn Read + Send>> {
-        let key = self.key(level, min_txid, max_txid)?;
-        let (body, len) = runtime().block_on(self.get_async(&key, 0))?;
-        Ok(Box::new(ObjectReader {
-            client: self.clone_handle(),
-            key,
-            body: Some(body),
-            chunk: Bytes::new(),
-            offset: 0,
-            len,
-        }))
+        self.reader(self.key(level, min_txid, max_txid)?)
     }
 
     fn write(
@@ -1005,16 +996,7 @@ impl ReplicaClient for S3Client {
     }
 
     fn open_key(&self, key: &str) -> Result<Box<dyn Read + Send>> {
-        let key = format!("{}{key}", self.raw_base());
-        let (body, len) = runtime().block_on(self.get_async(&key, 0))?;
-        Ok(Box::new(ObjectReader {
-            client: self.clone_handle(),
-            key,
-            body: Some(body),
-            chunk: Bytes::new(),
-            offset: 0,
-            len,
-        }))
+        self.reader(format!("{}{key}", self.raw_base()))
     }
 
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
@@ -1058,6 +1040,19 @@ impl ReplicaClient for S3Client {
 }
 
 impl S3Client {
+    /// Reads an object from its start, resuming with ranged reads if cut off.
+    fn reader(&self, key: String) -> Result<Box<dyn Read + Send>> {
+        let (body, len) = runtime().block_on(self.get_async(&key, 0))?;
+        Ok(Box::new(ObjectReader {
+            client: self.clone_handle(),
+            key,
+            body: Some(body),
+            chunk: Bytes::new(),
+            offset: 0,
+            len,
+        }))
+    }
+
     fn clone_handle(&self) -> ReadHandle {
         ReadHandle {
             inner: self.client.clone(),
