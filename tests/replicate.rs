@@ -209,6 +209,99 @@ time.sleep(60)
     assert!(err.contains("cannot be used with"), "{err}");
 }
 
+/// `mcp-addr:` serves MCP over HTTP: `initialize`, `tools/list` with Litestream's
+/// tool names, and tools that run sluice's commands with the daemon's config: the
+/// databases, and a restore that equals the source. Bad calls get JSON-RPC errors or
+/// a tool error saying why.
+#[test]
+fn mcp_server_lists_and_restores() {
+    let s = Setup::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    s.top_level(&format!("mcp-addr: 127.0.0.1:{port}\n"));
+    let d = s.daemon();
+    write(&s.db, &["steps", "0", "3"]);
+    wait_caught_up(&s.db, &s.replica);
+    let http = |method: &str, body: &str| -> (u16, String) {
+        use std::io::{Read, Write};
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut conn = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(c) => break c,
+                Err(e) => assert!(std::time::Instant::now() < deadline, "MCP server not listening: {e}"),
+            }
+            sleep(Duration::from_millis(50));
+        };
+        write!(
+            conn,
+            "{method} / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        let status = text[9..12].parse().unwrap();
+        (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    };
+    let rpc = |id: u32, method: &str, params: serde_json::Value| -> serde_json::Value {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+        let (status, text) = http("POST", &body);
+        assert_eq!(status, 200, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["id"], id);
+        v
+    };
+
+    let init = rpc(
+        1,
+        "initialize",
+        serde_json::json!({"protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}),
+    );
+    assert_eq!(init["result"]["serverInfo"]["name"], "sluice");
+    assert_eq!(init["result"]["protocolVersion"], "2025-03-26");
+    assert!(init["result"]["capabilities"]["tools"].is_object());
+    assert_eq!(http("POST", r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).0, 202);
+    let tools = rpc(2, "tools/list", serde_json::json!({}));
+    let names: Vec<&str> =
+        tools["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    for n in [
+        "litestream_info",
+        "litestream_databases",
+        "litestream_restore",
+        "litestream_ltx",
+        "litestream_version",
+        "litestream_status",
+        "litestream_reset",
+    ] {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+
+    let dbs = rpc(3, "tools/call", serde_json::json!({"name": "litestream_databases", "arguments": {}}));
+    assert_eq!(dbs["result"]["isError"], false, "{dbs}");
+    assert!(dbs["result"]["content"][0]["text"].as_str().unwrap().contains(s.db.to_str().unwrap()), "{dbs}");
+
+    let out = s.path("mcp-restored.db");
+    let args = serde_json::json!({"path": s.db.to_str().unwrap(), "o": out.to_str().unwrap()});
+    let r = rpc(4, "tools/call", serde_json::json!({"name": "litestream_restore", "arguments": args}));
+    assert_eq!(r["result"]["isError"], false, "{r}");
+    integrity_ok(&out);
+    assert_eq!(digest(&out), digest(&s.db), "the MCP restore equals the source");
+    // The same again: the output exists, so the tool fails and says so.
+    let r = rpc(5, "tools/call", serde_json::json!({"name": "litestream_restore", "arguments": args}));
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(r["result"]["content"][0]["text"].as_str().unwrap().contains("already exists"), "{r}");
+    // A value that would read as a flag, a missing argument, an unknown tool or method.
+    let flag = serde_json::json!({"path": s.db.to_str().unwrap(), "o": "-force"});
+    let r = rpc(6, "tools/call", serde_json::json!({"name": "litestream_restore", "arguments": flag}));
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    let r = rpc(7, "tools/call", serde_json::json!({"name": "litestream_restore", "arguments": {"path": "x"}}));
+    assert!(r["error"]["message"].as_str().unwrap().contains("argument o is required"), "{r}");
+    assert_eq!(rpc(8, "tools/call", serde_json::json!({"name": "nope"}))["error"]["code"], -32602);
+    assert_eq!(rpc(9, "resources/list", serde_json::json!({}))["error"]["code"], -32601);
+    assert_eq!(http("GET", "").0, 405);
+    let log = d.stop();
+    assert!(!log.contains("mcp-addr: is a Litestream setting"), "{log}");
+}
+
 /// `addr:` serves Prometheus metrics under Litestream's names: after some writes,
 /// the captured and the replicated TXIDs equal the replica's newest file, and the
 /// replica's PUTs are counted.

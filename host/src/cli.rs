@@ -84,9 +84,12 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    fn path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(default_config_path)
+    }
+
     fn load(&self) -> Result<Config> {
-        let path = self.config.clone().unwrap_or_else(default_config_path);
-        Config::load(&path, !self.no_expand_env)
+        Config::load(&self.path(), !self.no_expand_env)
     }
 }
 
@@ -432,6 +435,9 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
                     crate::metrics::serve(addr)?;
                 }
                 _ => {}
+            }
+            if let Some(addr) = cfg.mcp_addr.as_deref().filter(|addr| !addr.is_empty() && !a.once) {
+                crate::mcp::serve(addr, std::path::absolute(a.config.path())?, !a.config.no_expand_env)?;
             }
             let watches = cfg.watches() && !a.once;
             let cfg = std::sync::Arc::new(std::sync::Mutex::new(cfg));

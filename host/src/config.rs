@@ -36,6 +36,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Where to serve Prometheus metrics (`HOST:PORT` or `:PORT`).
     pub addr: Option<String>,
+    /// Where to serve MCP (`HOST:PORT` or `:PORT`).
+    pub mcp_addr: Option<String>,
     /// A command to run while replicating (as `replicate -exec`).
     pub exec: Option<String>,
     /// The control socket.
@@ -541,7 +543,7 @@ fn expand_dir(entry: &DbConfig, dir: &str) -> Result<Vec<DbConfig>> {
 }
 
 /// Top-level keys Litestream 0.5 reads that Sluice does not act on yet.
-const NOT_IMPLEMENTED: &[&str] = &["mcp-addr", "validation", "verify-compaction"];
+const NOT_IMPLEMENTED: &[&str] = &["validation", "verify-compaction"];
 
 fn litestream_keys_not_implemented(text: &str) -> Vec<String> {
     let Ok(serde_yaml::Value::Mapping(m)) = serde_yaml::from_str::<serde_yaml::Value>(text) else { return vec![] };
@@ -975,11 +977,11 @@ mod tests {
     #[test]
     fn litestream_keys_sluice_does_not_act_on_are_reported() {
         let cfg = Config::parse(
-            "socket:\n  enabled: true\nmcp-addr: \":3001\"\nheartbeat-url: http://h/x\nshutdown-sync-timeout: 0\nshutdown-sync-interval: 250ms\ndbs: []\n",
+            "socket:\n  enabled: true\nverify-compaction: true\nheartbeat-url: http://h/x\nshutdown-sync-timeout: 0\nshutdown-sync-interval: 250ms\ndbs: []\n",
             false,
         )
         .unwrap();
-        assert_eq!(cfg.ignored_keys, vec!["mcp-addr".to_string()]);
+        assert_eq!(cfg.ignored_keys, vec!["verify-compaction".to_string()]);
         assert_eq!(cfg.socket.config().unwrap().unwrap().permissions, 0o600);
         let quoted = Config::parse("socket:\n  enabled: true\n  permissions: 0660\n", false).unwrap();
         assert_eq!(quoted.socket.config().unwrap().unwrap().permissions, 0o660);

@@ -19,6 +19,7 @@ pub mod heartbeat;
 pub mod insecure_tls;
 pub mod layout;
 pub mod ltx;
+pub mod mcp;
 pub mod metrics;
 pub mod plugin;
 pub mod replica_client;

@@ -1,0 +1,267 @@
+//! The MCP server (`mcp-addr:`): the Model Context Protocol over "Streamable HTTP"
+//! at `/`, so an AI assistant can look at replication and restore a database. As in
+//! Litestream 0.5, the tools carry Litestream's names and run this binary's own
+//! commands with the daemon's config file; a tool's output is the command's output.
+//!
+//! Each POST carries one JSON-RPC 2.0 message and gets one JSON answer (no event
+//! stream): `initialize`, `ping`, `tools/list` and `tools/call`; notifications get
+//! `202 Accepted`. Tool arguments become separate command-line arguments (never a
+//! shell line), and values that look like flags are refused.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::metrics::parse_addr;
+
+const PROTOCOL_VERSION: &str = "2025-03-26";
+
+/// One tool: its name, what it does, its arguments (name, description, required),
+/// and the command it runs.
+struct Tool {
+    name: &'static str,
+    description: &'static str,
+    args: &'static [(&'static str, &'static str, bool)],
+    command: fn(&Value) -> Result<Vec<String>, String>,
+}
+
+const TOOLS: &[Tool] = &[
+    Tool {
+        name: "litestream_version",
+        description: "The version of Sluice (a Litestream 0.5 compatible replicator).",
+        args: &[],
+        command: |_| Ok(vec!["version".into()]),
+    },
+    Tool {
+        name: "litestream_databases",
+        description: "The databases in the config file and their replica types.",
+        args: &[],
+        command: |_| Ok(vec!["databases".into()]),
+    },
+    Tool {
+        name: "litestream_status",
+        description: "Local replication state of each database: status, newest TXID, WAL size.",
+        args: &[],
+        command: |_| Ok(vec!["status".into()]),
+    },
+    Tool {
+        name: "litestream_info",
+        description: "The running daemon: version, pid, start time, uptime and config file, then its databases.",
+        args: &[],
+        command: |_| Ok(vec!["databases".into()]),
+    },
+    Tool {
+        name: "litestream_ltx",
+        description: "The LTX files of a replica, per level.",
+        args: &[
+            ("path", "Database path from the config file, or a replica URL", true),
+            ("level", "A level (0-9) or \"all\" (default 0)", false),
+        ],
+        command: |a| {
+            let mut c = vec!["ltx".to_string()];
+            if let Some(l) = arg(a, "level")? {
+                c.extend(["-level".into(), l]);
+            }
+            c.push(required(a, "path")?);
+            Ok(c)
+        },
+    },
+    Tool {
+        name: "litestream_restore",
+        description: "Restore a database from its replica to a new file, at the latest state or a point in time.",
+        args: &[
+            ("path", "Database path from the config file, or a replica URL", true),
+            ("o", "Output path (must not exist)", true),
+            ("txid", "Restore up to this TXID (16 hex digits)", false),
+            ("timestamp", "Restore the state as of this RFC 3339 time", false),
+        ],
+        command: |a| {
+            let mut c = vec!["restore".to_string(), "-o".into(), required(a, "o")?];
+            for flag in ["txid", "timestamp"] {
+                if let Some(v) = arg(a, flag)? {
+                    c.extend([format!("-{flag}"), v]);
+                }
+            }
+            c.push(required(a, "path")?);
+            Ok(c)
+        },
+    },
+    Tool {
+        name: "litestream_reset",
+        description: "Delete a database's local LTX files, so the next sync starts from a snapshot.",
+        args: &[("path", "Database path from the config file", true)],
+        command: |a| Ok(vec!["reset".into(), required(a, "path")?]),
+    },
+];
+
+/// An optional string argument; values that could be read as flags are refused.
+fn arg(args: &Value, name: &str) -> Result<Option<String>, String> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.starts_with('-') => Err(format!("argument {name} must not start with '-'")),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(format!("argument {name} must be a non-empty string")),
+    }
+}
+
+fn required(args: &Value, name: &str) -> Result<String, String> {
+    arg(args, name)?.ok_or_else(|| format!("argument {name} is required"))
+}
+
+struct Server {
+    config: PathBuf,
+    expand_env: bool,
+    exe: PathBuf,
+    started: std::time::Instant,
+    started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Starts the MCP server on `addr`; its tools read the config file at `config`
+/// (expanding `$VAR`s in it unless `expand_env` is false, as the daemon did).
+pub fn serve(addr: &str, config: PathBuf, expand_env: bool) -> Result<SocketAddr> {
+    let sock = parse_addr(addr)?;
+    let listener = std::net::TcpListener::bind(sock)
+        .map_err(|e| anyhow!("cannot listen on mcp-addr {addr}: {e}; choose another port or stop what uses it"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find the sluice binary for MCP tools: {e}"))?;
+    let server = Arc::new(Server {
+        config,
+        expand_env,
+        exe,
+        started: std::time::Instant::now(),
+        started_at: chrono::Utc::now(),
+    });
+    crate::background::spawn("mcp", move || accept_loop(listener, server))?;
+    info!(addr = %local, "serving MCP (streamable HTTP) at /");
+    Ok(local)
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+async fn accept_loop(listener: std::net::TcpListener, server: Arc<Server>) {
+    use hyper::service::service_fn;
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return warn!("MCP server cannot start: {e}"),
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let server = server.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(server.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}
+
+fn respond(status: u16, body: Option<Value>) -> Result<hyper::Response<Body>, hyper::http::Error> {
+    let b = hyper::Response::builder().status(status);
+    match body {
+        Some(v) => b.header("content-type", "application/json").body(Body::from(v.to_string())),
+        None => b.body(Body::default()),
+    }
+}
+
+async fn handle(
+    server: Arc<Server>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Body>, hyper::http::Error> {
+    use http_body_util::BodyExt;
+    if req.uri().path() != "/" {
+        return respond(404, Some(json!({"error": "not found: the MCP endpoint is /"})));
+    }
+    if req.method() != hyper::Method::POST {
+        return respond(405, Some(json!({"error": "POST JSON-RPC messages to /; there is no event stream"})));
+    }
+    let Ok(body) = req.into_body().collect().await else {
+        return respond(400, Some(rpc_error(Value::Null, -32700, "cannot read the request body")));
+    };
+    let msg: Value = match serde_json::from_slice(&body.to_bytes()) {
+        Ok(v) => v,
+        Err(e) => return respond(400, Some(rpc_error(Value::Null, -32700, &format!("parse error: {e}")))),
+    };
+    let Some(id) = msg.get("id").cloned() else {
+        return respond(202, None); // a notification (or a response): nothing to answer
+    };
+    let method = msg["method"].as_str().unwrap_or_default().to_string();
+    let params = msg.get("params").cloned().unwrap_or(Value::Null);
+    let answer = match method.as_str() {
+        "initialize" => Ok(json!({
+            "protocolVersion": params["protocolVersion"].as_str().unwrap_or(PROTOCOL_VERSION),
+            "capabilities": {"tools": {"listChanged": false}},
+            "serverInfo": {"name": "sluice", "version": env!("CARGO_PKG_VERSION")},
+        })),
+        "ping" => Ok(json!({})),
+        "tools/list" => Ok(json!({"tools": TOOLS.iter().map(describe).collect::<Vec<_>>()})),
+        "tools/call" => {
+            let server = server.clone();
+            match tokio::task::spawn_blocking(move || call(&server, &params)).await {
+                Ok(r) => r,
+                Err(e) => Err((-32603, format!("tool call failed: {e}"))),
+            }
+        }
+        other => Err((-32601, format!("method not found: {other}"))),
+    };
+    let body = match answer {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err((code, message)) => rpc_error(id, code, &message),
+    };
+    respond(200, Some(body))
+}
+
+fn rpc_error(id: Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+fn describe(t: &Tool) -> Value {
+    let properties: serde_json::Map<String, Value> =
+        t.args.iter().map(|(n, d, _)| (n.to_string(), json!({"type": "string", "description": d}))).collect();
+    let required: Vec<&str> = t.args.iter().filter(|a| a.2).map(|a| a.0).collect();
+    json!({
+        "name": t.name,
+        "description": t.description,
+        "inputSchema": {"type": "object", "properties": properties, "required": required},
+    })
+}
+
+/// Runs a tool: its command, with `-config` for the commands that read one. A
+/// command that fails is a tool result with `isError` (the model sees why).
+fn call(server: &Server, params: &Value) -> Result<Value, (i64, String)> {
+    let name = params["name"].as_str().unwrap_or_default();
+    let tool = TOOLS.iter().find(|t| t.name == name).ok_or_else(|| (-32602, format!("unknown tool {name:?}")))?;
+    let args = params.get("arguments").cloned().unwrap_or(json!({}));
+    let mut argv = (tool.command)(&args).map_err(|m| (-32602, m))?;
+    if argv[0] != "version" {
+        argv.insert(1, "-config".into());
+        argv.insert(2, server.config.display().to_string());
+        if !server.expand_env {
+            argv.insert(3, "-no-expand-env".into());
+        }
+    }
+    let out = std::process::Command::new(&server.exe)
+        .args(&argv)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| (-32603, format!("cannot run sluice {}: {e}", argv[0])))?;
+    let mut text = String::new();
+    if tool.name == "litestream_info" {
+        let info = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "started_at": server.started_at.to_rfc3339(),
+            "uptime_seconds": server.started.elapsed().as_secs(),
+            "config": server.config.display().to_string(),
+        });
+        text.push_str(&format!("{info}\n"));
+    }
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok(json!({"content": [{"type": "text", "text": text}], "isError": !out.status.success()}))
+}
