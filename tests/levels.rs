@@ -277,3 +277,35 @@ fn follow_mode_keeps_a_copy_current() {
     stop(follower);
     d.stop();
 }
+
+/// `verify-compaction` checks each compacted level, and `validation.interval` lists
+/// every level periodically and names a gap (here, an L1 file deleted behind the
+/// daemon's back) in a warning.
+#[test]
+fn validation_and_verify_compaction_report_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    write(&db, &["init", "4096"]);
+    let cfg = dir.path().join("sluice.yml");
+    level_config(&cfg, &db, &replica, "1h", "1h", "1h");
+    let text = fs::read_to_string(&cfg).unwrap();
+    fs::write(&cfg, format!("verify-compaction: true\nvalidation:\n  interval: 500ms\n{text}")).unwrap();
+    let d = Daemon::with_config(&cfg, &dir.path().join("log"));
+    // Three L1 files, so that deleting the middle one leaves a gap.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut step = 0;
+    while listing(&replica).get(&1).map_or(0, |v| v.len()) < 3 {
+        assert!(std::time::Instant::now() < deadline, "no three L1 files: {:?}", listing(&replica));
+        write(&db, &["step", &step.to_string()]);
+        step += 1;
+        sleep(Duration::from_millis(700));
+    }
+    d.wait_for_log("compaction verified", Duration::from_secs(30));
+    let l1 = listing(&replica)[&1].clone();
+    let middle = l1[1];
+    fs::remove_file(file_path(&replica, 1, middle)).unwrap();
+    let want = format!("validation: level 1: gap between {}", sluice::ltx::format_filename(l1[0].0, l1[0].1));
+    d.wait_for_log(&want, Duration::from_secs(30));
+    d.stop();
+}

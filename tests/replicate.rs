@@ -298,8 +298,7 @@ fn mcp_server_lists_and_restores() {
     assert_eq!(rpc(8, "tools/call", serde_json::json!({"name": "nope"}))["error"]["code"], -32602);
     assert_eq!(rpc(9, "resources/list", serde_json::json!({}))["error"]["code"], -32601);
     assert_eq!(http("GET", "").0, 405);
-    let log = d.stop();
-    assert!(!log.contains("mcp-addr: is a Litestream setting"), "{log}");
+    d.stop();
 }
 
 /// `addr:` serves Prometheus metrics under Litestream's names: after some writes,

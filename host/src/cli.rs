@@ -414,11 +414,6 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
         None => {
             let cfg = a.config.load()?;
             init_logging(a.log_level.as_deref().or(cfg.logging.level.as_deref()));
-            for key in &cfg.ignored_keys {
-                tracing::warn!(
-                    "config key {key}: is a Litestream setting this build of sluice does not implement; it is ignored"
-                );
-            }
             exec = exec.or(cfg.exec.clone()).filter(|e| !e.trim().is_empty());
             socket = cfg.socket.config()?;
             let (timeout, interval) = cfg.shutdown_sync()?;

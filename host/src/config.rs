@@ -50,9 +50,6 @@ pub struct Config {
     pub shutdown_sync_timeout: Option<String>,
     /// Pause between those retries (default 500ms).
     pub shutdown_sync_interval: Option<String>,
-    /// Litestream keys this build does not act on, found by `parse` (for a warning).
-    #[serde(skip)]
-    pub ignored_keys: Vec<String>,
     /// Compaction levels L1..Ln (default 30s, 5m, 1h).
     pub levels: Option<Vec<LevelConfig>>,
     #[serde(default)]
@@ -61,6 +58,11 @@ pub struct Config {
     pub l0_retention_check_interval: Option<String>,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// `validation: {interval}`: check every level's TXID contiguity periodically.
+    #[serde(default)]
+    pub validation: ValidationConfig,
+    /// Check the destination level's contiguity after each compaction.
+    pub verify_compaction: Option<bool>,
     /// Policy plugins, referred to by name from replicas.
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
@@ -229,6 +231,12 @@ pub struct LevelConfig {
 pub struct SnapshotConfig {
     pub interval: Option<String>,
     pub retention: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ValidationConfig {
+    pub interval: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -542,14 +550,6 @@ fn expand_dir(entry: &DbConfig, dir: &str) -> Result<Vec<DbConfig>> {
     Ok(out)
 }
 
-/// Top-level keys Litestream 0.5 reads that Sluice does not act on yet.
-const NOT_IMPLEMENTED: &[&str] = &["validation", "verify-compaction"];
-
-fn litestream_keys_not_implemented(text: &str) -> Vec<String> {
-    let Ok(serde_yaml::Value::Mapping(m)) = serde_yaml::from_str::<serde_yaml::Value>(text) else { return vec![] };
-    NOT_IMPLEMENTED.iter().filter(|k| m.get(**k).is_some_and(|v| !v.is_null())).map(|k| k.to_string()).collect()
-}
-
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
     if s == "0" {
@@ -612,8 +612,7 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let mut cfg: Config = serde_yaml::from_str(&text).map_err(|e| anyhow!("{e}"))?;
-        cfg.ignored_keys = litestream_keys_not_implemented(&text);
+        let cfg: Config = serde_yaml::from_str(&text).map_err(|e| anyhow!("{e}"))?;
         Ok(cfg)
     }
 
@@ -721,6 +720,11 @@ impl Config {
         if let Some(e) = self.retention.enabled {
             o.retention_enabled = e;
         }
+        if let Some(v) = self.validation.interval.as_deref().filter(|v| !v.is_empty()) {
+            let d = parse_duration(v).context("validation.interval")?;
+            o.validation_interval = Some(d).filter(|d| !d.is_zero());
+        }
+        o.verify_compaction = self.verify_compaction.unwrap_or(false);
         Ok(o)
     }
 
@@ -975,13 +979,14 @@ mod tests {
     }
 
     #[test]
-    fn litestream_keys_sluice_does_not_act_on_are_reported() {
+    fn top_level_litestream_keys() {
         let cfg = Config::parse(
-            "socket:\n  enabled: true\nverify-compaction: true\nheartbeat-url: http://h/x\nshutdown-sync-timeout: 0\nshutdown-sync-interval: 250ms\ndbs: []\n",
+            "socket:\n  enabled: true\nverify-compaction: true\nvalidation:\n  interval: 1m\nheartbeat-url: http://h/x\nshutdown-sync-timeout: 0\nshutdown-sync-interval: 250ms\ndbs: []\n",
             false,
         )
         .unwrap();
-        assert_eq!(cfg.ignored_keys, vec!["verify-compaction".to_string()]);
+        let o = cfg.store_options().unwrap();
+        assert_eq!((o.validation_interval, o.verify_compaction), (Some(Duration::from_secs(60)), true));
         assert_eq!(cfg.socket.config().unwrap().unwrap().permissions, 0o600);
         let quoted = Config::parse("socket:\n  enabled: true\n  permissions: 0660\n", false).unwrap();
         assert_eq!(quoted.socket.config().unwrap().unwrap().permissions, 0o660);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, TimeDelta, Utc};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::compaction::{PipeReader, merge};
 use crate::db::{Shared, write_snapshot};
@@ -36,6 +36,10 @@ pub struct StoreOptions {
     pub l0_retention: Duration,
     pub l0_retention_check_interval: Duration,
     pub retention_enabled: bool,
+    /// `validation.interval`: list every level this often and log TXID gaps and overlaps.
+    pub validation_interval: Option<Duration>,
+    /// `verify-compaction`: list the destination level after each compaction and check it.
+    pub verify_compaction: bool,
 }
 
 impl Default for StoreOptions {
@@ -47,8 +51,33 @@ impl Default for StoreOptions {
             l0_retention: Duration::from_secs(300),
             l0_retention_check_interval: Duration::from_secs(15),
             retention_enabled: true,
+            validation_interval: None,
+            verify_compaction: false,
         }
     }
+}
+
+/// What is wrong with one level's TXID ranges, one line per fault: at levels 0..8
+/// each file must start right after the one before it (level 9 holds snapshots,
+/// which all start at TXID 1). `files` is sorted as listings are.
+pub fn contiguity_faults(level: u8, files: &[FileInfo]) -> Vec<String> {
+    if level == SNAPSHOT_LEVEL {
+        let odd = files.iter().filter(|f| f.min_txid != 1);
+        return odd.map(|f| format!("level {level}: snapshot {} does not start at TXID 1", f.name())).collect();
+    }
+    let mut faults = Vec::new();
+    for w in files.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        let fault = if b.min_txid > a.max_txid + 1 {
+            Some(format!("gap between {} and {}", a.name(), b.name()))
+        } else if b.min_txid <= a.max_txid {
+            Some(format!("{} overlaps {}", a.name(), b.name()))
+        } else {
+            None
+        };
+        faults.extend(fault.map(|f| format!("level {level}: {f}")));
+    }
+    faults
 }
 
 /// Checks that deleting `victims` from the replica listed in `files` is safe: every
@@ -96,6 +125,7 @@ pub struct Store {
     next_compaction: Vec<DateTime<Utc>>,
     next_snapshot: DateTime<Utc>,
     next_l0_retention: DateTime<Utc>,
+    next_validation: Option<DateTime<Utc>>,
     /// A retention plugin replacing the built-in snapshot retention.
     retention_plugin: Option<(Plugin, Settings)>,
 }
@@ -109,6 +139,7 @@ impl Store {
             next_compaction: vec![now; opts.levels.len()],
             next_snapshot: now,
             next_l0_retention: now + delta(opts.l0_retention_check_interval),
+            next_validation: opts.validation_interval.map(|d| now + delta(d)),
             opts,
             files: None,
             retention_plugin: None,
@@ -219,12 +250,37 @@ impl Store {
             self.enforce_l0_retention(now)?;
             self.next_l0_retention = now + delta(self.opts.l0_retention_check_interval);
         }
+        if let (Some(at), Some(every)) = (self.next_validation, self.opts.validation_interval)
+            && now >= at
+        {
+            self.validate()?;
+            self.next_validation = Some(now + delta(every));
+        }
         Ok(())
+    }
+
+    /// Lists every level afresh and logs each TXID gap or overlap as a warning.
+    /// Returns the faults found.
+    pub fn validate(&self) -> Result<Vec<String>> {
+        let mut faults = Vec::new();
+        for level in 0..=SNAPSHOT_LEVEL {
+            faults.extend(contiguity_faults(level, &self.client.list(level)?));
+        }
+        for f in &faults {
+            warn!(replica = %self.client.location(), "validation: {f}");
+        }
+        if faults.is_empty() {
+            debug!(replica = %self.client.location(), "validation: every level is contiguous");
+        }
+        Ok(faults)
     }
 
     /// When the next scheduled pass is due.
     pub fn next_due(&self) -> DateTime<Utc> {
         let mut t = self.next_snapshot.min(self.next_l0_retention);
+        if let Some(v) = self.next_validation {
+            t = t.min(v);
+        }
         for c in &self.next_compaction {
             t = t.min(*c);
         }
@@ -269,6 +325,15 @@ impl Store {
             .with_context(|| format!("cannot write compacted file to level {level}"))?;
         info!(db = %self.shared.path.display(), level, file = %info.name(), inputs = inputs.len(), "compacted");
         self.files()?[level as usize].push(info);
+        if self.opts.verify_compaction {
+            let faults = contiguity_faults(level, &self.client.list(level)?);
+            for f in &faults {
+                warn!(replica = %self.client.location(), "compaction verification: {f}");
+            }
+            if faults.is_empty() {
+                debug!(replica = %self.client.location(), level, "compaction verified: the level is contiguous");
+            }
+        }
         Ok(true)
     }
 
@@ -459,5 +524,21 @@ mod tests {
         assert_eq!(truncate(t, Duration::from_secs(30)).to_rfc3339(), "2026-11-24T10:17:30+00:00");
         assert_eq!(truncate(t, Duration::from_secs(3600)).to_rfc3339(), "2026-11-24T10:00:00+00:00");
         assert_eq!(truncate(t, Duration::from_secs(86400)).to_rfc3339(), "2026-11-24T00:00:00+00:00");
+    }
+
+    #[test]
+    fn contiguity_faults_name_gaps_overlaps_and_odd_snapshots() {
+        let f = |level, min, max| FileInfo { level, min_txid: min, max_txid: max, size: 0, created_at: Utc::now() };
+        assert!(contiguity_faults(1, &[f(1, 1, 4), f(1, 5, 9), f(1, 10, 10)]).is_empty());
+        let gap = contiguity_faults(1, &[f(1, 1, 4), f(1, 6, 9)]);
+        assert_eq!(
+            gap,
+            ["level 1: gap between 0000000000000001-0000000000000004.ltx and 0000000000000006-0000000000000009.ltx"]
+        );
+        let overlap = contiguity_faults(0, &[f(0, 1, 4), f(0, 4, 9)]);
+        assert_eq!(overlap.len(), 1);
+        assert!(overlap[0].contains("overlaps"), "{overlap:?}");
+        assert!(contiguity_faults(9, &[f(9, 1, 4), f(9, 1, 9)]).is_empty());
+        assert_eq!(contiguity_faults(9, &[f(9, 1, 4), f(9, 3, 9)]).len(), 1);
     }
 }
