@@ -232,6 +232,13 @@ impl Store {
 
     /// Runs every compaction, snapshot and retention pass that is due.
     pub fn run_due(&mut self, now: DateTime<Utc>) -> Result<()> {
+        // Validation first: it matters most when something below keeps failing.
+        if let (Some(at), Some(every)) = (self.next_validation, self.opts.validation_interval)
+            && now >= at
+        {
+            self.next_validation = Some(now + delta(every));
+            self.validate()?;
+        }
         for i in 0..self.opts.levels.len() {
             if now >= self.next_compaction[i] {
                 let interval = self.opts.levels[i];
@@ -249,12 +256,6 @@ impl Store {
         if now >= self.next_l0_retention {
             self.enforce_l0_retention(now)?;
             self.next_l0_retention = now + delta(self.opts.l0_retention_check_interval);
-        }
-        if let (Some(at), Some(every)) = (self.next_validation, self.opts.validation_interval)
-            && now >= at
-        {
-            self.validate()?;
-            self.next_validation = Some(now + delta(every));
         }
         Ok(())
     }
