@@ -12,7 +12,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use crate::config::{Config, clean_db_path, default_config_path};
 use crate::replica_client::{ReplicaClient, client_from_url};
 use crate::restore::{self, IntegrityCheck, NoBackups, Target};
-use crate::{daemon, ltx, v3};
+use crate::{daemon, ltx};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -387,6 +387,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn replicate(a: ReplicateArgs) -> Result<()> {
+    daemon::started();
     let mut exec = a.exec.clone();
     let mut socket = None;
     let mut rescan: Option<(daemon::Rescan, std::time::Duration)> = None;
@@ -525,112 +526,59 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
             );
         }
     }
-    let plan = restore::plan(client.as_ref(), target);
-    // A Litestream 0.3 backup is used when no TXID is asked for and it is newer.
-    if target.txid.is_none()
-        && !a.follow
-        && let Some(b) = v3::instead_of(client.as_ref(), target.timestamp, &plan)?
-    {
-        return restore_v3(&a, client.as_ref(), &b, &output);
-    }
-    let plan = match plan {
-        Ok(p) => p,
+    let source = match restore::choose(client.as_ref(), target, a.follow) {
+        Ok(s) => s,
         Err(e) if a.if_replica_exists && e.downcast_ref::<NoBackups>().is_some() => {
             eprintln!("no backups found in {}, skipping restore", client.location());
             return Ok(());
         }
         Err(e) => return Err(e),
     };
-    let max_txid = plan.last().map_or(0, |f| f.max_txid);
     if a.dry_run {
-        return print_plan(&plan, &output, client.as_ref(), a.json);
+        return print_plan(&source, &output, client.as_ref(), a.json);
     }
     if a.force {
         restore::remove_output(&output)?;
     }
     let started = std::time::Instant::now();
-    let txid = restore::apply_with(client.as_ref(), &plan, &output, a.integrity_check, a.parallelism)
+    let txid = source
+        .apply(client.as_ref(), &output, a.integrity_check, a.parallelism)
         .with_context(|| format!("restore to {} failed", output.display()))?;
-    debug_assert_eq!(txid, max_txid);
     let ms = started.elapsed().as_millis();
-    if a.follow {
+    if a.follow
+        && let Some(txid) = txid
+    {
         eprintln!("restored {} to TXID {}; following {}", output.display(), ltx::format_txid(txid), client.location());
         return follow_until_signal(client.as_ref(), &output, txid, follow_interval);
     }
     if a.json {
-        let j = serde_json::json!({
+        let mut j = serde_json::json!({
             "db_path": output.display().to_string(),
             "replica": client.location(),
-            "txid": ltx::format_txid(txid),
             "duration_ms": ms,
             "integrity_check": format!("{:?}", a.integrity_check),
         });
-        println!("{j}");
-    } else {
-        eprintln!(
-            "restored {} to TXID {} from {} ({} files, {ms} ms)",
-            output.display(),
-            ltx::format_txid(txid),
-            client.location(),
-            plan.len()
-        );
-    }
-    Ok(())
-}
-
-/// `restore` from a Litestream 0.3 backup (snapshot plus WAL segments).
-fn restore_v3(a: &RestoreArgs, client: &dyn ReplicaClient, b: &v3::Backup, output: &Path) -> Result<()> {
-    let when = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
-    if a.dry_run {
-        let mut out = std::io::stdout().lock();
-        let files: Vec<&v3::Segment> = std::iter::once(&b.snapshot).chain(&b.wal).collect();
-        if a.json {
-            let files: Vec<_> = files
-                .iter()
-                .map(|s| serde_json::json!({"key": s.key, "index": s.index, "offset": s.offset, "size": s.size, "timestamp": when(&s.modified)}))
-                .collect();
-            let j = serde_json::json!({"target_path": output.display().to_string(), "replica": client.location(),
-                                       "format": "litestream-0.3", "generation": b.generation, "files": files});
-            writeln!(out, "{j}")?;
-        } else {
-            writeln!(
-                out,
-                "restore plan for {} from {} (Litestream 0.3 generation {}):",
-                output.display(),
-                client.location(),
-                b.generation
-            )?;
-            for s in files {
-                writeln!(out, "  {}  {:>10} bytes  {}", s.key, s.size, when(&s.modified))?;
+        match &source {
+            restore::Source::Ltx(_) => j["txid"] = txid.map(ltx::format_txid).into(),
+            restore::Source::V3(b) => {
+                j["format"] = "litestream-0.3".into();
+                j["generation"] = b.generation.clone().into();
             }
         }
-        return Ok(());
-    }
-    if a.force {
-        restore::remove_output(output)?;
-    }
-    let started = std::time::Instant::now();
-    v3::apply(client, b, output, a.integrity_check)
-        .with_context(|| format!("restore to {} failed", output.display()))?;
-    let ms = started.elapsed().as_millis();
-    if a.json {
-        let j = serde_json::json!({
-            "db_path": output.display().to_string(),
-            "replica": client.location(),
-            "format": "litestream-0.3",
-            "generation": b.generation,
-            "duration_ms": ms,
-            "integrity_check": format!("{:?}", a.integrity_check),
-        });
         println!("{j}");
     } else {
-        eprintln!(
-            "restored {} from {}, Litestream 0.3 generation {} (snapshot and {} WAL segments, {ms} ms)",
-            output.display(),
-            client.location(),
-            b.generation,
-            b.wal.len()
-        );
+        let (out, from) = (output.display(), client.location());
+        match &source {
+            restore::Source::Ltx(plan) => {
+                let t = ltx::format_txid(txid.unwrap_or(0));
+                eprintln!("restored {out} to TXID {t} from {from} ({} files, {ms} ms)", plan.len());
+            }
+            restore::Source::V3(b) => eprintln!(
+                "restored {out} from {from}, Litestream 0.3 generation {} (snapshot and {} WAL segments, {ms} ms)",
+                b.generation,
+                b.wal.len()
+            ),
+        }
     }
     Ok(())
 }
@@ -649,45 +597,48 @@ fn follow_until_signal(client: &dyn ReplicaClient, output: &Path, txid: u64, eve
     restore::follow(client, output, txid, every, &stop)
 }
 
-fn print_plan(
-    plan: &[crate::replica_client::FileInfo],
-    output: &Path,
-    client: &dyn ReplicaClient,
-    json: bool,
-) -> Result<()> {
+fn print_plan(source: &restore::Source, output: &Path, client: &dyn ReplicaClient, json: bool) -> Result<()> {
+    let when = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
     let mut out = std::io::stdout().lock();
-    if json {
-        let files: Vec<_> = plan
-            .iter()
-            .map(|f| {
-                serde_json::json!({
-                    "level": f.level,
-                    "name": f.name(),
-                    "min_txid": ltx::format_txid(f.min_txid),
-                    "max_txid": ltx::format_txid(f.max_txid),
-                    "size": f.size,
-                    "timestamp": f.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+    let (target, replica) = (output.display(), client.location());
+    match source {
+        restore::Source::Ltx(plan) if json => {
+            let files: Vec<_> = plan
+                .iter()
+                .map(|f| {
+                    serde_json::json!({"level": f.level, "name": f.name(), "min_txid": ltx::format_txid(f.min_txid),
+                                       "max_txid": ltx::format_txid(f.max_txid), "size": f.size, "timestamp": when(&f.created_at)})
                 })
-            })
-            .collect();
-        let j = serde_json::json!({
-            "target_path": output.display().to_string(),
-            "replica": client.location(),
-            "files": files,
-        });
-        writeln!(out, "{j}")?;
-        return Ok(());
-    }
-    writeln!(out, "restore plan for {} from {}:", output.display(), client.location())?;
-    for f in plan {
-        writeln!(
-            out,
-            "  level {}  {}  {:>10} bytes  {}",
-            f.level,
-            f.name(),
-            f.size,
-            f.created_at.to_rfc3339_opts(SecondsFormat::Millis, true)
-        )?;
+                .collect();
+            let j = serde_json::json!({"target_path": target.to_string(), "replica": replica, "files": files});
+            writeln!(out, "{j}")?;
+        }
+        restore::Source::Ltx(plan) => {
+            writeln!(out, "restore plan for {target} from {replica}:")?;
+            for f in plan {
+                writeln!(out, "  level {}  {}  {:>10} bytes  {}", f.level, f.name(), f.size, when(&f.created_at))?;
+            }
+        }
+        restore::Source::V3(b) => {
+            let files = std::iter::once(&b.snapshot).chain(&b.wal);
+            if json {
+                let files: Vec<_> = files
+                    .map(|s| serde_json::json!({"key": s.key, "index": s.index, "offset": s.offset, "size": s.size, "timestamp": when(&s.modified)}))
+                    .collect();
+                let j = serde_json::json!({"target_path": target.to_string(), "replica": replica,
+                                           "format": "litestream-0.3", "generation": b.generation, "files": files});
+                writeln!(out, "{j}")?;
+            } else {
+                writeln!(
+                    out,
+                    "restore plan for {target} from {replica} (Litestream 0.3 generation {}):",
+                    b.generation
+                )?;
+                for s in files {
+                    writeln!(out, "  {}  {:>10} bytes  {}", s.key, s.size, when(&s.modified))?;
+                }
+            }
+        }
     }
     Ok(())
 }

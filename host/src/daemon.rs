@@ -206,6 +206,29 @@ fn spawn_worker(
 /// `exec`, runs that command alongside and stops when it exits; with `socket`,
 /// serves the control socket there; with `rescan`, picks up databases created
 /// (and drops those deleted) while running, at the interval it comes with.
+/// When this process started replicating: the first call fixes it, and
+/// `replicate` makes the first call.
+pub fn started() -> &'static (Instant, chrono::DateTime<Utc>) {
+    static STARTED: std::sync::LazyLock<(Instant, chrono::DateTime<Utc>)> =
+        std::sync::LazyLock::new(|| (Instant::now(), Utc::now()));
+    &STARTED
+}
+
+/// The daemon's `version`, `pid`, `started_at` and `uptime_seconds`, for the
+/// control socket's and MCP's `info` answers.
+pub fn process_info() -> serde_json::Map<String, serde_json::Value> {
+    let (at, when) = started();
+    let serde_json::Value::Object(m) = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "started_at": when.to_rfc3339(),
+        "uptime_seconds": at.elapsed().as_secs(),
+    }) else {
+        unreachable!("a JSON object literal")
+    };
+    m
+}
+
 pub fn run(
     specs: Vec<DbSpec>,
     opts: RunOptions,
@@ -516,18 +539,12 @@ fn prepare(spec: &DbSpec, opts: RunOptions) -> Result<bool> {
     let restore_missing = opts.restore_if_db_not_exists || spec.restore_if_db_not_exists;
     if restore_missing && !spec.path.exists() {
         let client = spec.replica.client.as_ref();
-        let plan = restore::plan(client, Target::default());
-        if let Some(b) = crate::v3::instead_of(client, None, &plan)? {
-            crate::v3::apply(client, &b, &spec.path, IntegrityCheck::None)
-                .with_context(|| format!("cannot restore missing database {}", spec.path.display()))?;
-            info!(db = %spec.path.display(), generation = %b.generation, "restored missing database from its Litestream 0.3 backup");
-            check_sqlite_file(&spec.path)?;
-            return Ok(false);
-        }
-        match plan {
-            Ok(plan) => {
-                let txid = restore::apply(client, &plan, &spec.path, IntegrityCheck::None)?;
-                info!(db = %spec.path.display(), txid = %ltx::format_txid(txid), "restored missing database from its replica");
+        match restore::choose(client, Target::default(), false) {
+            Ok(source) => {
+                source
+                    .apply(client, &spec.path, IntegrityCheck::None, restore::DEFAULT_PARALLELISM)
+                    .with_context(|| format!("cannot restore missing database {}", spec.path.display()))?;
+                info!(db = %spec.path.display(), from = %source, "restored missing database from its replica");
             }
             Err(e) if e.downcast_ref::<NoBackups>().is_some() => {
                 info!(db = %spec.path.display(), "no backup to restore; waiting for the database to be created");
@@ -747,7 +764,7 @@ fn replica_worker(
                 }
                 store.run_due(Utc::now())
             })();
-            crate::heartbeat::record_replica(store.db_path(), result.is_ok());
+            store.health().record_replica(result.is_ok());
             match result {
                 Ok(()) => {
                     backoff = None;
@@ -778,7 +795,7 @@ fn replica_worker(
                     store.note_replicated();
                     store.remote_txid()
                 })();
-                crate::heartbeat::record_replica(store.db_path(), r.is_ok());
+                store.health().record_replica(r.is_ok());
                 if r.is_err() {
                     store.invalidate();
                 }

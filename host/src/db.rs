@@ -182,6 +182,8 @@ pub struct Shared {
     pub replicated_txid: std::sync::atomic::AtomicU64,
     /// This database's Prometheus series.
     pub metrics: DbMetrics,
+    /// This database's health, for the heartbeat and the control socket.
+    pub health: std::sync::Arc<crate::heartbeat::Health>,
 }
 
 impl Shared {
@@ -320,6 +322,7 @@ impl Db {
             reset_requested: AtomicBool::new(false),
             replicated_txid: Default::default(),
             metrics: metrics().for_db(&path),
+            health: crate::heartbeat::register(&path),
         });
         Db {
             shared,
@@ -495,7 +498,7 @@ impl Db {
             // Only a sync that captured something can follow a change in the file.
             self.record_db_size();
         }
-        crate::heartbeat::record_sync(&self.path, result.is_ok());
+        self.shared.health.record_sync(result.is_ok());
         let result = result?;
         if result.wrote.is_some() {
             self.written_since_checkpoint = true;

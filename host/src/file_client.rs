@@ -39,13 +39,7 @@ impl FileClient {
     /// Where an existing file is.
     fn file_path(&self, level: u8, min: u64, max: u64) -> Result<PathBuf> {
         let Some(l) = &self.layout else { return Ok(self.level_dir(level).join(ltx::format_filename(min, max))) };
-        if l.known_key(level, min, max).is_none() {
-            self.list(level)?;
-        }
-        let key = l.known_key(level, min, max).ok_or_else(|| {
-            anyhow::anyhow!("level {level} file {} is not in the replica", ltx::format_filename(min, max))
-        })?;
-        Ok(self.root.join(key))
+        Ok(self.root.join(l.existing_key(level, min, max, || self.list_with_layout(l, level).map(drop))?))
     }
 
     /// Where a new file goes.
@@ -61,16 +55,7 @@ impl FileClient {
     fn list_with_layout(&self, l: &Layout, level: u8) -> Result<Vec<(u64, u64, PathBuf)>> {
         let mut keys: Vec<(String, PathBuf)> = Vec::new();
         for prefix in l.prefixes(level)? {
-            // A prefix is a string prefix of keys (as on S3): walk from its directory part.
-            let start = match prefix.rfind('/') {
-                Some(i) => self.root.join(&prefix[..i]),
-                None => self.root.clone(),
-            };
-            walk(&self.root, &start, &mut |key, path| {
-                if key.starts_with(&prefix) && !key.ends_with(".tmp") {
-                    keys.push((key, path));
-                }
-            })?;
+            keys.extend(self.files_under(&prefix)?);
         }
         keys.sort();
         keys.dedup();
@@ -78,6 +63,35 @@ impl FileClient {
         let parsed = l.parse(level, &names)?;
         Ok(keys.into_iter().zip(parsed).filter_map(|((_, path), id)| id.map(|(min, max)| (min, max, path))).collect())
     }
+
+    /// Every file whose key (its path relative to the root) starts with `prefix`,
+    /// a string prefix as on S3, except the temporary files of uploads in progress.
+    fn files_under(&self, prefix: &str) -> Result<Vec<(String, PathBuf)>> {
+        let start = match prefix.rfind('/') {
+            Some(i) => self.root.join(&prefix[..i]),
+            None => self.root.clone(),
+        };
+        let mut found = Vec::new();
+        walk(&self.root, &start, &mut |key, path| {
+            if key.starts_with(prefix) && !key.ends_with(".tmp") {
+                found.push((key, path));
+            }
+        })?;
+        Ok(found)
+    }
+}
+
+/// The metadata of a file that may have gone since it was listed (`None` then).
+fn stat(path: &Path) -> Result<Option<fs::Metadata>> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot stat {}", path.display())),
+    }
+}
+
+fn modified(meta: &fs::Metadata) -> DateTime<Utc> {
+    meta.modified().unwrap_or(UNIX_EPOCH).into()
 }
 
 /// Calls `found(key, path)` for every file under `dir`, with its key relative to `root`.
@@ -135,13 +149,9 @@ impl ReplicaClient for FileClient {
         };
         let mut out = Vec::new();
         for (min_txid, max_txid, path) in found {
-            let meta = match fs::metadata(&path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
-            };
-            let created_at: DateTime<Utc> = meta.modified().unwrap_or(UNIX_EPOCH).into();
-            out.push(FileInfo { level, min_txid, max_txid, size: meta.len(), created_at });
+            if let Some(meta) = stat(&path)? {
+                out.push(FileInfo { level, min_txid, max_txid, size: meta.len(), created_at: modified(&meta) });
+            }
         }
         out.sort_by_key(|f| (f.min_txid, f.max_txid));
         out.dedup_by_key(|f| (f.min_txid, f.max_txid));
@@ -208,24 +218,11 @@ impl ReplicaClient for FileClient {
     }
 
     fn list_keys(&self, prefix: &str) -> Result<Vec<Object>> {
-        let start = match prefix.rfind('/') {
-            Some(i) => self.root.join(&prefix[..i]),
-            None => self.root.clone(),
-        };
-        let mut found = Vec::new();
-        walk(&self.root, &start, &mut |key, path| {
-            if key.starts_with(prefix) {
-                found.push((key, path));
-            }
-        })?;
         let mut out = Vec::new();
-        for (key, path) in found {
-            let meta = match fs::metadata(&path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
-            };
-            out.push(Object { key, size: meta.len(), modified: meta.modified().unwrap_or(UNIX_EPOCH).into() });
+        for (key, path) in self.files_under(prefix)? {
+            if let Some(meta) = stat(&path)? {
+                out.push(Object { key, size: meta.len(), modified: modified(&meta) });
+            }
         }
         Ok(out)
     }

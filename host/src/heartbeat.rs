@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
@@ -22,54 +23,66 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
 const CHECK_EVERY: Duration = Duration::from_secs(15);
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Clone, Copy, Debug, Default)]
-struct DbHealth {
-    last_sync_ok: Option<Instant>,
-    last_sync_at: Option<chrono::DateTime<chrono::Utc>>,
-    replica_failing: bool,
+/// One database's health. The database's workers hold it (in `db::Shared`) and
+/// update it with two atomic stores; the registry below holds it too, for the
+/// heartbeat and the control socket.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// When the last capture succeeded, in Unix milliseconds (0: never).
+    last_sync_ms: AtomicI64,
+    replica_failing: AtomicBool,
+}
+
+impl Health {
+    /// A capture (sync) ended.
+    pub fn record_sync(&self, ok: bool) {
+        if ok {
+            self.last_sync_ms.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+        }
+    }
+
+    /// A replica pass (an upload, compaction or retention pass) ended.
+    pub fn record_replica(&self, ok: bool) {
+        self.replica_failing.store(!ok, Ordering::Relaxed);
+    }
+
+    /// When the last capture succeeded.
+    pub fn last_sync(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self.last_sync_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => chrono::DateTime::from_timestamp_millis(ms),
+        }
+    }
 }
 
 /// When `db` last synced successfully (for the control socket's `list`).
 pub fn last_sync(db: &Path) -> Option<chrono::DateTime<chrono::Utc>> {
-    registry().lock().unwrap().get(db).and_then(|h| h.last_sync_at)
+    registry().lock().unwrap().get(db).and_then(|h| h.last_sync())
 }
 
-fn registry() -> &'static Mutex<BTreeMap<PathBuf, DbHealth>> {
-    static R: OnceLock<Mutex<BTreeMap<PathBuf, DbHealth>>> = OnceLock::new();
+fn registry() -> &'static Mutex<BTreeMap<PathBuf, Arc<Health>>> {
+    static R: OnceLock<Mutex<BTreeMap<PathBuf, Arc<Health>>>> = OnceLock::new();
     R.get_or_init(Default::default)
 }
 
-/// Adds a database to watch (before its workers start).
-pub fn register(db: &Path) {
-    registry().lock().unwrap().entry(db.to_path_buf()).or_default();
-}
-
-/// A capture (sync) of `db` ended.
-pub fn record_sync(db: &Path, ok: bool) {
-    if let Some(h) = registry().lock().unwrap().get_mut(db)
-        && ok
-    {
-        h.last_sync_ok = Some(Instant::now());
-        h.last_sync_at = Some(chrono::Utc::now());
-    }
-}
-
-/// A replica pass for `db` ended (an upload, compaction or retention pass).
-pub fn record_replica(db: &Path, ok: bool) {
-    if let Some(h) = registry().lock().unwrap().get_mut(db) {
-        h.replica_failing = !ok;
-    }
+/// Adds a database to watch (before its workers start, so that the heartbeat waits
+/// for its first sync), or finds it; returns its health for its workers to update.
+pub fn register(db: &Path) -> Arc<Health> {
+    registry().lock().unwrap().entry(db.to_path_buf()).or_default().clone()
 }
 
 /// Whether every registered database is healthy at `now`; else the first that is not.
-fn all_healthy(now: Instant, interval: Duration) -> std::result::Result<(), String> {
+fn all_healthy(now: chrono::DateTime<chrono::Utc>, interval: Duration) -> std::result::Result<(), String> {
     for (path, h) in registry().lock().unwrap().iter() {
-        match h.last_sync_ok {
+        let since = h.last_sync().map(|t| (now - t).to_std().unwrap_or(Duration::ZERO));
+        match since {
             None => return Err(format!("{} has not synced yet", path.display())),
-            Some(t) if now.duration_since(t) > interval => {
-                return Err(format!("{} has not synced for {:?}", path.display(), now.duration_since(t)));
+            Some(d) if d > interval => {
+                return Err(format!("{} has not synced for {d:?}", path.display()));
             }
-            _ if h.replica_failing => return Err(format!("the replica of {} is failing", path.display())),
+            _ if h.replica_failing.load(Ordering::Relaxed) => {
+                return Err(format!("the replica of {} is failing", path.display()));
+            }
             _ => {}
         }
     }
@@ -113,7 +126,7 @@ async fn run(uri: hyper::Uri, interval: Duration) {
         if last_ping.is_some_and(|t| now.duration_since(t) < interval) {
             continue;
         }
-        if let Err(why) = all_healthy(now, interval) {
+        if let Err(why) = all_healthy(chrono::Utc::now(), interval) {
             debug!(host = %host, "heartbeat withheld: {why}");
             continue;
         }
@@ -143,17 +156,16 @@ mod tests {
 
     #[test]
     fn pings_only_while_every_database_is_healthy() {
-        let (a, b) = (Path::new("/heartbeat-test/a.db"), Path::new("/heartbeat-test/b.db"));
-        register(a);
-        register(b);
+        let (a, b) = (register(Path::new("/heartbeat-test/a.db")), register(Path::new("/heartbeat-test/b.db")));
         let interval = Duration::from_secs(60);
-        assert!(all_healthy(Instant::now(), interval).is_err(), "nothing synced yet");
-        record_sync(a, true);
-        record_sync(b, true);
-        assert!(all_healthy(Instant::now(), interval).is_ok());
-        record_replica(b, false);
-        assert!(all_healthy(Instant::now(), interval).unwrap_err().contains("b.db"));
-        record_replica(b, true);
-        assert!(all_healthy(Instant::now() + Duration::from_secs(61), interval).unwrap_err().contains("not synced"));
+        let now = chrono::Utc::now;
+        assert!(all_healthy(now(), interval).is_err(), "nothing synced yet");
+        a.record_sync(true);
+        b.record_sync(true);
+        assert!(all_healthy(now(), interval).is_ok());
+        b.record_replica(false);
+        assert!(all_healthy(now(), interval).unwrap_err().contains("b.db"));
+        b.record_replica(true);
+        assert!(all_healthy(now() + Duration::from_secs(61), interval).unwrap_err().contains("not synced"));
     }
 }

@@ -2,12 +2,12 @@
 //! (relative to the replica's path) for each new file, says which prefixes to list
 //! for a level, and parses listed keys back into files. Keys with date parts cannot
 //! be recomputed from a file's identity alone, so every key named or seen is
-//! remembered here, and a backend asks [`Layout::known_key`] before it lists again.
+//! remembered here, and a backend lists again only for a key it has not seen.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 
 use crate::plugin::{Plugin, PluginFile, Settings};
 
@@ -40,8 +40,26 @@ impl Layout {
     }
 
     /// The key of a file this replica has written or listed, if any.
-    pub fn known_key(&self, level: u8, min: u64, max: u64) -> Option<String> {
+    fn known_key(&self, level: u8, min: u64, max: u64) -> Option<String> {
         self.keys.lock().unwrap().get(&(level, min, max)).cloned()
+    }
+
+    /// The key of an existing file: remembered, or else found by `list_level`
+    /// (the backend's listing of `level`, which goes through [`Layout::parse`]).
+    pub fn existing_key(
+        &self,
+        level: u8,
+        min: u64,
+        max: u64,
+        list_level: impl FnOnce() -> Result<()>,
+    ) -> Result<String> {
+        if let Some(k) = self.known_key(level, min, max) {
+            return Ok(k);
+        }
+        list_level()?;
+        self.known_key(level, min, max).ok_or_else(|| {
+            anyhow!("level {level} file {} is not in the replica", crate::ltx::format_filename(min, max))
+        })
     }
 
     /// The prefixes (relative, checked not to leave the replica's path) under which

@@ -14,9 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 use serde_json::{Value, json};
-use tracing::{info, warn};
-
-use crate::metrics::parse_addr;
+use tracing::info;
 
 const PROTOCOL_VERSION: &str = "2025-03-26";
 
@@ -117,49 +115,22 @@ struct Server {
     config: PathBuf,
     expand_env: bool,
     exe: PathBuf,
-    started: std::time::Instant,
-    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Starts the MCP server on `addr`; its tools read the config file at `config`
 /// (expanding `$VAR`s in it unless `expand_env` is false, as the daemon did).
 pub fn serve(addr: &str, config: PathBuf, expand_env: bool) -> Result<SocketAddr> {
-    let sock = parse_addr(addr)?;
-    let listener = std::net::TcpListener::bind(sock)
-        .map_err(|e| anyhow!("cannot listen on mcp-addr {addr}: {e}; choose another port or stop what uses it"))?;
-    listener.set_nonblocking(true)?;
+    let listener = crate::background::bind_tcp("mcp-addr", addr)?;
     let local = listener.local_addr()?;
     let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find the sluice binary for MCP tools: {e}"))?;
-    let server = Arc::new(Server {
-        config,
-        expand_env,
-        exe,
-        started: std::time::Instant::now(),
-        started_at: chrono::Utc::now(),
-    });
-    crate::background::spawn("mcp", move || accept_loop(listener, server))?;
+    let server = Arc::new(Server { config, expand_env, exe });
+    let listener = crate::background::Listener::Tcp(listener);
+    crate::background::serve_http("mcp", listener, move |req| handle(server.clone(), req))?;
     info!(addr = %local, "serving MCP (streamable HTTP) at /");
     Ok(local)
 }
 
 type Body = http_body_util::Full<bytes::Bytes>;
-
-async fn accept_loop(listener: std::net::TcpListener, server: Arc<Server>) {
-    use hyper::service::service_fn;
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => return warn!("MCP server cannot start: {e}"),
-    };
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let server = server.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(server.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-        });
-    }
-}
 
 fn respond(status: u16, body: Option<Value>) -> Result<hyper::Response<Body>, hyper::http::Error> {
     let b = hyper::Response::builder().status(status);
@@ -252,14 +223,9 @@ fn call(server: &Server, params: &Value) -> Result<Value, (i64, String)> {
         .map_err(|e| (-32603, format!("cannot run sluice {}: {e}", argv[0])))?;
     let mut text = String::new();
     if tool.name == "litestream_info" {
-        let info = json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "started_at": server.started_at.to_rfc3339(),
-            "uptime_seconds": server.started.elapsed().as_secs(),
-            "config": server.config.display().to_string(),
-        });
-        text.push_str(&format!("{info}\n"));
+        let mut info = crate::daemon::process_info();
+        info.insert("config".into(), server.config.display().to_string().into());
+        text.push_str(&format!("{}\n", Value::Object(info)));
     }
     text.push_str(&String::from_utf8_lossy(&out.stdout));
     text.push_str(&String::from_utf8_lossy(&out.stderr));

@@ -7,12 +7,12 @@
 //! only when `addr` is set.
 
 use std::io::Read;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::Result;
 use prometheus::{
     Counter, CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -303,72 +303,27 @@ impl ReplicaClient for Metered {
     }
 }
 
-/// Parses `addr` the way Litestream does: `host:port`, or `:port` for every interface.
-pub fn parse_addr(addr: &str) -> Result<SocketAddr> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| anyhow!("invalid addr {addr:?}: expected HOST:PORT or :PORT, for example :9090"))?;
-    if port.is_empty() || port.parse::<u16>().is_err() {
-        bail!("invalid addr {addr:?}: the port is missing or not a number; for example :9090");
-    }
-    let host = if host.is_empty() { "0.0.0.0" } else { host.trim_start_matches('[').trim_end_matches(']') };
-    (host, port.parse::<u16>()?)
-        .to_socket_addrs()
-        .with_context(|| format!("invalid addr {addr:?}: cannot resolve {host:?}"))?
-        .next()
-        .ok_or_else(|| anyhow!("invalid addr {addr:?}: {host:?} resolves to no address"))
-}
-
 /// Serves `GET /metrics` on `addr` from a thread of its own, until the process exits.
 pub fn serve(addr: &str) -> Result<SocketAddr> {
-    let sock = parse_addr(addr)?;
-    let listener = std::net::TcpListener::bind(sock).map_err(|e| {
-        anyhow!("cannot listen on addr {addr} for metrics: {e}; choose another port or stop what uses it")
-    })?;
-    listener.set_nonblocking(true)?;
+    let listener = crate::background::bind_tcp("addr", addr)?;
     let local = listener.local_addr()?;
-    crate::background::spawn("metrics", move || accept_loop(listener))?;
+    crate::background::serve_http("metrics", crate::background::Listener::Tcp(listener), |req| async move {
+        let (status, body) = match (req.method(), req.uri().path()) {
+            (&hyper::Method::GET, "/metrics") => (200, metrics().render()),
+            _ => (404, "not found: metrics are at /metrics\n".to_string()),
+        };
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+    })?;
     info!(addr = %local, "serving Prometheus metrics at /metrics");
     Ok(local)
-}
-
-async fn accept_loop(listener: std::net::TcpListener) {
-    use hyper::service::service_fn;
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => return warn!("metrics server cannot start: {e}"),
-    };
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let io = hyper_util::rt::TokioIo::new(stream);
-        tokio::spawn(async move {
-            let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                let (status, body) = match (req.method(), req.uri().path()) {
-                    (&hyper::Method::GET, "/metrics") => (200, metrics().render()),
-                    _ => (404, "not found: metrics are at /metrics\n".to_string()),
-                };
-                hyper::Response::builder()
-                    .status(status)
-                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-        });
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addr_forms() {
-        assert_eq!(parse_addr(":9090").unwrap(), "0.0.0.0:9090".parse().unwrap());
-        assert_eq!(parse_addr("127.0.0.1:9091").unwrap(), "127.0.0.1:9091".parse().unwrap());
-        assert!(parse_addr("localhost:9092").unwrap().ip().is_loopback());
-        assert!(format!("{:#}", parse_addr("9090").unwrap_err()).contains("HOST:PORT"));
-        assert!(format!("{:#}", parse_addr("host:").unwrap_err()).contains("port"));
-    }
 
     #[test]
     fn names_and_labels_match_litestream() {

@@ -61,6 +61,58 @@ impl fmt::Display for NoBackups {
 
 impl std::error::Error for NoBackups {}
 
+/// What a restore reads: a plan of LTX files, or a Litestream 0.3 backup.
+#[derive(Debug)]
+pub enum Source {
+    Ltx(Vec<FileInfo>),
+    V3(crate::v3::Backup),
+}
+
+/// Chooses what to restore for `target`: the LTX plan, unless a Litestream 0.3
+/// backup should serve instead (no TXID asked for, not following, and newer).
+/// Fails as [`plan`] does, with [`NoBackups`] when there is neither.
+pub fn choose(client: &dyn ReplicaClient, target: Target, follow: bool) -> Result<Source> {
+    let plan = plan(client, target);
+    if target.txid.is_none()
+        && !follow
+        && let Some(b) = crate::v3::instead_of(client, target.timestamp, &plan)?
+    {
+        return Ok(Source::V3(b));
+    }
+    plan.map(Source::Ltx)
+}
+
+impl Source {
+    /// Restores to `output`, whole or not at all. Returns the TXID reached for an
+    /// LTX restore (a 0.3 backup has none).
+    pub fn apply(
+        &self,
+        client: &dyn ReplicaClient,
+        output: &Path,
+        integrity: IntegrityCheck,
+        parallelism: usize,
+    ) -> Result<Option<u64>> {
+        match self {
+            Source::Ltx(plan) => apply_with(client, plan, output, integrity, parallelism).map(Some),
+            Source::V3(b) => crate::v3::apply(client, b, output, integrity).map(|_| None),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Ltx(plan) => {
+                let txid = plan.last().map_or(0, |f| f.max_txid);
+                write!(f, "TXID {} ({} files)", ltx::format_txid(txid), plan.len())
+            }
+            Source::V3(b) => {
+                write!(f, "Litestream 0.3 generation {} (snapshot and {} WAL segments)", b.generation, b.wal.len())
+            }
+        }
+    }
+}
+
 /// Lists every level of the replica.
 pub fn list_all(client: &dyn ReplicaClient) -> Result<Vec<Vec<FileInfo>>> {
     (0..=SNAPSHOT_LEVEL).map(|level| client.list(level)).collect()
@@ -193,15 +245,24 @@ pub fn apply_with(
     parallelism: usize,
 ) -> Result<u64> {
     let _pin = pin_plan(&client.location(), plan);
+    write_atomically(output, integrity, |tmp| apply_to(client, plan, tmp, parallelism.max(1)))
+}
+
+/// Has `write` build the database at `<output>.tmp`, checks its integrity, then
+/// renames it to `output` and fsyncs the directory. On any fault the temporary file
+/// is removed, so the output appears whole or not at all.
+pub fn write_atomically<T>(
+    output: &Path,
+    integrity: IntegrityCheck,
+    write: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
     let tmp = tmp_path(output);
-    let result = apply_to(client, plan, &tmp, parallelism.max(1)).and_then(|txid| {
+    let result = write(&tmp).and_then(|t| {
         check_integrity(&tmp, integrity)?;
         fs::rename(&tmp, output).with_context(|| format!("cannot rename {} to {}", tmp.display(), output.display()))?;
-        if let Some(dir) = output.parent() {
-            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-            fsync_dir(dir)?;
-        }
-        Ok(txid)
+        let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fsync_dir(dir)?;
+        Ok(t)
     });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -209,10 +270,15 @@ pub fn apply_with(
     result
 }
 
-pub fn tmp_path(output: &Path) -> PathBuf {
-    let mut s = output.as_os_str().to_owned();
-    s.push(".tmp");
+/// `path` with `suffix` appended to its file name (`app.db` → `app.db.tmp`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
     s.into()
+}
+
+pub fn tmp_path(output: &Path) -> PathBuf {
+    with_suffix(output, ".tmp")
 }
 
 /// Where an applied chain stands: page size, database size in pages, TXID.
@@ -318,11 +384,7 @@ fn apply_prefetched(
     }
     let state = Mutex::new(Window { next: 0, applied: 0, ready: Default::default(), stop: false });
     let changed = Condvar::new();
-    let staging = |i: usize| {
-        let mut p = tmp.as_os_str().to_owned();
-        p.push(format!(".part{i}"));
-        PathBuf::from(p)
-    };
+    let staging = |i: usize| with_suffix(tmp, &format!(".part{i}"));
     let download = |i: usize| -> Result<PathBuf> {
         let path = staging(i);
         let info = &plan[i];
@@ -392,9 +454,7 @@ fn apply_prefetched(
 
 /// `<output>-txid`: the TXID a followed copy holds.
 pub fn txid_path(output: &Path) -> PathBuf {
-    let mut s = output.as_os_str().to_owned();
-    s.push("-txid");
-    s.into()
+    with_suffix(output, "-txid")
 }
 
 fn write_txid_file(output: &Path, txid: u64) -> Result<()> {
@@ -519,9 +579,7 @@ pub fn check_integrity(path: &Path, check: IntegrityCheck) -> Result<()> {
 /// Whether `path` or any of its SQLite side files exists with content.
 pub fn output_exists(path: &Path) -> io::Result<Option<PathBuf>> {
     for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        let p = PathBuf::from(p);
+        let p = with_suffix(path, suffix);
         match fs::metadata(&p) {
             Ok(m) if suffix.is_empty() && m.len() == 0 => {}
             Ok(_) => return Ok(Some(p)),
@@ -535,12 +593,11 @@ pub fn output_exists(path: &Path) -> io::Result<Option<PathBuf>> {
 /// Removes an output file and its side files (for `-force`).
 pub fn remove_output(path: &Path) -> Result<()> {
     for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
+        let p = with_suffix(path, suffix);
         match fs::remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow!("cannot remove {}: {e}", PathBuf::from(p).display())),
+            Err(e) => return Err(anyhow!("cannot remove {}: {e}", p.display())),
         }
     }
     Ok(())

@@ -583,15 +583,7 @@ impl S3Client {
         let Some(l) = &self.layout else {
             return Ok(format!("{}{}", self.prefix(level), ltx::format_filename(min, max)));
         };
-        let rel = match l.known_key(level, min, max) {
-            Some(k) => k,
-            None => {
-                runtime().block_on(self.list_async(level))?;
-                l.known_key(level, min, max).ok_or_else(|| {
-                    anyhow!("level {level} file {} is not in the replica", ltx::format_filename(min, max))
-                })?
-            }
-        };
+        let rel = l.existing_key(level, min, max, || runtime().block_on(self.list_async(level)).map(drop))?;
         Ok(format!("{}/{rel}", self.path))
     }
 

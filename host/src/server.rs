@@ -19,14 +19,14 @@
 //! the clients.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::daemon::{Control, Endpoints, ToCapture};
 
@@ -41,8 +41,6 @@ pub struct SocketConfig {
 struct State {
     dbs: Endpoints,
     requests: std::sync::Mutex<std::sync::mpsc::Sender<Control>>,
-    started: Instant,
-    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Binds the socket (replacing a stale socket file) and serves it from a thread.
@@ -57,28 +55,9 @@ pub fn serve(cfg: SocketConfig, dbs: Endpoints, requests: std::sync::mpsc::Sende
     let listener = std::os::unix::net::UnixListener::bind(&cfg.path)
         .map_err(|e| anyhow!("cannot create control socket {}: {e}; check socket.path", cfg.path.display()))?;
     std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(cfg.permissions))?;
-    listener.set_nonblocking(true)?;
-    let state = std::sync::Arc::new(State {
-        dbs,
-        requests: std::sync::Mutex::new(requests),
-        started: Instant::now(),
-        started_at: chrono::Utc::now(),
-    });
-    crate::background::spawn("control", move || async move {
-        let listener = match tokio::net::UnixListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => return warn!("control socket cannot start: {e}"),
-        };
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-            });
-        }
-    })?;
+    let state = std::sync::Arc::new(State { dbs, requests: std::sync::Mutex::new(requests) });
+    let listener = crate::background::Listener::Unix(listener);
+    crate::background::serve_http("control", listener, move |req| handle(state.clone(), req))?;
     info!(path = %cfg.path.display(), "control socket listening");
     Ok(())
 }
@@ -99,16 +78,11 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
         (req.method().clone(), req.uri().path().to_string(), req.uri().query().map(str::to_string));
     let find = |p: &str| state.dbs.lock().unwrap().iter().find(|(d, _)| d == Path::new(p)).cloned();
     match (method, path.as_str()) {
-        (Method::GET, "/info") => reply(
-            StatusCode::OK,
-            json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "pid": std::process::id(),
-                "uptime_seconds": state.started.elapsed().as_secs(),
-                "started_at": state.started_at.to_rfc3339(),
-                "database_count": state.dbs.lock().unwrap().len(),
-            }),
-        ),
+        (Method::GET, "/info") => {
+            let mut info = crate::daemon::process_info();
+            info.insert("database_count".into(), state.dbs.lock().unwrap().len().into());
+            reply(StatusCode::OK, Value::Object(info))
+        }
         (Method::GET, "/list") => {
             let (tx, rx) = std::sync::mpsc::channel();
             let _ = state.requests.lock().unwrap().send(Control::Stopped { reply: tx });

@@ -160,9 +160,9 @@ impl Store {
         }
     }
 
-    /// The database this store replicates.
-    pub fn db_path(&self) -> &std::path::Path {
-        &self.shared.path
+    /// The health of the database this store replicates.
+    pub fn health(&self) -> &crate::heartbeat::Health {
+        &self.shared.health
     }
 
     pub fn client(&self) -> &Arc<dyn ReplicaClient> {
@@ -263,15 +263,21 @@ impl Store {
     /// Lists every level afresh and logs each TXID gap or overlap as a warning.
     /// Returns the faults found.
     pub fn validate(&self) -> Result<Vec<String>> {
+        self.check_levels(0..=SNAPSHOT_LEVEL, "validation", "validation: every level is contiguous")
+    }
+
+    /// Lists `levels` afresh (not from the kept listing), logs each contiguity fault
+    /// as a `{what}: ...` warning, or `ok` at debug level when there is none.
+    fn check_levels(&self, levels: impl IntoIterator<Item = u8>, what: &str, ok: &str) -> Result<Vec<String>> {
         let mut faults = Vec::new();
-        for level in 0..=SNAPSHOT_LEVEL {
+        for level in levels {
             faults.extend(contiguity_faults(level, &self.client.list(level)?));
         }
         for f in &faults {
-            warn!(replica = %self.client.location(), "validation: {f}");
+            warn!(replica = %self.client.location(), "{what}: {f}");
         }
         if faults.is_empty() {
-            debug!(replica = %self.client.location(), "validation: every level is contiguous");
+            debug!(replica = %self.client.location(), "{ok}");
         }
         Ok(faults)
     }
@@ -327,13 +333,8 @@ impl Store {
         info!(db = %self.shared.path.display(), level, file = %info.name(), inputs = inputs.len(), "compacted");
         self.files()?[level as usize].push(info);
         if self.opts.verify_compaction {
-            let faults = contiguity_faults(level, &self.client.list(level)?);
-            for f in &faults {
-                warn!(replica = %self.client.location(), "compaction verification: {f}");
-            }
-            if faults.is_empty() {
-                debug!(replica = %self.client.location(), level, "compaction verified: the level is contiguous");
-            }
+            let ok = format!("compaction verified: level {level} is contiguous");
+            self.check_levels([level], "compaction verification", &ok)?;
         }
         Ok(true)
     }

@@ -10,14 +10,13 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 
-use crate::file_client::fsync_dir;
 use crate::replica_client::{FileInfo, ReplicaClient};
-use crate::restore::{IntegrityCheck, check_integrity, tmp_path};
+use crate::restore::{IntegrityCheck, with_suffix, write_atomically};
 
 const PREFIX: &str = "generations/";
 
@@ -131,12 +130,6 @@ pub fn instead_of(
     Ok(found.filter(|b| newest_ltx.is_none_or(|t| b.updated_at > t)))
 }
 
-fn side_file(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    s.into()
-}
-
 /// Decompresses one stored LZ4-frame object into `out`, returning the bytes written.
 fn copy_object(client: &dyn ReplicaClient, seg: &Segment, out: &mut dyn Write) -> Result<u64> {
     let stored = client.open_key(&seg.key)?;
@@ -147,27 +140,18 @@ fn copy_object(client: &dyn ReplicaClient, seg: &Segment, out: &mut dyn Write) -
 /// Restores `backup` to `output` through `<output>.tmp`, which is removed on any
 /// fault: the output appears whole or not at all.
 pub fn apply(client: &dyn ReplicaClient, backup: &Backup, output: &Path, integrity: IntegrityCheck) -> Result<()> {
-    let tmp = tmp_path(output);
-    let (wal, shm) = (side_file(&tmp, "-wal"), side_file(&tmp, "-shm"));
-    let cleanup = || {
-        for p in [&wal, &shm] {
-            let _ = fs::remove_file(p);
-        }
-    };
-    cleanup();
-    let result = apply_to(client, backup, &tmp, &wal).and_then(|_| {
+    write_atomically(output, integrity, |tmp| {
+        let (wal, shm) = (with_suffix(tmp, "-wal"), with_suffix(tmp, "-shm"));
+        let cleanup = || {
+            for p in [&wal, &shm] {
+                let _ = fs::remove_file(p);
+            }
+        };
         cleanup();
-        check_integrity(&tmp, integrity)?;
-        fs::rename(&tmp, output).with_context(|| format!("cannot rename {} to {}", tmp.display(), output.display()))?;
-        let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        fsync_dir(dir)?;
-        Ok(())
-    });
-    if result.is_err() {
+        let applied = apply_to(client, backup, tmp, &wal);
         cleanup();
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+        applied
+    })
 }
 
 fn apply_to(client: &dyn ReplicaClient, backup: &Backup, tmp: &Path, wal_path: &Path) -> Result<()> {
