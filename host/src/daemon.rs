@@ -472,6 +472,7 @@ impl Supervisor<'_> {
         drop(endpoints);
         self.unregistered.insert(path.to_path_buf());
         let (_, h) = self.workers.swap_remove(i);
+        crate::heartbeat::unregister(path);
         match h.join() {
             Ok(Ok(())) => {
                 info!(db = %path.display(), "stopped after its final sync");
@@ -495,6 +496,7 @@ impl Supervisor<'_> {
             let err = match h.join() {
                 Ok(Ok(())) => {
                     info!(db = %path.display(), "stopped replicating");
+                    crate::heartbeat::unregister(&path);
                     None
                 }
                 Ok(Err(e)) => Some(e.context(format!("replication of {} stopped", path.display()))),

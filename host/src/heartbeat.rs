@@ -71,6 +71,12 @@ pub fn register(db: &Path) -> Arc<Health> {
     registry().lock().unwrap().entry(db.to_path_buf()).or_default().clone()
 }
 
+/// Stops watching a database that is no longer replicated (stopped, unregistered,
+/// or gone from a watched directory), so that it does not hold the heartbeat back.
+pub fn unregister(db: &Path) {
+    registry().lock().unwrap().remove(db);
+}
+
 /// Whether every registered database is healthy at `now`; else the first that is not.
 fn all_healthy(now: chrono::DateTime<chrono::Utc>, interval: Duration) -> std::result::Result<(), String> {
     for (path, h) in registry().lock().unwrap().iter() {
@@ -167,5 +173,11 @@ mod tests {
         assert!(all_healthy(now(), interval).unwrap_err().contains("b.db"));
         b.record_replica(true);
         assert!(all_healthy(now() + Duration::from_secs(61), interval).unwrap_err().contains("not synced"));
+        // A database that stops being replicated no longer counts.
+        let c = Path::new("/heartbeat-test/c.db");
+        register(c);
+        assert!(all_healthy(now(), interval).unwrap_err().contains("c.db"));
+        unregister(c);
+        assert!(all_healthy(now(), interval).is_ok());
     }
 }
