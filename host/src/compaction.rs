@@ -38,6 +38,8 @@ pub fn merged_header(inputs: &[Header]) -> Result<Header> {
         min_txid: first.min_txid,
         max_txid: last.max_txid,
         timestamp: last.timestamp,
+        // The merged file leaves the database where the last input does.
+        db_checksum: last.db_checksum,
         ..Default::default()
     })
 }

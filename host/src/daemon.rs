@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use chrono::Utc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::DbSpec;
 use crate::db::{Db, check_sqlite_file};
@@ -604,10 +604,36 @@ pub fn reconcile(db: &mut Db, client: &dyn ReplicaClient) -> Result<()> {
     Ok(())
 }
 
+/// Opens the database for replication, retrying for up to a minute while the
+/// application's writes keep it locked (SQLITE_BUSY).
+fn open_when_not_busy(db: &mut Db) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match db.open() {
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                debug!(db = %db.path().display(), "database busy at start-up; retrying: {e:#}");
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Whether an error comes from SQLite finding the database busy or locked.
+fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code).is_some_and(|code| {
+            matches!(code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        })
+    })
+}
+
 fn run_once(spec: DbSpec, opts: RunOptions) -> Result<()> {
     let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client));
     let mut db = Db::new(spec.path, spec.options);
-    db.open()?;
+    open_when_not_busy(&mut db)?;
     reconcile(&mut db, client.as_ref())?;
     db.sync()?;
     let mut store = Store::new(client, db.shared(), spec.store).with_retention_plugin(spec.replica.retention_plugin);
@@ -677,8 +703,9 @@ fn capture_worker(
     let mut db = Db::new(spec.path, spec.options);
     info!(db = %db.path().display(), replica = %client.location(), "replicating");
     // Problems with the database or the replica at start-up are fatal: the user
-    // must fix them (wrong path, bad credentials, missing bucket...).
-    db.open()?;
+    // must fix them (wrong path, bad credentials, missing bucket...). A database
+    // busy with the application's writes is not such a problem.
+    open_when_not_busy(&mut db)?;
     reconcile(&mut db, client.as_ref())?;
     let shared = db.shared();
     let store =

@@ -21,6 +21,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use rusqlite::{Connection, OpenFlags};
 use tracing::{debug, info};
 
+use crate::checksum::PageSums;
 use crate::file_client::fsync_dir;
 use crate::ltx::{self, Header};
 use crate::metrics::{DbMetrics, metrics};
@@ -30,35 +31,28 @@ use crate::wal::{self, FrameReader, WalHeader};
 /// pages 1..commit from the WAL frames up to `pos`'s end, else from the database
 /// file. The caller holds `Shared::checkpoint_lock` (shared) so that the WAL is not
 /// restarted underneath. Returns `None` if the WAL no longer matches `pos` (a
-/// checkpoint restarted it and the new frames are not captured yet): try later.
+/// checkpoint restarted it and the new frames are not captured yet), or if our read
+/// transaction changed since `pos` was captured in `epoch` (see `Shared::live_pos`):
+/// try later.
 pub fn write_snapshot<W: std::io::Write>(
     shared: &Shared,
     pos: &Header,
+    epoch: u64,
     timestamp: i64,
     out: W,
 ) -> Result<Option<(Header, W)>> {
+    if shared.read_epoch.load(std::sync::atomic::Ordering::SeqCst) != epoch {
+        return Ok(None);
+    }
     let Some(hdr) = wal::read_header(&shared.wal_path)? else { return Ok(None) };
     if hdr.salts() != (pos.wal_salt1, pos.wal_salt2) || hdr.page_size != pos.page_size {
         return Ok(None);
     }
     let end = (pos.wal_offset + pos.wal_size).max(wal::HEADER_SIZE as i64) as u64;
     let wal_file = File::open(&shared.wal_path)?;
-    let db_file = File::open(&shared.path).with_context(|| format!("cannot open {}", shared.path.display()))?;
-    let mut reader = FrameReader::from_start(&wal_file, hdr);
-    let mut pages: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut pending = Vec::new();
-    let mut reached = wal::HEADER_SIZE;
-    while reader.offset() < end {
-        let Some((off, fh)) = reader.next_frame()? else { break };
-        pending.push((fh.pgno, off));
-        if fh.commit != 0 {
-            pages.extend(pending.drain(..));
-            reached = reader.offset();
-        }
-    }
-    if reached != end {
-        return Ok(None);
-    }
+    let db_file =
+        crate::dbfile::open(&shared.path).with_context(|| format!("cannot open {}", shared.path.display()))?;
+    let Some(pages) = wal_page_map(&wal_file, hdr, end)? else { return Ok(None) };
     let page_size = pos.page_size;
     let fs_ = hdr.frame_size();
     let (wal_offset, wal_size) = if end > wal::HEADER_SIZE {
@@ -77,6 +71,8 @@ pub fn write_snapshot<W: std::io::Write>(
         wal_size: wal_size as i64,
         wal_salt1: hdr.salt1,
         wal_salt2: hdr.salt2,
+        // The state at `pos`, which the L0 file at `pos` recorded.
+        db_checksum: pos.db_checksum,
         ..Default::default()
     };
     let mut enc = ltx::Encoder::new(out, header.clone())?;
@@ -86,16 +82,42 @@ pub fn write_snapshot<W: std::io::Write>(
         if pgno == lock {
             continue;
         }
-        match pages.get(&pgno) {
-            Some(&off) => wal_file.read_exact_at(&mut buf, off + wal::FRAME_HEADER_SIZE)?,
-            None => db_file
-                .read_exact_at(&mut buf, (pgno as u64 - 1) * page_size as u64)
-                .map_err(|e| anyhow!("cannot read page {pgno} of {}: {e}", shared.path.display()))?,
-        }
+        read_page(&db_file, &wal_file, pgno, pages.get(&pgno).copied(), &mut buf, &shared.path)?;
         enc.write_page(pgno, &buf)?;
     }
     let (w, _) = enc.finish()?;
     Ok(Some((header, w)))
+}
+
+/// Where the newest committed version of each page is in the WAL, reading frames
+/// from the start up to `end`; `None` if the committed frames do not reach `end`
+/// (the WAL was restarted since).
+fn wal_page_map(wal_file: &File, hdr: WalHeader, end: u64) -> Result<Option<BTreeMap<u32, u64>>> {
+    let mut reader = FrameReader::from_start(wal_file, hdr);
+    let mut pages: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut pending = Vec::new();
+    let mut reached = wal::HEADER_SIZE;
+    while reader.offset() < end {
+        let Some((off, fh)) = reader.next_frame()? else { break };
+        pending.push((fh.pgno, off));
+        if fh.commit != 0 {
+            pages.extend(pending.drain(..));
+            reached = reader.offset();
+        }
+    }
+    Ok((reached == end.max(wal::HEADER_SIZE)).then_some(pages))
+}
+
+/// Reads page `pgno` from its WAL frame at `frame` if it has one, else from the
+/// database file.
+fn read_page(db_file: &File, wal_file: &File, pgno: u32, frame: Option<u64>, buf: &mut [u8], db: &Path) -> Result<()> {
+    match frame {
+        Some(off) => wal_file.read_exact_at(buf, off + wal::FRAME_HEADER_SIZE)?,
+        None => db_file
+            .read_exact_at(buf, (pgno as u64 - 1) * buf.len() as u64)
+            .map_err(|e| anyhow!("cannot read page {pgno} of {}: {e}", db.display()))?,
+    }
+    Ok(())
 }
 
 /// Per-database settings, with Litestream's names and defaults.
@@ -135,7 +157,7 @@ struct Handles {
     /// Holds the long-lived read transaction; also runs checkpoints.
     rtx: Connection,
     /// Pages are read from the database file through this one descriptor.
-    db_file: File,
+    db_file: Arc<File>,
     page_size: u32,
 }
 
@@ -178,6 +200,15 @@ pub struct Shared {
     pub checkpoint_lock: RwLock<()>,
     /// Set by the replica side when local files it needs are gone.
     pub reset_requested: AtomicBool,
+    /// Whether `pos` was captured by this process under its long-lived read
+    /// transaction. Only then does the database file hold no page newer than `pos`
+    /// (checkpoints cannot copy frames past our read mark), so only then can a
+    /// snapshot at `pos` read pages from it. A position left by an earlier run is
+    /// not: the application may have checkpointed frames past it since.
+    pub pos_is_live: AtomicBool,
+    /// Counts the times our read transaction was given up: a position captured
+    /// under an earlier one no longer bounds what the database file holds.
+    pub read_epoch: std::sync::atomic::AtomicU64,
     /// The newest TXID the replica is known to hold (set by the replica side).
     pub replicated_txid: std::sync::atomic::AtomicU64,
     /// This database's Prometheus series.
@@ -193,6 +224,15 @@ impl Shared {
 
     pub fn l0_path(&self, txid: u64) -> PathBuf {
         self.l0_dir.join(ltx::format_filename(txid, txid))
+    }
+
+    /// The position and the read epoch it was captured in, if a snapshot may be
+    /// taken at it (see `pos_is_live`).
+    pub fn live_pos(&self) -> Option<(Header, u64)> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let pos = self.pos.lock().unwrap();
+        let epoch = self.read_epoch.load(SeqCst);
+        pos.clone().filter(|_| self.pos_is_live.load(SeqCst)).map(|p| (p, epoch))
     }
 }
 
@@ -210,6 +250,11 @@ pub struct Db {
     /// Salts of a WAL generation fully captured just before our own checkpoint
     /// restarted the log: frames with newer salts are all new.
     captured_generation: Option<(u32, u32)>,
+    /// Page checksums of the database state at `pos`, once known.
+    sums: Option<PageSums>,
+    /// Set when our position was found not to match the database: the next step
+    /// writes a snapshot.
+    distrust: Option<&'static str>,
     last_checkpoint: Instant,
     written_since_checkpoint: bool,
 }
@@ -233,19 +278,17 @@ fn now_ms() -> i64 {
 
 /// Checks that `path` is an SQLite database (or an empty file SQLite will initialise).
 pub fn check_sqlite_file(path: &Path) -> Result<()> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            bail!("database path {} is a directory, not an SQLite database file", path.display())
+        }
+        Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             bail!("database {} does not exist: check the path, or create the database first", path.display())
         }
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot open database {}", path.display()));
-        }
-    };
-    if f.metadata()?.is_dir() {
-        bail!("database path {} is a directory, not an SQLite database file", path.display());
+        Err(e) => return Err(e).with_context(|| format!("cannot open database {}", path.display())),
     }
-    match read_magic(&mut f)? {
+    match read_magic(path).with_context(|| format!("cannot open database {}", path.display()))? {
         None | Some(true) => Ok(()),
         Some(false) => bail!("{} is not an SQLite database (its header is not \"SQLite format 3\")", path.display()),
     }
@@ -253,23 +296,19 @@ pub fn check_sqlite_file(path: &Path) -> Result<()> {
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
-/// Whether a file starts with SQLite's 16-byte header; `None` if it is empty.
-fn read_magic(f: &mut File) -> io::Result<Option<bool>> {
+/// Whether a file starts with SQLite's 16-byte header; `None` if it is empty. Read
+/// through [`dbfile`](crate::dbfile), so checking a database we replicate never
+/// drops our locks on it.
+fn read_magic(path: &Path) -> io::Result<Option<bool>> {
     let mut magic = [0u8; 16];
-    let mut n = 0;
-    while n < 16 {
-        match f.read(&mut magic[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
+    let n = crate::dbfile::read_at(path, &mut magic, 0)?;
     Ok((n > 0).then(|| n == 16 && &magic == SQLITE_MAGIC))
 }
 
 /// Whether a file starts with SQLite's header (directory replication's test; an
 /// empty file is not yet a database).
 pub fn is_sqlite_file(path: &Path) -> bool {
-    File::open(path).and_then(|mut f| read_magic(&mut f)).is_ok_and(|m| m == Some(true))
+    read_magic(path).is_ok_and(|m| m == Some(true))
 }
 
 /// The Litestream-compatible local state directory for a database path.
@@ -320,6 +359,8 @@ impl Db {
             pos: Mutex::new(None),
             checkpoint_lock: RwLock::new(()),
             reset_requested: AtomicBool::new(false),
+            pos_is_live: AtomicBool::new(false),
+            read_epoch: Default::default(),
             replicated_txid: Default::default(),
             metrics: metrics().for_db(&path),
             health: crate::heartbeat::register(&path),
@@ -334,6 +375,8 @@ impl Db {
             pos: None,
             verified: false,
             captured_generation: None,
+            sums: None,
+            distrust: None,
             last_checkpoint: Instant::now(),
             written_since_checkpoint: false,
         }
@@ -347,8 +390,12 @@ impl Db {
         self.shared.clone()
     }
 
-    fn set_pos(&mut self, pos: Option<Header>) {
-        *self.shared.pos.lock().unwrap() = pos.clone();
+    /// `live`: captured just now under our read transaction (see `Shared::pos_is_live`).
+    fn set_pos(&mut self, pos: Option<Header>, live: bool) {
+        let mut shared = self.shared.pos.lock().unwrap();
+        *shared = pos.clone();
+        self.shared.pos_is_live.store(live, std::sync::atomic::Ordering::SeqCst);
+        drop(shared);
         self.pos = pos;
     }
 
@@ -408,8 +455,8 @@ impl Db {
         }
         check_sqlite_file(&self.path)?;
         let conn = self.open_conn()?;
-        let db_file =
-            File::open(&self.path).with_context(|| format!("cannot open database {}", self.path.display()))?;
+        let db_file = crate::dbfile::open(&self.path)
+            .with_context(|| format!("cannot open database {}", self.path.display()))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
             .with_context(|| format!("cannot switch {} to WAL mode", self.path.display()))?;
@@ -433,12 +480,19 @@ impl Db {
         self.reload_position()?;
         self.verified = false;
         self.captured_generation = None;
+        self.sums = None;
         info!(db = %self.path.display(), page_size, txid = %ltx::format_txid(self.txid()), "database opened for replication");
         Ok(())
     }
 
     /// Releases the read transaction and closes the connections (no checkpoint).
     pub fn close(&mut self) {
+        // A snapshot streaming from the database relies on our read transaction:
+        // wait for it to finish before giving the transaction up.
+        let shared = self.shared.clone();
+        let _no_snapshot = shared.checkpoint_lock.write().unwrap_or_else(|e| e.into_inner());
+        shared.pos_is_live.store(false, std::sync::atomic::Ordering::SeqCst);
+        shared.read_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(h) = self.handles.take() {
             let _ = h.rtx.execute_batch("ROLLBACK");
         }
@@ -451,8 +505,9 @@ impl Db {
             Some((_, path)) => Some(ltx::read_header_file(&path)?),
             None => None,
         };
-        self.set_pos(pos);
+        self.set_pos(pos, false);
         self.verified = false;
+        self.sums = None;
         Ok(())
     }
 
@@ -465,8 +520,9 @@ impl Db {
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", dir.display())),
         }
         fs::create_dir_all(&dir)?;
-        self.set_pos(None);
+        self.set_pos(None, false);
         self.verified = false;
+        self.sums = None;
         Ok(())
     }
 
@@ -590,23 +646,12 @@ impl Db {
         if hdr.salts() == pos_salts {
             return Ok(Plan::Resume(prev_end));
         }
-        // The WAL was restarted after our last frame. If exactly one restart happened,
-        // every frame from the start up to our old frames carries the new salts.
-        let mut off = wal::HEADER_SIZE;
-        while off < prev_frame {
-            let Some(f) = wal::read_frame_header_at(&wal_file, off)? else {
-                break;
-            };
-            let salts = (f.salt1, f.salt2);
-            if salts == pos_salts {
-                break;
-            }
-            if salts != hdr.salts() {
-                return Ok(Plan::Snapshot("more than one WAL restart while we were not watching"));
-            }
-            off += fs;
-        }
-        Ok(Plan::Restarted)
+        // The WAL was restarted by someone else. Our last frame still being there
+        // proves nothing: the application may have appended to the old generation
+        // after our last capture, checkpointed those frames into the database file
+        // and restarted the log, all while we were not watching. Only a restart that
+        // follows our own sealed checkpoint (`captured_generation`) is known safe.
+        Ok(Plan::Snapshot("WAL restarted while we were not watching"))
     }
 
     /// The cheap idle check, run every tick: is there a frame with the current salts
@@ -622,6 +667,38 @@ impl Db {
         let wal_file = File::open(&self.wal_path)?;
         let next = (pos.wal_offset + pos.wal_size) as u64;
         Ok(wal::read_frame_header_at(&wal_file, next)?.is_some_and(|f| (f.salt1, f.salt2) == hdr.salts()))
+    }
+
+    /// The page checksums of the live database as of WAL offset `end` (the
+    /// database file overlaid with the WAL's committed frames up to there). The
+    /// long-lived read transaction keeps checkpoints from copying frames past
+    /// `end` into the file while we read.
+    fn live_sums(&self, wal_file: &File, hdr: WalHeader, end: u64, commit: u32) -> Result<PageSums> {
+        let h = self.handles()?;
+        let frames = wal_page_map(wal_file, hdr, end)?
+            .ok_or_else(|| anyhow!("the WAL of {} changed while it was read", self.path.display()))?;
+        let mut sums = PageSums::new(h.page_size);
+        let mut buf = vec![0u8; h.page_size as usize];
+        for pgno in 1..=commit {
+            read_page(&h.db_file, wal_file, pgno, frames.get(&pgno).copied(), &mut buf, &self.path)?;
+            sums.set(pgno, &buf);
+        }
+        Ok(sums)
+    }
+
+    /// The database checksum of the database file's first `commit` pages.
+    fn file_checksum(&self, commit: u32) -> Result<u64> {
+        let h = self.handles()?;
+        let mut rolling = crate::checksum::Rolling::default();
+        let mut buf = vec![0u8; h.page_size as usize];
+        let lock = ltx::lock_pgno(h.page_size);
+        for pgno in (1..=commit).filter(|&p| p != lock) {
+            h.db_file
+                .read_exact_at(&mut buf, (pgno as u64 - 1) * h.page_size as u64)
+                .map_err(|e| anyhow!("cannot read page {pgno} of {}: {e}", self.path.display()))?;
+            rolling.add(pgno, &buf);
+        }
+        Ok(rolling.total())
     }
 
     fn last_l0_has_page(&self, pos: &Header, pgno: u32, data: &[u8]) -> Result<bool> {
@@ -646,16 +723,18 @@ impl Db {
         if hdr.page_size != page_size {
             bail!("WAL page size {} differs from database page size {page_size}", hdr.page_size);
         }
-        if !force_snapshot && self.verified && !self.has_new_frames(&hdr)? {
+        if !force_snapshot && self.distrust.is_none() && self.verified && !self.has_new_frames(&hdr)? {
             return Ok((None, false));
         }
         let wal_size = fs::metadata(&self.wal_path)?.len();
         let plan = match (&self.pos, force_snapshot) {
             (_, true) => Plan::Snapshot("forced"),
+            (Some(_), false) if let Some(why) = self.distrust => Plan::Snapshot(why),
             (None, _) => Plan::Snapshot("no local position"),
             (Some(pos), _) => self.plan(&hdr, wal_size, pos)?,
         };
         let wal_file = File::open(&self.wal_path)?;
+        let resumed = matches!(plan, Plan::Resume(_));
         let (mut reader, snapshot_reason) = match plan {
             Plan::Resume(off) => match FrameReader::resume_at(&wal_file, hdr, off)? {
                 Some(r) => (r, None),
@@ -689,9 +768,15 @@ impl Db {
             }
         }
         if !snapshot && commit.is_none() {
+            // Nothing was committed after our position, so no checkpoint can have
+            // copied anything newer into the database file: a snapshot may be taken.
+            if resumed {
+                self.shared.pos_is_live.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             self.verified = true;
             return Ok((None, false));
         }
+        let prior_sums = self.sums.take();
         let h = self.handles()?;
         let commit = match commit {
             Some(c) => c,
@@ -712,6 +797,21 @@ impl Db {
         }
         pages.remove(&ltx::lock_pgno(page_size));
 
+        // The database checksum after this file: kept page by page since the last
+        // snapshot, or computed from the live database once per start, so that it
+        // describes the real database, not just our chain of increments.
+        let mut sums = match (snapshot, prior_sums) {
+            (true, _) => PageSums::new(page_size),
+            (false, Some(sums)) => sums,
+            (false, None) => self.live_sums(&wal_file, hdr, end, commit)?,
+        };
+        let mut buf = vec![0u8; page_size as usize];
+        for (&pgno, &off) in &pages {
+            read_page(&h.db_file, &wal_file, pgno, (off != FROM_DB).then_some(off), &mut buf, &self.path)?;
+            sums.set(pgno, &buf);
+        }
+        sums.truncate(commit);
+
         let txid = self.txid() + 1;
         let header = Header {
             flags: ltx::HEADER_FLAG_NO_CHECKSUM,
@@ -724,6 +824,7 @@ impl Db {
             wal_size: (end - start) as i64,
             wal_salt1: hdr.salt1,
             wal_salt2: hdr.salt2,
+            db_checksum: sums.total(),
             ..Default::default()
         };
         let path = self.l0_path(txid);
@@ -731,15 +832,8 @@ impl Db {
         let written = (|| -> Result<u64> {
             let out = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
             let mut enc = ltx::Encoder::new(out, header.clone())?;
-            let mut buf = vec![0u8; page_size as usize];
             for (&pgno, &off) in &pages {
-                if off == FROM_DB {
-                    h.db_file
-                        .read_exact_at(&mut buf, (pgno as u64 - 1) * page_size as u64)
-                        .map_err(|e| anyhow!("cannot read page {pgno} of {}: {e}", self.path.display()))?;
-                } else {
-                    wal_file.read_exact_at(&mut buf, off + wal::FRAME_HEADER_SIZE)?;
-                }
+                read_page(&h.db_file, &wal_file, pgno, (off != FROM_DB).then_some(off), &mut buf, &self.path)?;
                 enc.write_page(pgno, &buf)?;
             }
             let (w, size) = enc.finish()?;
@@ -754,8 +848,10 @@ impl Db {
                 return Err(e.context(format!("cannot write local LTX file {}", path.display())));
             }
         };
+        crate::failpoint::hit("l0-written");
         fs::rename(&tmp, &path)?;
         fsync_dir(&self.l0_dir())?;
+        crate::failpoint::hit("l0-renamed");
         match snapshot_reason {
             Some(why) => {
                 info!(db = %self.path.display(), txid = %ltx::format_txid(txid), pages = pages.len(), size, reason = why, "wrote snapshot")
@@ -764,7 +860,9 @@ impl Db {
                 debug!(db = %self.path.display(), txid = %ltx::format_txid(txid), pages = pages.len(), size, "wrote LTX file")
             }
         }
-        self.set_pos(Some(header));
+        self.set_pos(Some(header), true);
+        self.sums = Some(sums);
+        self.distrust = None;
         self.verified = true;
         self.captured_generation = None;
         Ok((Some(txid), limited))
@@ -797,6 +895,11 @@ impl Db {
     pub fn checkpoint(&mut self, mode: CheckpointMode) -> Result<()> {
         let start = Instant::now();
         let result = self.checkpoint_inner(mode);
+        if result.is_err() && self.handles.as_ref().is_some_and(|h| h.rtx.is_autocommit()) {
+            // The long-lived read transaction was not re-opened: without it anyone
+            // may restart the WAL, so start over with full verification.
+            self.close();
+        }
         self.shared.metrics.record_checkpoint(mode == CheckpointMode::Truncate, result.is_ok(), start.elapsed());
         self.record_db_size();
         result
@@ -826,11 +929,16 @@ impl Db {
         if !h.conn.is_autocommit() {
             let _ = h.conn.execute_batch("ROLLBACK");
         }
-        let before = result?;
+        let (before, complete) = result?;
+        if complete {
+            self.check_position_against_file()?;
+        }
         self.last_checkpoint = Instant::now();
         self.written_since_checkpoint = false;
+        crate::failpoint::hit("checkpoint-done");
         // Make SQLite restart the WAL if the checkpoint copied everything.
         bump_seq(&self.handles()?.conn)?;
+        crate::failpoint::hit("checkpoint-restarted");
         let after = wal::read_header(&self.wal_path)?;
         if mode == CheckpointMode::Truncate {
             // Commits between our seal and the truncation cannot be proven captured.
@@ -844,8 +952,34 @@ impl Db {
         Ok(())
     }
 
-    /// Seals, checkpoints, and returns the WAL header from before the checkpoint.
-    fn checkpoint_behind_barrier(&mut self, mode: CheckpointMode) -> Result<WalHeader> {
+    /// After a complete checkpoint of a sealed WAL, the database file holds exactly
+    /// the state at our position: its checksum must be the one we recorded. If not,
+    /// something reached the database without passing through us, so we say so and
+    /// the next step writes a snapshot instead of shipping wrong increments. Our read
+    /// transaction began after the complete checkpoint, so no one can copy newer
+    /// frames into the file while we read it.
+    fn check_position_against_file(&mut self) -> Result<()> {
+        let (Some(pos), Some(sums)) = (&self.pos, &self.sums) else { return Ok(()) };
+        let (expected, commit) = (sums.total(), pos.commit);
+        let actual = self.file_checksum(commit)?;
+        if actual != expected {
+            tracing::error!(
+                db = %self.path.display(),
+                txid = %ltx::format_txid(self.txid()),
+                expected = format!("{expected:016x}"),
+                actual = format!("{actual:016x}"),
+                "the database does not match what was captured; writing a snapshot"
+            );
+            self.shared.metrics.record_position_mismatch();
+            self.distrust = Some("position did not match the database");
+            self.sums = None;
+        }
+        Ok(())
+    }
+
+    /// Seals, checkpoints, and returns the WAL header from before the checkpoint and
+    /// whether the checkpoint copied every frame of the sealed WAL into the database.
+    fn checkpoint_behind_barrier(&mut self, mode: CheckpointMode) -> Result<(WalHeader, bool)> {
         self.sync_without_checkpoint()?; // the seal: everything committed is captured
         let before = self.read_wal_header()?;
         let sealed = self.pos.as_ref().is_some_and(|p| (p.wal_salt1, p.wal_salt2) == before.salts());
@@ -864,7 +998,8 @@ impl Db {
         if sealed && mode == CheckpointMode::Passive {
             self.captured_generation = Some(before.salts());
         }
-        Ok(before)
+        let complete = sealed && mode == CheckpointMode::Passive && busy == 0 && log >= 0 && log == done;
+        Ok((before, complete))
     }
 }
 
@@ -883,9 +1018,14 @@ fn bump_seq(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Starts the long-lived read transaction. On failure no transaction is left open,
+/// so `is_autocommit` tells whether we hold one.
 fn begin_read(conn: &Connection) -> Result<()> {
     conn.execute_batch("BEGIN")?;
-    conn.query_row("SELECT COUNT(1) FROM _litestream_seq", [], |r| r.get::<_, i64>(0))
-        .context("cannot start the long-lived read transaction")?;
+    let read = conn.query_row("SELECT COUNT(1) FROM _litestream_seq", [], |r| r.get::<_, i64>(0));
+    if let Err(e) = read {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e).context("cannot start the long-lived read transaction");
+    }
     Ok(())
 }

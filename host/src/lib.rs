@@ -8,12 +8,15 @@
 //! file, `daemon` runs the replicate threads and `cli` the commands.
 
 pub mod background;
+pub mod checksum;
 pub mod cli;
 pub mod compaction;
 pub mod config;
 pub mod crc64;
 pub mod daemon;
+pub mod failpoint;
 pub mod db;
+pub mod dbfile;
 pub mod file_client;
 pub mod heartbeat;
 pub mod insecure_tls;

@@ -74,6 +74,11 @@ pub struct Header {
     pub wal_salt1: u32,
     pub wal_salt2: u32,
     pub node_id: u64,
+    /// Sluice's extension, in the first 8 of the header's 20 reserved bytes: the
+    /// database checksum after this file is applied ([`DbChecksum`]), or 0 when
+    /// unknown (every file Litestream writes). Litestream's readers ignore the
+    /// reserved bytes, so files carrying it stay restorable by Litestream.
+    pub db_checksum: u64,
 }
 
 impl Header {
@@ -97,6 +102,7 @@ impl Header {
         b[64..68].copy_from_slice(&self.wal_salt1.to_be_bytes());
         b[68..72].copy_from_slice(&self.wal_salt2.to_be_bytes());
         b[72..80].copy_from_slice(&self.node_id.to_be_bytes());
+        b[80..88].copy_from_slice(&self.db_checksum.to_be_bytes());
         b
     }
 
@@ -120,6 +126,7 @@ impl Header {
             wal_salt1: u32_at(64),
             wal_salt2: u32_at(68),
             node_id: u64_at(72),
+            db_checksum: u64_at(80),
         })
     }
 

@@ -38,6 +38,7 @@ pub struct Metrics {
     op_errors: IntCounterVec,
     op_seconds: HistogramVec,
     replica_txid: IntGaugeVec,
+    position_mismatch: IntCounterVec,
 }
 
 /// The process's metrics.
@@ -99,6 +100,11 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             replica_txid: igauge("sluice_replica_txid", "The newest TXID stored in the replica", &["db"]),
+            position_mismatch: icounter(
+                "sluice_position_mismatch_total",
+                "Times the captured state did not match the database file and a snapshot was forced",
+                &["db"],
+            ),
             registry,
         }
     }
@@ -126,6 +132,7 @@ impl Metrics {
             sync_errors: self.sync_error_count.with_label_values(&l),
             sync_seconds: self.sync_seconds.with_label_values(&l),
             replica_txid: self.replica_txid.with_label_values(&l),
+            position_mismatch: self.position_mismatch.with_label_values(&l),
             passive: checkpoint("PASSIVE"),
             truncate: checkpoint("TRUNCATE"),
         }
@@ -164,6 +171,7 @@ pub struct DbMetrics {
     sync_errors: IntCounter,
     sync_seconds: Counter,
     replica_txid: IntGauge,
+    position_mismatch: IntCounter,
     passive: CheckpointMetrics,
     truncate: CheckpointMetrics,
 }
@@ -191,6 +199,11 @@ impl DbMetrics {
     /// The database file's size (it changes only when pages are written back).
     pub fn set_db_size(&self, bytes: u64) {
         self.db_size.set(bytes as i64);
+    }
+
+    /// The captured state was found not to match the database (a snapshot follows).
+    pub fn record_position_mismatch(&self) {
+        self.position_mismatch.inc();
     }
 
     /// The newest TXID the replica holds.

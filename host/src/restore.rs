@@ -287,6 +287,8 @@ struct Applied {
     page_size: u32,
     commit: u32,
     txid: u64,
+    /// The database checksum the last file recorded (0: none, as Litestream writes).
+    checksum: u64,
 }
 
 /// Applies one LTX file on top of `at` into `out`, checking that it continues the
@@ -325,7 +327,7 @@ fn apply_file<R: std::io::Read>(mut dec: ltx::Decoder<R>, at: Applied, out: &fs:
         );
     }
     out.set_len(h.commit as u64 * page_size as u64)?;
-    Ok(Applied { page_size, commit: h.commit, txid: h.max_txid })
+    Ok(Applied { page_size, commit: h.commit, txid: h.max_txid, checksum: h.db_checksum })
 }
 
 /// A file's header must name the TXIDs its key does.
@@ -349,6 +351,7 @@ pub const DEFAULT_PARALLELISM: usize = 4;
 
 fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path, window: usize) -> Result<u64> {
     let out = OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
         .truncate(true)
@@ -362,8 +365,35 @@ fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path, window: u
     } else {
         at = apply_prefetched(client, plan, tmp, &out, window)?;
     }
+    if let Some(last) = plan.last() {
+        check_db_checksum(&out, at, last)?;
+    }
     out.sync_all().with_context(|| format!("cannot fsync {}", tmp.display()))?;
     Ok(at.txid)
+}
+
+/// Checks the restored database against the checksum its last file recorded, so
+/// that a replica that does not add up is refused rather than restored.
+fn check_db_checksum(out: &fs::File, at: Applied, last: &FileInfo) -> Result<()> {
+    if at.checksum == 0 {
+        return Ok(());
+    }
+    let mut rolling = crate::checksum::Rolling::default();
+    let mut buf = vec![0u8; at.page_size as usize];
+    let lock = ltx::lock_pgno(at.page_size);
+    for pgno in (1..=at.commit).filter(|&p| p != lock) {
+        out.read_exact_at(&mut buf, (pgno as u64 - 1) * at.page_size as u64)
+            .context("cannot read back the restored database")?;
+        rolling.add(pgno, &buf);
+    }
+    if rolling.total() != at.checksum {
+        bail!(
+            "the restored database does not match the checksum recorded in LTX file {} (level {}): the replica is inconsistent; restore an earlier -txid, and run `sluice replicate` on the source to write a fresh snapshot",
+            last.name(),
+            last.level
+        );
+    }
+    Ok(())
 }
 
 /// Downloads up to `window` plan files in parallel into staging files next to the
@@ -514,7 +544,7 @@ pub fn follow(
         1 => 65536,
         n => n as u32,
     };
-    let mut at = Applied { page_size, commit: (out.metadata()?.len() / page_size as u64) as u32, txid };
+    let mut at = Applied { page_size, commit: (out.metadata()?.len() / page_size as u64) as u32, txid, checksum: 0 };
     mark_changed(&out)?;
     out.sync_all()?;
     write_txid_file(output, txid)?;

@@ -224,6 +224,7 @@ impl Store {
             let info = self.client.write(0, txid, txid, header.timestamp, &mut r).with_context(|| {
                 format!("cannot upload L0 file {} to {}", ltx::format_txid(txid), self.client.location())
             })?;
+            crate::failpoint::hit("upload-stored");
             self.files()?[0].push(info);
             n += 1;
         }
@@ -246,7 +247,11 @@ impl Store {
                 self.next_compaction[i] = truncate(now, interval) + delta(interval);
             }
         }
-        if now >= self.next_snapshot {
+        if now >= self.next_snapshot && self.shared.live_pos().is_none() {
+            // The capture side has not yet checked its position against the live
+            // database since it (re)opened it: a snapshot must wait for that.
+            self.next_snapshot = now + TimeDelta::seconds(1);
+        } else if now >= self.next_snapshot {
             self.snapshot(false, now)?;
             if self.opts.retention_enabled {
                 self.enforce_retention(now)?;
@@ -330,6 +335,7 @@ impl Store {
             .client
             .write(level, header.min_txid, header.max_txid, header.timestamp, &mut pipe)
             .with_context(|| format!("cannot write compacted file to level {level}"))?;
+        crate::failpoint::hit("compaction-stored");
         info!(db = %self.shared.path.display(), level, file = %info.name(), inputs = inputs.len(), "compacted");
         self.files()?[level as usize].push(info);
         if self.opts.verify_compaction {
@@ -352,24 +358,29 @@ impl Store {
         if !force && newest.as_ref().is_some_and(|s| s.created_at > truncate(now, interval)) {
             return Ok(false);
         }
-        let Some(pos) = self.shared.pos.lock().unwrap().clone() else { return Ok(false) };
-        // Taken after the position: a snapshot must never claim a time before the
-        // newest change it holds, or a timestamp restore could pick it too early.
-        let timestamp = Utc::now().timestamp_millis().max(pos.timestamp);
         let shared = self.shared.clone();
-        let at = pos.clone();
+        let (tell, told) = std::sync::mpsc::sync_channel(1);
         let mut pipe = PipeReader::spawn(move |w| {
-            // No checkpoint of ours may restart the WAL while we read it.
-            let _guard = shared.checkpoint_lock.read().unwrap();
-            match write_snapshot(&shared, &at, timestamp, w)? {
+            // No checkpoint of ours may restart the WAL while we read it, and the
+            // position is read under the same guard, so none can slip in between.
+            let _guard = shared.checkpoint_lock.read().unwrap_or_else(|e| e.into_inner());
+            // Only a position captured under our current read transaction will do.
+            let Some((at, epoch)) = shared.live_pos() else { return Ok(()) };
+            // Taken after the position: a snapshot must never claim a time before the
+            // newest change it holds, or a timestamp restore could pick it too early.
+            let timestamp = Utc::now().timestamp_millis().max(at.timestamp);
+            let _ = tell.send((at.clone(), timestamp));
+            match write_snapshot(&shared, &at, epoch, timestamp, w)? {
                 Some(_) => Ok(()),
                 None => anyhow::bail!("the WAL was restarted as the snapshot began; it will be retried"),
             }
         })?;
+        let Ok((pos, timestamp)) = told.recv() else { return Ok(false) };
         let info = self
             .client
             .write(SNAPSHOT_LEVEL, 1, pos.max_txid, timestamp, &mut pipe)
             .context("cannot write snapshot")?;
+        crate::failpoint::hit("snapshot-stored");
         info!(db = %self.shared.path.display(), file = %info.name(), size = info.size, "snapshot written");
         self.files()?[SNAPSHOT_LEVEL as usize].push(info);
         Ok(true)
@@ -403,6 +414,7 @@ impl Store {
                 continue;
             }
             self.client.delete(level, &ids)?;
+            crate::failpoint::hit("retention-deleted");
             if level == 0 {
                 for (_, max) in &ids {
                     let _ = fs::remove_file(self.shared.l0_path(*max));

@@ -1,0 +1,353 @@
+//! Crash safety: scripted interleavings of a replicator that stops and starts while
+//! the application, holding its connection open, writes, checkpoints and restarts
+//! the WAL. Each run of `sluice replicate -once` is one start-sync-stop of the
+//! daemon. After every scenario, every TXID of the replica is restored (from all
+//! levels, and from level 0 alone) and must be a state the source really had.
+
+mod support;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use support::*;
+
+/// The application: one long-lived connection in its own Python process.
+struct App {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// Tag of every committed ledger row, in order: the source's history.
+    history: Vec<String>,
+}
+
+impl App {
+    fn start(db: &Path, page_size: u32) -> App {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/app.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(db)
+            .arg(page_size.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 must be installed");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok ready");
+        App { child, stdin, stdout, history: Vec::new() }
+    }
+
+    fn run(&mut self, cmd: &str) -> String {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with("ok"), "application command {cmd:?} failed: {line}");
+        if let Some(rest) = cmd.strip_prefix("insert ") {
+            let mut w = rest.split_whitespace();
+            let (tag, n) = (w.next().unwrap(), w.next().unwrap().parse::<usize>().unwrap());
+            self.history.extend(std::iter::repeat_n(tag.to_string(), n));
+        }
+        line.trim_start_matches("ok").trim().to_string()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.wait();
+    }
+}
+
+/// The body app.py writes for a row.
+fn body(seq: usize, tag: &str) -> String {
+    let unit = format!("{tag}:{seq}|");
+    unit.repeat(40).chars().take(60 + seq % 300).collect()
+}
+
+/// Checks that a restored database is a state the source had: integrity_check
+/// passes and its ledger is a prefix of the source's history. Returns its length.
+fn check_restored(path: &Path, history: &[String], what: &str) -> usize {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let ic: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ic, ["ok"], "{what}: integrity_check");
+    let rows: Vec<(usize, String, String)> = conn
+        .prepare("SELECT seq, tag, body FROM ledger ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get::<_, i64>(0)? as usize, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (i, (seq, tag, b)) in rows.iter().enumerate() {
+        assert_eq!(*seq, i + 1, "{what}: ledger is not a prefix of the source (row {i} has seq {seq})");
+        assert!(i < history.len(), "{what}: row {seq} was never committed");
+        assert_eq!(tag, &history[i], "{what}: row {seq} has tag {tag}, the source committed {}", history[i]);
+        assert_eq!(b, &body(*seq, tag), "{what}: row {seq} has a body the source never wrote");
+    }
+    rows.len()
+}
+
+fn l0_txids(replica: &Path) -> Vec<u64> {
+    txids_at(replica, 0)
+}
+
+/// The max TXIDs of a file replica's files at `level`, sorted.
+fn txids_at(replica: &Path, level: u8) -> Vec<u64> {
+    let mut v: Vec<u64> = fs::read_dir(replica.join(format!("ltx/{level}")))
+        .map(|d| d.flatten().filter_map(|e| sluice::ltx::parse_filename(&e.file_name().to_string_lossy())))
+        .into_iter()
+        .flatten()
+        .map(|(_, max)| max)
+        .collect();
+    v.sort();
+    v
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap().flatten() {
+        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+struct Case {
+    dir: tempfile::TempDir,
+    db: PathBuf,
+    replica: PathBuf,
+    app: App,
+}
+
+impl Case {
+    fn new(page_size: u32) -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let replica = dir.path().join("replica");
+        let app = App::start(&db, page_size);
+        Case { dir, db, replica, app }
+    }
+
+    /// One start-sync-stop of the replicator.
+    fn replicate_once(&self) {
+        let out = sluice(&["replicate", "-once", self.db.to_str().unwrap(), &file_url(&self.replica)]);
+        assert!(out.status.success(), "replicate -once: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Restores every TXID, from the whole replica and from level 0 alone, checks
+    /// each, and checks that the latest equals the source.
+    fn check_every_txid(&self) {
+        let l0_only = self.dir.path().join("l0-only");
+        let _ = fs::remove_dir_all(&l0_only);
+        copy_dir(&self.replica.join("ltx/0"), &l0_only.join("ltx/0"));
+        self.check_txids(&[(&self.replica, "replica"), (&l0_only, "level 0 alone")]);
+    }
+
+    /// As [`Case::check_every_txid`], for the TXIDs level 0 still holds, from the
+    /// whole replica only (retention may have removed the start of level 0).
+    fn check_txids(&self, sources: &[(&PathBuf, &str)]) {
+        let mut txids = l0_txids(&self.replica);
+        assert!(!txids.is_empty());
+        if txids[0] != 1 {
+            // Retention removed the start of level 0: TXIDs before the oldest
+            // snapshot can no longer be restored, every later one must be.
+            let oldest_snapshot = txids_at(&self.replica, 9).into_iter().min().expect("a snapshot");
+            txids.retain(|&t| t >= oldest_snapshot);
+        }
+        for (i, &(source, label)) in sources.iter().enumerate() {
+            let mut last = 0;
+            for &txid in &txids {
+                let out = self.dir.path().join(format!("restored-{i}-{txid}.db"));
+                let _ = fs::remove_file(&out);
+                let hex = format!("{txid:016x}");
+                let o = sluice(&["restore", "-txid", &hex, "-o", out.to_str().unwrap(), &file_url(source)]);
+                assert!(o.status.success(), "restore -txid {hex} from {label}: {}", String::from_utf8_lossy(&o.stderr));
+                let n = check_restored(&out, &self.app.history, &format!("{label} at TXID {hex}"));
+                assert!(n >= last, "{label}: TXID {hex} restores {n} rows, fewer than the {last} of an earlier TXID");
+                last = n;
+            }
+            assert_eq!(last, self.app.history.len(), "{label}: the newest TXID lacks committed rows");
+        }
+        let latest = self.dir.path().join("latest.db");
+        let o = sluice(&["restore", "-o", latest.to_str().unwrap(), &file_url(&self.replica)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(digest_app(&latest), digest_app(&self.db), "the latest restore differs from the source");
+    }
+}
+
+const MODES: [&str; 4] = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"];
+
+/// The issue's reproduction: frames appended to the old WAL generation after our last
+/// capture, checkpointed and then restarted by the application while we were down.
+#[test]
+fn appended_then_checkpointed_then_restarted_while_stopped() {
+    for mode in MODES {
+        let mut c = Case::new(4096);
+        c.app.run("insert a 30");
+        c.replicate_once();
+        c.app.run("insert b 30");
+        c.app.run(&format!("checkpoint {mode}"));
+        c.app.run("insert c 5");
+        c.replicate_once();
+        c.app.run("insert d 3");
+        c.replicate_once();
+        c.check_every_txid();
+    }
+}
+
+/// The application checkpoints while we are down and writes nothing after it: the
+/// WAL restarts on the next write, which may be ours.
+#[test]
+fn checkpointed_while_stopped_restarted_by_the_next_start() {
+    for mode in MODES {
+        let mut c = Case::new(4096);
+        c.app.run("insert a 20");
+        c.replicate_once();
+        c.app.run("insert b 20");
+        c.app.run(&format!("checkpoint {mode}"));
+        c.replicate_once();
+        c.app.run("insert c 5");
+        c.replicate_once();
+        c.check_every_txid();
+    }
+}
+
+/// Several restarts while we are down, and a new generation long enough to
+/// overwrite our last frame, or short enough to leave it in place.
+#[test]
+fn several_restarts_while_stopped() {
+    for (mode, rows) in [("PASSIVE", 2), ("RESTART", 200), ("TRUNCATE", 2), ("FULL", 200)] {
+        let mut c = Case::new(4096);
+        c.app.run("insert a 40");
+        c.replicate_once();
+        for round in 0..3 {
+            c.app.run(&format!("insert r{round} {rows}"));
+            c.app.run(&format!("checkpoint {mode}"));
+        }
+        c.app.run("insert z 3");
+        c.replicate_once();
+        c.check_every_txid();
+    }
+}
+
+/// Page sizes at both ends, with blobs (overflow chains), deletes and VACUUM while
+/// we are down, so that the database shrinks and grows again.
+#[test]
+fn vacuum_and_page_sizes_while_stopped() {
+    for page_size in [512, 65536] {
+        let mut c = Case::new(page_size);
+        c.app.run("insert a 20");
+        c.app.run("blob 300000");
+        c.replicate_once();
+        c.app.run("insert b 10");
+        c.app.run("delete-blobs");
+        c.app.run("vacuum");
+        c.app.run("checkpoint PASSIVE");
+        c.app.run("insert c 10");
+        c.replicate_once();
+        c.app.run("blob 200000");
+        c.app.run("insert d 5");
+        c.replicate_once();
+        c.check_every_txid();
+    }
+}
+
+/// The application's last connection closes while we are down (SQLite checkpoints
+/// and removes the WAL), then opens again and writes.
+#[test]
+fn wal_removed_while_stopped() {
+    let mut c = Case::new(4096);
+    c.app.run("insert a 20");
+    c.replicate_once();
+    c.app.run("insert b 20");
+    c.app.run("reopen");
+    c.app.run("insert c 5");
+    c.replicate_once();
+    c.check_every_txid();
+}
+
+/// A `sluice replicate -config` that kills itself at a crash point.
+fn start_daemon(cfg: &Path, log: &Path, failpoint: Option<&str>) -> Child {
+    let mut cmd = Command::new(sluice_bin());
+    cmd.args(["replicate", "-config", cfg.to_str().unwrap()]).env("LOG_LEVEL", "debug");
+    match failpoint {
+        Some(p) => cmd.env("SLUICE_FAILPOINT", p),
+        None => cmd.env_remove("SLUICE_FAILPOINT"),
+    };
+    let f = fs::File::create(log).unwrap();
+    cmd.stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap()
+}
+
+/// kill -9 at each instant that matters: while writing a local L0 file, between
+/// writing and recording it, between a checkpoint and the WAL restart, after the
+/// restart, and after storing an upload, a compaction, a snapshot or a retention
+/// delete. Each time the next start heals: the replica restores every TXID to a
+/// state the source had, and finally equal to the source.
+#[test]
+fn killed_at_every_crash_point() {
+    use std::os::unix::process::ExitStatusExt;
+    let points = [
+        "l0-written",
+        "l0-renamed",
+        "checkpoint-done",
+        "checkpoint-restarted",
+        "upload-stored",
+        "compaction-stored",
+        "snapshot-stored",
+        "retention-deleted",
+    ];
+    for point in points {
+        let mut c = Case::new(4096);
+        let cfg = c.dir.path().join("sluice.yml");
+        let retention = if point == "retention-deleted" { "1s" } else { "1h" };
+        fs::write(
+            &cfg,
+            format!(
+                "levels:\n  - interval: 1s\nsnapshot:\n  interval: 2s\n  retention: 1h\n\
+                 l0-retention: {retention}\nl0-retention-check-interval: 1s\n\
+                 dbs:\n  - path: {}\n    monitor-interval: 50ms\n    min-checkpoint-page-count: 30\n\
+                 \x20   checkpoint-interval: 1s\n    replica:\n      url: {}\n      sync-interval: 50ms\n",
+                c.db.display(),
+                file_url(&c.replica)
+            ),
+        )
+        .unwrap();
+        let log = c.dir.path().join("crash.log");
+        c.app.run("insert a 10");
+        let mut daemon = start_daemon(&cfg, &log, Some(point));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        let status = loop {
+            if let Some(status) = daemon.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = daemon.kill();
+                let text = fs::read_to_string(&log).unwrap();
+                let tail: Vec<&str> = text.lines().filter(|l| !l.contains("DEBUG")).collect();
+                panic!("sluice never reached crash point {point}:\n{}", tail[tail.len().saturating_sub(30)..].join("\n"));
+            }
+            c.app.run("insert w 3");
+        };
+        let text = fs::read_to_string(&log).unwrap();
+        assert_eq!(status.signal(), Some(9), "{point}: sluice should have been killed:\n{text}");
+        assert!(text.contains(&format!("failpoint {point}")), "{point}: killed elsewhere:\n{text}");
+
+        // While it is down, the application goes on, and checkpoints.
+        c.app.run("insert b 20");
+        c.app.run("checkpoint PASSIVE");
+        c.app.run("insert c 5");
+        let log = c.dir.path().join("healed.log");
+        let mut daemon = start_daemon(&cfg, &log, None);
+        wait_until_caught_up(|| replica_caught_up(&c.db, &c.replica), point);
+        unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+        assert!(daemon.wait().unwrap().success(), "{point}: {}", fs::read_to_string(&log).unwrap());
+        c.check_txids(&[(&c.replica, point)]);
+    }
+}
