@@ -947,7 +947,11 @@ impl Db {
             let _ = self.handles()?.conn.execute_batch("ROLLBACK");
             r?;
         } else if after.map(|h| h.salts()) != Some(before.salts()) {
+            // Capture the new generation's first frames (our own `_litestream_seq`
+            // bump) at once, still holding the checkpoint lock: a snapshot must not
+            // find our position in a generation that no longer exists.
             debug!(db = %self.path.display(), "WAL restarted after checkpoint");
+            self.sync_without_checkpoint()?;
         }
         Ok(())
     }
