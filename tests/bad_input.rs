@@ -136,6 +136,34 @@ fn bit_flipped_ltx_file() {
     assert_no_output(&out);
 }
 
+/// A well-formed file (its own checksum is right) whose recorded database checksum
+/// is not what the chain produces: what a capture that missed a change writes. The
+/// restore refuses it, naming the file, and leaves no output.
+#[test]
+fn database_checksum_mismatch() {
+    let (dir, _db, replica) = make_replica();
+    let victim = newest_l0(&replica);
+    let mut dec = sluice::ltx::Decoder::new(fs::File::open(&victim).unwrap(), "victim").unwrap();
+    let mut header = dec.header().clone();
+    assert_ne!(header.db_checksum, 0, "sluice records the database checksum in every file");
+    header.db_checksum ^= 0x10;
+    let mut pages = Vec::new();
+    let mut buf = Vec::new();
+    while let Some(pgno) = dec.next_page(&mut buf).unwrap() {
+        pages.push((pgno, buf.clone()));
+    }
+    let mut enc = sluice::ltx::Encoder::new(Vec::new(), header).unwrap();
+    for (pgno, data) in &pages {
+        enc.write_page(*pgno, data).unwrap();
+    }
+    fs::write(&victim, enc.finish().unwrap().0).unwrap();
+    let out = dir.path().join("out.db");
+    let o = sluice(&["restore", "-o", out.to_str().unwrap(), &file_url(&replica)]);
+    let err = assert_one_line_error(&o, "does not match the checksum recorded");
+    assert!(err.contains(&victim.file_name().unwrap().to_string_lossy().to_string()), "names the file: {err}");
+    assert_no_output(&out);
+}
+
 #[test]
 fn existing_output_is_not_overwritten_without_force() {
     let (dir, db, replica) = make_replica();

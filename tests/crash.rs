@@ -331,7 +331,10 @@ fn killed_at_every_crash_point() {
                 let _ = daemon.kill();
                 let text = fs::read_to_string(&log).unwrap();
                 let tail: Vec<&str> = text.lines().filter(|l| !l.contains("DEBUG")).collect();
-                panic!("sluice never reached crash point {point}:\n{}", tail[tail.len().saturating_sub(30)..].join("\n"));
+                panic!(
+                    "sluice never reached crash point {point}:\n{}",
+                    tail[tail.len().saturating_sub(30)..].join("\n")
+                );
             }
             c.app.run("insert w 3");
         };
@@ -350,4 +353,80 @@ fn killed_at_every_crash_point() {
         assert!(daemon.wait().unwrap().success(), "{point}: {}", fs::read_to_string(&log).unwrap());
         c.check_txids(&[(&c.replica, point)]);
     }
+}
+
+/// Something changes the database file behind SQLite's back (a rogue process, a disk
+/// fault) while Sluice runs. At its next complete checkpoint Sluice finds that the
+/// file no longer matches the checksum of what it captured: it logs an error, counts
+/// it in `sluice_position_mismatch_total`, and writes a snapshot instead of further
+/// increments, so the replica again restores exactly what the file holds.
+#[test]
+fn database_changed_behind_our_back_is_detected_at_the_next_checkpoint() {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let mut c = Case::new(4096);
+    let cfg = c.dir.path().join("sluice.yml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    fs::write(
+        &cfg,
+        format!(
+            "addr: 127.0.0.1:{port}\ndbs:\n  - path: {}\n    monitor-interval: 50ms\n    checkpoint-interval: 200ms\n\
+             \x20   replica:\n      url: {}\n      sync-interval: 50ms\n",
+            c.db.display(),
+            file_url(&c.replica)
+        ),
+    )
+    .unwrap();
+    c.app.run("insert a 10");
+    let root: u64 = c.app.run("cold").parse().unwrap();
+    let log = c.dir.path().join("log");
+    let mut daemon = start_daemon(&cfg, &log, None);
+    let wait_log = |needle: &str, after: usize| -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if let Some(i) = text[after.min(text.len())..].find(needle) {
+                return after + i + needle.len();
+            }
+            assert!(std::time::Instant::now() < deadline, "no {needle:?} in the log:\n{text}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    // Wait until a checkpoint has copied the `cold` page into the database file.
+    c.app.run("insert b 3");
+    let at = wait_log("checkpoint", 0);
+    c.app.run("insert c 3");
+    let at = wait_log("checkpoint", at);
+    // Change a byte of the cold page's free space: SQLite never reads it, so the
+    // database stays valid, but it is no longer the database Sluice captured.
+    let file = fs::OpenOptions::new().write(true).open(&c.db).unwrap();
+    file.write_all_at(&[0x5a], (root - 1) * 4096 + 2048).unwrap();
+    drop(file);
+    c.app.run("insert d 3");
+    wait_log("the database does not match what was captured", at);
+    wait_log("position did not match the database", at);
+    let metrics = {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    let line = format!("sluice_position_mismatch_total{{db=\"{}\"}} 1", c.db.display());
+    assert!(metrics.lines().any(|l| l == line), "expected {line} in:\n{metrics}");
+    c.app.run("insert e 3");
+    wait_until_caught_up(|| replica_caught_up(&c.db, &c.replica), "the database");
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+    // The replica holds the file as it really is, changed byte included.
+    let out = c.dir.path().join("latest.db");
+    let o = sluice(&["restore", "-o", out.to_str().unwrap(), &file_url(&c.replica)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = |p: &Path| {
+        let mut b = vec![0u8; 4096];
+        fs::File::open(p).unwrap().read_exact_at(&mut b, (root - 1) * 4096).unwrap();
+        b
+    };
+    assert_eq!(page(&out), page(&c.db), "the restored cold page differs from the file");
+    assert_eq!(check_restored(&out, &c.app.history, "latest"), c.app.history.len());
 }

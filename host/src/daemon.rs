@@ -624,9 +624,9 @@ fn open_when_not_busy(db: &mut Db) -> Result<()> {
 /// Whether an error comes from SQLite finding the database busy or locked.
 fn is_busy(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code).is_some_and(|code| {
-            matches!(code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-        })
+        c.downcast_ref::<rusqlite::Error>()
+            .and_then(rusqlite::Error::sqlite_error_code)
+            .is_some_and(|code| matches!(code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
     })
 }
 

@@ -455,8 +455,8 @@ impl Db {
         }
         check_sqlite_file(&self.path)?;
         let conn = self.open_conn()?;
-        let db_file = crate::dbfile::open(&self.path)
-            .with_context(|| format!("cannot open database {}", self.path.display()))?;
+        let db_file =
+            crate::dbfile::open(&self.path).with_context(|| format!("cannot open database {}", self.path.display()))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
             .with_context(|| format!("cannot switch {} to WAL mode", self.path.display()))?;

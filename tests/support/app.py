@@ -13,6 +13,8 @@ Commands:
   checkpoint MODE     PRAGMA wal_checkpoint(MODE); answers "ok busy log checkpointed"
   vacuum              VACUUM
   reopen              close the connection (the last one removes the WAL) and open it again
+  cold                create table `cold` with one row (a page nobody writes again);
+                      answers "ok ROOTPAGE"
   count               answers "ok N" with the number of ledger rows
   quit
 """
@@ -62,6 +64,10 @@ def main():
             elif cmd == "reopen":
                 conn.close()
                 conn = connect(path)
+            elif cmd == "cold":
+                conn.execute("CREATE TABLE cold (x TEXT)")
+                conn.execute("INSERT INTO cold VALUES ('written once')")
+                answer = str(conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'cold'").fetchone()[0])
             elif cmd == "count":
                 answer = str(conn.execute("SELECT count(*) FROM ledger").fetchone()[0])
             elif cmd == "quit":
