@@ -430,3 +430,32 @@ fn database_changed_behind_our_back_is_detected_at_the_next_checkpoint() {
     assert_eq!(page(&out), page(&c.db), "the restored cold page differs from the file");
     assert_eq!(check_restored(&out, &c.app.history, "latest"), c.app.history.len());
 }
+
+/// POSIX drops every lock a process holds on a file when it closes any descriptor
+/// of it. Sluice once read snapshot pages through a descriptor it opened and closed,
+/// which silently released its SQLite locks: the next application connection to
+/// close then believed it was the last one, checkpointed past Sluice's read
+/// transaction and deleted the WAL. Here snapshots are taken every second while an
+/// application opens and closes a connection for each write: the WAL must never be
+/// removed under Sluice, so the only full snapshot in level 0 is the first one.
+#[test]
+fn snapshots_never_release_our_locks() {
+    let s = Setup::new();
+    s.top_level("levels:\n  - interval: 1s\nsnapshot:\n  interval: 1s\n  retention: 1h\n");
+    let d = s.daemon();
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    while start.elapsed() < std::time::Duration::from_secs(4) {
+        if [0, 1, 2, 4, 7].contains(&(n % 8)) {
+            write(&s.db, &["step", &n.to_string()]);
+        }
+        n += 1;
+    }
+    wait_caught_up(&s.db, &s.replica);
+    let log = d.stop();
+    assert!(log.contains("snapshot written"), "no level-9 snapshot was taken:\n{log}");
+    assert!(!log.contains("reopening"), "the WAL was removed under sluice:\n{log}");
+    let full: Vec<&str> = log.lines().filter(|l| l.contains("wrote snapshot")).collect();
+    assert_eq!(full.len(), 1, "only the first L0 file may be a full snapshot:\n{}", full.join("\n"));
+    restore_and_check(&[&s.url], &s.path("restored.db"), digest(&s.db));
+}
