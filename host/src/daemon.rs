@@ -810,7 +810,10 @@ fn replica_worker(
         }
         let now = Instant::now();
         let until_scheduled = (store.next_due() - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        let mut wait = until_scheduled.min(retry_at.saturating_duration_since(now).max(Duration::ZERO));
+        // Sleep until the next scheduled pass, a retry, or a pending upload's turn.
+        // (`retry_at` is in the past unless a pass failed, so it only counts then:
+        // counting it always made an idle replica wake every 10 ms.)
+        let mut wait = until_scheduled;
         if backoff.is_some() {
             wait = retry_at.saturating_duration_since(now);
         } else if store.upload_pending().unwrap_or(false) {
