@@ -242,6 +242,7 @@ pub fn run(
             "no databases to replicate: give DB_PATH REPLICA_URL, or list them under dbs: in the config"
         ));
     }
+    raise_fd_limit(specs.len())?;
     let mut prepared = Vec::new();
     for spec in &specs {
         crate::heartbeat::register(&spec.path);
@@ -601,6 +602,34 @@ pub fn reconcile(db: &mut Db, client: &dyn ReplicaClient) -> Result<()> {
     db.reset_local_state()?;
     let mut r = client.open(0, remote, remote)?;
     db.install_l0(remote, &mut r)?;
+    Ok(())
+}
+
+/// File descriptors one replicated database holds: the database file for page
+/// reads, and two SQLite connections with their database, WAL and shared-memory
+/// files, plus slack for LTX files and sockets in flight.
+const FDS_PER_DATABASE: u64 = 10;
+
+/// Raises the soft limit on open files to the hard limit, and refuses to start if
+/// even that is too low for `databases` databases.
+fn raise_fd_limit(databases: usize) -> Result<()> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Ok(());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    let needed = 64 + FDS_PER_DATABASE * databases as u64;
+    if lim.rlim_cur != libc::RLIM_INFINITY && (lim.rlim_cur as u64) < needed {
+        anyhow::bail!(
+            "replicating {databases} database(s) needs about {needed} open files but the limit is {} (RLIMIT_NOFILE): raise it, for example with `ulimit -n {needed}` or LimitNOFILE={needed} in the systemd unit",
+            lim.rlim_cur
+        );
+    }
     Ok(())
 }
 
