@@ -362,7 +362,6 @@ fn killed_at_every_crash_point() {
 /// increments, so the replica again restores exactly what the file holds.
 #[test]
 fn database_changed_behind_our_back_is_detected_at_the_next_checkpoint() {
-    use std::io::Read;
     use std::os::unix::fs::FileExt;
     let mut c = Case::new(4096);
     let cfg = c.dir.path().join("sluice.yml");
@@ -405,13 +404,7 @@ fn database_changed_behind_our_back_is_detected_at_the_next_checkpoint() {
     c.app.run("insert d 3");
     wait_log("the database does not match what was captured", at);
     wait_log("position did not match the database", at);
-    let metrics = {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
-    };
+    let metrics = http_get(port, "/metrics");
     let line = format!("sluice_position_mismatch_total{{db=\"{}\"}} 1", c.db.display());
     assert!(metrics.lines().any(|l| l == line), "expected {line} in:\n{metrics}");
     c.app.run("insert e 3");

@@ -306,20 +306,13 @@ fn mcp_server_lists_and_restores() {
 /// replica's PUTs are counted.
 #[test]
 fn metrics_endpoint_reports_progress() {
-    use std::io::{Read, Write};
     let s = Setup::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     s.top_level(&format!("addr: 127.0.0.1:{port}\n"));
     let d = s.daemon();
     write(&s.db, &["steps", "0", "4"]);
     let newest = wait_caught_up(&s.db, &s.replica);
-    let get = |path: &str| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
-    };
+    let get = |path: &str| http_get(port, path);
     let db_label = format!("db=\"{}\"", s.db.display());
     let newest = newest as f64;
     assert!(newest > 1.0);

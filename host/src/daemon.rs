@@ -624,7 +624,7 @@ fn raise_fd_limit(databases: usize) -> Result<()> {
         }
     }
     let needed = 64 + FDS_PER_DATABASE * databases as u64;
-    if lim.rlim_cur != libc::RLIM_INFINITY && (lim.rlim_cur as u64) < needed {
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < needed {
         anyhow::bail!(
             "replicating {databases} database(s) needs about {needed} open files but the limit is {} (RLIMIT_NOFILE): raise it, for example with `ulimit -n {needed}` or LimitNOFILE={needed} in the systemd unit",
             lim.rlim_cur

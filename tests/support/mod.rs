@@ -410,6 +410,16 @@ pub fn restore_and_check_with(args: &[&str], out: &Path, expected: Digest, env: 
     assert_eq!(digest(out), expected, "restored content differs ({args:?})");
 }
 
+/// A plain HTTP/1.1 GET to 127.0.0.1:`port`; returns the whole response.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
 pub fn file_url(p: &Path) -> String {
     format!("file://{}", p.display())
 }
