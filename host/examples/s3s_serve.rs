@@ -1,6 +1,7 @@
 //! A real S3 server for scripts (the torture suite, benchmarks): s3s-fs storing
 //! objects as files under ROOT, on 127.0.0.1:PORT, with SigV4 signatures checked
-//! against one key pair. Prints the endpoint once it accepts connections.
+//! against one key pair. Prints the endpoint once it accepts connections, then one
+//! line per request (`METHOD PATH`), so that scripts can count requests.
 //!
 //! Usage: s3s_serve ROOT PORT ACCESS_KEY SECRET_KEY
 //! Build: cargo build -p sluice --example s3s_serve
@@ -25,7 +26,13 @@ fn main() {
         loop {
             let Ok((sock, _)) = listener.accept().await else { continue };
             let _ = sock.set_nodelay(true);
-            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(sock), service.clone()).into_owned();
+            let svc = service.clone();
+            let logged = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                println!("{} {}", req.method(), req.uri().path());
+                let svc = svc.clone();
+                async move { hyper::service::Service::call(&svc, req).await }
+            });
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(sock), logged).into_owned();
             tokio::spawn(async move {
                 let _ = conn.await;
             });

@@ -255,6 +255,8 @@ pub struct Db {
     /// Set when our position was found not to match the database: the next step
     /// writes a snapshot.
     distrust: Option<&'static str>,
+    /// Set while our checkpoint holds `Shared::checkpoint_lock` exclusively.
+    checkpointing: bool,
     last_checkpoint: Instant,
     written_since_checkpoint: bool,
 }
@@ -377,6 +379,7 @@ impl Db {
             captured_generation: None,
             sums: None,
             distrust: None,
+            checkpointing: false,
             last_checkpoint: Instant::now(),
             written_since_checkpoint: false,
         }
@@ -489,8 +492,10 @@ impl Db {
     pub fn close(&mut self) {
         // A snapshot streaming from the database relies on our read transaction:
         // wait for it to finish before giving the transaction up.
+        // (During our own checkpoint we hold that lock already.)
         let shared = self.shared.clone();
-        let _no_snapshot = shared.checkpoint_lock.write().unwrap_or_else(|e| e.into_inner());
+        let _no_snapshot =
+            (!self.checkpointing).then(|| shared.checkpoint_lock.write().unwrap_or_else(|e| e.into_inner()));
         shared.pos_is_live.store(false, std::sync::atomic::Ordering::SeqCst);
         shared.read_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(h) = self.handles.take() {
@@ -918,6 +923,14 @@ impl Db {
             debug!(db = %self.path.display(), "checkpoint skipped: a snapshot is being taken");
             return Ok(());
         };
+        self.checkpointing = true;
+        let result = self.checkpoint_locked(mode);
+        self.checkpointing = false;
+        result
+    }
+
+    /// The checkpoint proper, holding `Shared::checkpoint_lock` exclusively.
+    fn checkpoint_locked(&mut self, mode: CheckpointMode) -> Result<()> {
         // The barrier: holding SQLite's write lock, no commit can slip in between
         // our last capture and the checkpoint.
         if let Err(e) = self.handles()?.conn.execute_batch("BEGIN IMMEDIATE") {
