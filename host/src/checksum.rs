@@ -87,6 +87,19 @@ impl Rolling {
     }
 }
 
+/// The database checksum of the first `commit` pages of a database file.
+pub fn of_file(file: &std::fs::File, page_size: u32, commit: u32) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut rolling = Rolling::default();
+    let mut buf = vec![0u8; page_size as usize];
+    let lock = ltx::lock_pgno(page_size);
+    for pgno in (1..=commit).filter(|&p| p != lock) {
+        file.read_exact_at(&mut buf, (pgno as u64 - 1) * page_size as u64)?;
+        rolling.add(pgno, &buf);
+    }
+    Ok(rolling.total())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -694,16 +694,8 @@ impl Db {
     /// The database checksum of the database file's first `commit` pages.
     fn file_checksum(&self, commit: u32) -> Result<u64> {
         let h = self.handles()?;
-        let mut rolling = crate::checksum::Rolling::default();
-        let mut buf = vec![0u8; h.page_size as usize];
-        let lock = ltx::lock_pgno(h.page_size);
-        for pgno in (1..=commit).filter(|&p| p != lock) {
-            h.db_file
-                .read_exact_at(&mut buf, (pgno as u64 - 1) * h.page_size as u64)
-                .map_err(|e| anyhow!("cannot read page {pgno} of {}: {e}", self.path.display()))?;
-            rolling.add(pgno, &buf);
-        }
-        Ok(rolling.total())
+        crate::checksum::of_file(&h.db_file, h.page_size, commit)
+            .map_err(|e| anyhow!("cannot read {}: {e}", self.path.display()))
     }
 
     fn last_l0_has_page(&self, pos: &Header, pgno: u32, data: &[u8]) -> Result<bool> {

@@ -378,15 +378,9 @@ fn check_db_checksum(out: &fs::File, at: Applied, last: &FileInfo) -> Result<()>
     if at.checksum == 0 {
         return Ok(());
     }
-    let mut rolling = crate::checksum::Rolling::default();
-    let mut buf = vec![0u8; at.page_size as usize];
-    let lock = ltx::lock_pgno(at.page_size);
-    for pgno in (1..=at.commit).filter(|&p| p != lock) {
-        out.read_exact_at(&mut buf, (pgno as u64 - 1) * at.page_size as u64)
-            .context("cannot read back the restored database")?;
-        rolling.add(pgno, &buf);
-    }
-    if rolling.total() != at.checksum {
+    let actual =
+        crate::checksum::of_file(out, at.page_size, at.commit).context("cannot read back the restored database")?;
+    if actual != at.checksum {
         bail!(
             "the restored database does not match the checksum recorded in LTX file {} (level {}): the replica is inconsistent; restore an earlier -txid, and run `sluice replicate` on the source to write a fresh snapshot",
             last.name(),
