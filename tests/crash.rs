@@ -112,6 +112,17 @@ fn txids_at(replica: &Path, level: u8) -> Vec<u64> {
     v
 }
 
+/// The lowest min TXID among a file replica's files at `level`.
+fn txids_at_min(replica: &Path, level: u8) -> u64 {
+    fs::read_dir(replica.join(format!("ltx/{level}")))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| sluice::ltx::parse_filename(&e.file_name().to_string_lossy()))
+        .map(|(min, _)| min)
+        .min()
+        .unwrap()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for e in fs::read_dir(from).unwrap().flatten() {
@@ -156,10 +167,16 @@ impl Case {
         let mut txids = l0_txids(&self.replica);
         assert!(!txids.is_empty());
         if txids[0] != 1 {
-            // Retention removed the start of level 0: TXIDs before the oldest
-            // snapshot can no longer be restored, every later one must be.
-            let oldest_snapshot = txids_at(&self.replica, 9).into_iter().min().expect("a snapshot");
-            txids.retain(|&t| t >= oldest_snapshot);
+            // Retention removed the start of level 0. A TXID stays restorable when a
+            // file of a higher level (a compaction or a snapshot) ends where what is
+            // left of level 0 goes on: every TXID from the first such end must restore.
+            let first_l0 = txids_at_min(&self.replica, 0);
+            let floor = (1..=9u8)
+                .flat_map(|level| txids_at(&self.replica, level))
+                .filter(|&end| end + 1 >= first_l0)
+                .min()
+                .expect("level 0 pruned, but no compaction or snapshot reaches it");
+            txids.retain(|&t| t >= floor);
         }
         for (i, &(source, label)) in sources.iter().enumerate() {
             let mut last = 0;
