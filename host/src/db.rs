@@ -865,6 +865,17 @@ impl Db {
         Ok((Some(txid), limited))
     }
 
+    /// When the time-based checkpoint (`checkpoint-interval`) is next due; None when
+    /// nothing was written since the last checkpoint, so an idle database never
+    /// checkpoints.
+    pub fn next_checkpoint_due(&self) -> Option<Instant> {
+        let interval = self.opts.checkpoint_interval;
+        let pos = self.pos.as_ref()?;
+        let logical = (pos.wal_offset + pos.wal_size).max(0) as u64;
+        (!interval.is_zero() && self.written_since_checkpoint && logical > wal_bytes(pos.page_size, 1))
+            .then(|| self.last_checkpoint + interval)
+    }
+
     fn checkpoint_if_needed(&mut self) -> Result<()> {
         let Some(pos) = &self.pos else { return Ok(()) };
         let page_size = pos.page_size;

@@ -169,6 +169,11 @@ impl Store {
         &self.client
     }
 
+    /// Whether a local file this store needs is gone, so capture must reset.
+    pub fn reset_requested(&self) -> bool {
+        self.shared.reset_requested.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Forget the listing (after an error), so it is read again.
     pub fn invalidate(&mut self) {
         self.files = None;

@@ -1,19 +1,21 @@
-//! `sluice replicate`: two threads per database.
+//! `sluice replicate`: the process around the engine.
 //!
-//! - The *capture* thread owns the SQLite connections: every `monitor-interval` it
-//!   turns new WAL commits into L0 files and checkpoints when due.
-//! - The *replica* thread owns the replica: it uploads L0 files at most every
-//!   `sync-interval`, and runs compactions, snapshots and retention on their
-//!   schedules ([`Store`]). A slow or failing replica never stalls capture.
-//!
-//! Both sleep on channels between ticks, so an idle database costs one small WAL
-//! read per `monitor-interval` and no replica requests. SIGINT/SIGTERM trigger a
-//! final sync and upload (retried for up to 30 s; a second signal abandons it).
+//! - [`scheduler`] runs each database as two async tasks (capture and replica) on
+//!   one runtime with a bounded blocking pool; [`watch`] wakes them on file changes.
+//! - This module starts and stops them: start-up checks, the `-exec` application,
+//!   signals, and the supervisor that serves the control socket and watched
+//!   directories. SIGINT/SIGTERM trigger a final sync and upload (retried for up to
+//!   30 s; a second signal abandons it).
+
+pub mod scheduler;
+pub mod watch;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+
+use tokio::sync::mpsc::UnboundedSender;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,7 +32,6 @@ use crate::replica_client::ReplicaClient;
 use crate::restore::{self, IntegrityCheck, NoBackups, Target};
 use crate::store::Store;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_SYNC_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -92,12 +93,24 @@ pub enum ToCapture {
 }
 
 /// Wakes every worker for its final sync, once.
-struct Shutdown(Mutex<Option<Vec<Sender<ToCapture>>>>);
+struct Shutdown {
+    workers: Mutex<Option<Vec<UnboundedSender<ToCapture>>>>,
+    /// The supervisor, told when shutdown begins.
+    supervisor: Mutex<Option<Sender<Control>>>,
+}
 
 impl Shutdown {
     /// Adds a worker started later; false once shutdown has begun.
-    fn add(&self, tx: Sender<ToCapture>) -> bool {
-        match self.0.lock().unwrap().as_mut() {
+    fn new(workers: Vec<UnboundedSender<ToCapture>>) -> Shutdown {
+        Shutdown { workers: Mutex::new(Some(workers)), supervisor: Mutex::new(None) }
+    }
+
+    fn started(&self) -> bool {
+        self.workers.lock().unwrap().is_none()
+    }
+
+    fn add(&self, tx: UnboundedSender<ToCapture>) -> bool {
+        match self.workers.lock().unwrap().as_mut() {
             Some(senders) => {
                 senders.push(tx);
                 true
@@ -108,10 +121,13 @@ impl Shutdown {
 
     /// True the first time.
     fn begin(&self) -> bool {
-        match self.0.lock().unwrap().take() {
+        match self.workers.lock().unwrap().take() {
             Some(senders) => {
                 for s in senders {
                     let _ = s.send(ToCapture::Stop);
+                }
+                if let Some(s) = self.supervisor.lock().unwrap().as_ref() {
+                    let _ = s.send(Control::Wake);
                 }
                 true
             }
@@ -183,24 +199,9 @@ impl Application {
 pub type Rescan = Box<dyn FnMut(&HashSet<PathBuf>) -> Result<(HashSet<PathBuf>, Vec<DbSpec>)> + Send>;
 
 /// Database paths and their workers' channels, shared with the control socket.
-pub type Endpoints = Arc<Mutex<Vec<(PathBuf, Sender<ToCapture>)>>>;
+pub type Endpoints = Arc<Mutex<Vec<(PathBuf, UnboundedSender<ToCapture>)>>>;
 
-type Worker = (PathBuf, thread::JoinHandle<Result<()>>);
-
-/// Starts a database's capture worker (or, with `once`, its one-shot run).
-fn spawn_worker(
-    spec: DbSpec,
-    wait: bool,
-    opts: RunOptions,
-    abort: Arc<AtomicBool>,
-) -> Result<(Sender<ToCapture>, Worker)> {
-    let (tx, rx) = mpsc::channel();
-    let path = spec.path.clone();
-    let handle = thread::Builder::new()
-        .name(format!("capture:{}", path.display()))
-        .spawn(move || if opts.once { run_once(spec, opts) } else { capture_worker(spec, wait, rx, abort, opts) })?;
-    Ok((tx, (path, handle)))
-}
+type Worker = (PathBuf, tokio::task::JoinHandle<Result<()>>);
 
 /// Runs until a signal arrives (or, with `once`, until the work is done). With
 /// `exec`, runs that command alongside and stops when it exits; with `socket`,
@@ -252,27 +253,29 @@ pub fn run(
         prepared.push((spec, wait_for_creation));
     }
     let abort = Arc::new(AtomicBool::new(false));
-    let mut senders: Vec<Sender<ToCapture>> = Vec::new();
+    let mut senders: Vec<UnboundedSender<ToCapture>> = Vec::new();
     let endpoints: Endpoints = Default::default();
     let mut workers = Vec::new();
+    let rescan = rescan.filter(|_| !opts.once);
+    let socket = socket.filter(|_| !opts.once);
+    // The supervisor hears of requests and of workers that end on one channel.
+    let supervised = socket.is_some() || rescan.is_some();
+    let (events, requests) = mpsc::channel();
     for (spec, wait) in prepared {
-        let (tx, worker) = spawn_worker(spec, wait, opts, abort.clone())?;
-        endpoints.lock().unwrap().push((worker.0.clone(), tx.clone()));
+        let path = spec.path.clone();
+        let (tx, handle) = scheduler::spawn(spec, wait, opts, abort.clone(), supervised.then(|| events.clone()));
+        endpoints.lock().unwrap().push((path.clone(), tx.clone()));
         senders.push(tx);
-        workers.push(worker);
+        workers.push((path, handle));
     }
-    let shutdown = Arc::new(Shutdown(Mutex::new(Some(senders))));
+    let shutdown = Arc::new(Shutdown::new(senders));
+    *shutdown.supervisor.lock().unwrap() = Some(events.clone());
     let mut failed = None;
-    let mut requests = None;
-    if let Some(sock) = socket.filter(|_| !opts.once) {
-        let (tx, rx) = mpsc::channel();
-        match crate::server::serve(sock, endpoints.clone(), tx) {
-            Ok(()) => requests = Some(rx),
-            Err(e) => {
-                shutdown.begin();
-                failed = Some(e);
-            }
-        }
+    if let Some(sock) = socket
+        && let Err(e) = crate::server::serve(sock, endpoints.clone(), events.clone())
+    {
+        shutdown.begin();
+        failed = Some(e);
     }
     let mut app = None;
     if let Some(argv) = exec.filter(|_| failed.is_none()) {
@@ -287,8 +290,7 @@ pub fn run(
     if !opts.once {
         spawn_signal_thread(shutdown.clone(), abort.clone(), app.as_ref().map(|a| a.signal.clone()))?;
     }
-    let rescan = rescan.filter(|_| !opts.once);
-    if failed.is_none() && (requests.is_some() || rescan.is_some()) {
+    if failed.is_none() && supervised {
         let mut s = Supervisor {
             opts,
             abort: &abort,
@@ -300,12 +302,13 @@ pub fn run(
             stopped: Default::default(),
             registered: Default::default(),
             respec,
+            events,
         };
         s.run(requests, rescan);
         failed = s.failure.take();
     }
     for (path, h) in workers {
-        match h.join() {
+        match scheduler::runtime().block_on(h) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 failed.get_or_insert(e.context(format!("replication of {} stopped", path.display())));
@@ -346,6 +349,10 @@ pub enum Control {
     Start { path: PathBuf, reply: Reply },
     /// The stopped databases, for `list`.
     Stopped { reply: Sender<Vec<PathBuf>> },
+    /// A database's worker ended (sent by the worker itself).
+    Ended { path: PathBuf },
+    /// Shutdown began: look again.
+    Wake,
 }
 
 /// While the daemon runs with a control socket or a watched directory: starts and
@@ -368,15 +375,22 @@ struct Supervisor<'a> {
     registered: std::collections::HashMap<PathBuf, String>,
     /// Specs of databases from the config file.
     respec: Option<Respec>,
+    /// Where workers started here report their end.
+    events: Sender<Control>,
 }
 
 impl Supervisor<'_> {
-    fn run(&mut self, requests: Option<Receiver<Control>>, mut rescan: Option<(Rescan, Duration)>) {
+    /// Sleeps until a request, a worker's end, shutdown or the next scan.
+    fn run(&mut self, requests: Receiver<Control>, mut rescan: Option<(Rescan, Duration)>) {
         let watching = rescan.is_some();
         let mut next_scan = Instant::now();
-        while self.shutdown.0.lock().unwrap().is_some() {
-            match requests.as_ref().map(|r| r.recv_timeout(Duration::from_millis(50))) {
-                Some(Ok(Control::Register { spec, url, reply })) => {
+        while !self.shutdown.started() {
+            let request = match &rescan {
+                Some(_) => requests.recv_timeout(next_scan.saturating_duration_since(Instant::now())),
+                None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match request {
+                Ok(Control::Register { spec, url, reply }) => {
                     let path = spec.path.clone();
                     let r = if self.endpoints.lock().unwrap().iter().any(|(p, _)| *p == path) {
                         Err(format!("{} is already being replicated", path.display()))
@@ -388,7 +402,7 @@ impl Supervisor<'_> {
                     };
                     let _ = reply.send(r);
                 }
-                Some(Ok(Control::Unregister { path, reply })) => {
+                Ok(Control::Unregister { path, reply }) => {
                     let r = match self.stopped.remove(&path) {
                         Some(_) => Ok(()),
                         None => self.stop(&path),
@@ -396,21 +410,21 @@ impl Supervisor<'_> {
                     self.registered.remove(&path);
                     let _ = reply.send(r);
                 }
-                Some(Ok(Control::Stop { path, reply })) => {
+                Ok(Control::Stop { path, reply }) => {
                     let r = self.stop(&path);
                     if r.is_ok() {
                         self.stopped.insert(path.clone(), self.registered.get(&path).cloned());
                     }
                     let _ = reply.send(r);
                 }
-                Some(Ok(Control::Start { path, reply })) => {
+                Ok(Control::Start { path, reply }) => {
                     let _ = reply.send(self.resume(&path));
                 }
-                Some(Ok(Control::Stopped { reply })) => {
+                Ok(Control::Stopped { reply }) => {
                     let _ = reply.send(self.stopped.keys().cloned().collect());
                 }
-                None => thread::sleep(Duration::from_millis(50)),
-                Some(Err(_)) => {}
+                Ok(Control::Ended { .. } | Control::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
             self.reap(watching);
             if let Some((scan, every)) = rescan.as_mut()
@@ -451,12 +465,12 @@ impl Supervisor<'_> {
         let path = spec.path.clone();
         crate::heartbeat::register(&path);
         let wait = prepare(&spec, self.opts)?;
-        let (tx, worker) = spawn_worker(spec, wait, self.opts, self.abort.clone())?;
+        let (tx, handle) = scheduler::spawn(spec, wait, self.opts, self.abort.clone(), Some(self.events.clone()));
         if !self.shutdown.add(tx.clone()) {
             let _ = tx.send(ToCapture::Stop);
         }
-        self.endpoints.lock().unwrap().push((path, tx));
-        self.workers.push(worker);
+        self.endpoints.lock().unwrap().push((path.clone(), tx));
+        self.workers.push((path, handle));
         Ok(())
     }
 
@@ -474,7 +488,7 @@ impl Supervisor<'_> {
         self.unregistered.insert(path.to_path_buf());
         let (_, h) = self.workers.swap_remove(i);
         crate::heartbeat::unregister(path);
-        match h.join() {
+        match scheduler::runtime().block_on(h) {
             Ok(Ok(())) => {
                 info!(db = %path.display(), "stopped after its final sync");
                 Ok(())
@@ -494,7 +508,7 @@ impl Supervisor<'_> {
                 continue;
             }
             let (path, h) = self.workers.swap_remove(i);
-            let err = match h.join() {
+            let err = match scheduler::runtime().block_on(h) {
                 Ok(Ok(())) => {
                     info!(db = %path.display(), "stopped replicating");
                     crate::heartbeat::unregister(&path);
@@ -677,217 +691,4 @@ fn run_once(spec: DbSpec, opts: RunOptions) -> Result<()> {
     info!(db = %db.path().display(), txid = %ltx::format_txid(db.txid()), "replicated once");
     db.close();
     Ok(())
-}
-
-enum ToReplica {
-    /// A new L0 file was written.
-    Changed,
-    /// Upload now, whatever sync-interval says; answer with the replica's newest TXID.
-    UploadNow(Sender<std::result::Result<u64, String>>),
-    /// Final upload, then exit.
-    Stop,
-}
-
-enum Wake {
-    Tick,
-    Stop,
-    Sync { wait: bool, reply: Sender<SyncAnswer> },
-}
-
-/// Waits up to `d` for a message.
-fn next_wake(rx: &Receiver<ToCapture>, d: Duration) -> Wake {
-    match rx.recv_timeout(d) {
-        Err(RecvTimeoutError::Timeout) => Wake::Tick,
-        Ok(ToCapture::Stop) | Err(RecvTimeoutError::Disconnected) => Wake::Stop,
-        Ok(ToCapture::Sync { wait, reply }) => Wake::Sync { wait, reply },
-    }
-}
-
-fn wait_for_file(path: &Path, rx: &Receiver<ToCapture>, every: Duration) -> bool {
-    while !path.exists() {
-        match next_wake(rx, every) {
-            Wake::Stop => return false,
-            Wake::Sync { reply, .. } => {
-                let _ = reply.send(Err(format!("{} does not exist yet", path.display())));
-            }
-            Wake::Tick => {}
-        }
-    }
-    true
-}
-
-fn capture_worker(
-    spec: DbSpec,
-    wait: bool,
-    stop: Receiver<ToCapture>,
-    abort: Arc<AtomicBool>,
-    opts: RunOptions,
-) -> Result<()> {
-    let monitor = spec.options.monitor_interval;
-    let sync_interval = spec.replica.sync_interval;
-    let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client));
-    if wait && !wait_for_file(&spec.path, &stop, monitor) {
-        return Ok(());
-    }
-    let mut db = Db::new(spec.path, spec.options);
-    info!(db = %db.path().display(), replica = %client.location(), "replicating");
-    // Problems with the database or the replica at start-up are fatal: the user
-    // must fix them (wrong path, bad credentials, missing bucket...). A database
-    // busy with the application's writes is not such a problem.
-    open_when_not_busy(&mut db)?;
-    reconcile(&mut db, client.as_ref())?;
-    let shared = db.shared();
-    let store =
-        Store::new(client.clone(), shared.clone(), spec.store).with_retention_plugin(spec.replica.retention_plugin);
-    let (to_replica, from_capture) = mpsc::channel();
-    let replica = thread::Builder::new()
-        .name(format!("replica:{}", db.path().display()))
-        .spawn(move || replica_worker(store, from_capture, sync_interval, abort, opts))?;
-
-    let mut backoff: Option<Duration> = None;
-    let mut asked: Option<(bool, Sender<SyncAnswer>)> = None;
-    loop {
-        if shared.reset_requested.swap(false, Ordering::SeqCst)
-            && let Err(e) = db.reset_local_state().and_then(|_| reconcile(&mut db, client.as_ref()))
-        {
-            error!(db = %db.path().display(), "cannot reset local state: {e:#}");
-            shared.reset_requested.store(true, Ordering::SeqCst);
-        }
-        let synced = db.sync();
-        match &synced {
-            Ok(r) => {
-                backoff = None;
-                if r.wrote.is_some() {
-                    let _ = to_replica.send(ToReplica::Changed);
-                }
-            }
-            Err(e) => {
-                let b = next_backoff(backoff, monitor);
-                error!(db = %db.path().display(), retry_in = ?b, "sync failed: {e:#}");
-                backoff = Some(b);
-            }
-        }
-        if let Some((upload, reply)) = asked.take() {
-            let answer = match synced {
-                Err(e) => Err(format!("sync failed: {e:#}")),
-                Ok(_) if upload => {
-                    let (tx, rx) = mpsc::channel();
-                    let _ = to_replica.send(ToReplica::UploadNow(tx));
-                    match rx.recv() {
-                        Ok(r) => r.map(|replicated| (db.txid(), replicated)),
-                        Err(_) => Err("the replica worker has stopped".into()),
-                    }
-                }
-                Ok(_) => Ok((db.txid(), shared.replicated_txid.load(Ordering::SeqCst))),
-            };
-            let _ = reply.send(answer);
-        }
-        match next_wake(&stop, backoff.unwrap_or(monitor).max(Duration::from_millis(10))) {
-            Wake::Tick => {}
-            Wake::Stop => break,
-            Wake::Sync { wait, reply } => asked = Some((wait, reply)),
-        }
-    }
-    // Final sync (no checkpoint), then let the replica thread upload and exit.
-    let sync = db.sync_without_checkpoint();
-    if let Err(e) = &sync {
-        error!(db = %db.path().display(), "final sync failed: {e:#}");
-    }
-    let _ = to_replica.send(ToReplica::Stop);
-    let uploaded = replica.join().map_err(|_| anyhow!("replica thread stopped unexpectedly"))?;
-    db.close();
-    sync?;
-    uploaded?;
-    info!(db = %db.path().display(), txid = %ltx::format_txid(db.txid()), "stopped after final sync");
-    Ok(())
-}
-
-fn replica_worker(
-    mut store: Store,
-    rx: Receiver<ToReplica>,
-    sync_interval: Duration,
-    abort: Arc<AtomicBool>,
-    opts: RunOptions,
-) -> Result<()> {
-    let mut next_upload = Instant::now();
-    let mut backoff: Option<Duration> = None;
-    let mut retry_at = Instant::now();
-    loop {
-        let now = Instant::now();
-        if now >= retry_at {
-            let result = (|| -> Result<()> {
-                if now >= next_upload && store.upload_pending()? {
-                    store.upload()?;
-                    next_upload = Instant::now() + sync_interval;
-                }
-                store.run_due(Utc::now())
-            })();
-            store.health().record_replica(result.is_ok());
-            match result {
-                Ok(()) => {
-                    backoff = None;
-                    store.note_replicated();
-                }
-                Err(e) => {
-                    store.invalidate();
-                    let b = next_backoff(backoff, sync_interval);
-                    error!(replica = %store.client().location(), retry_in = ?b, "replica update failed: {e:#}");
-                    backoff = Some(b);
-                    retry_at = Instant::now() + b;
-                }
-            }
-        }
-        let now = Instant::now();
-        let until_scheduled = (store.next_due() - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        // Sleep until the next scheduled pass, a retry, or a pending upload's turn.
-        // (`retry_at` is in the past unless a pass failed, so it only counts then:
-        // counting it always made an idle replica wake every 10 ms.)
-        let mut wait = until_scheduled;
-        if backoff.is_some() {
-            wait = retry_at.saturating_duration_since(now);
-        } else if store.upload_pending().unwrap_or(false) {
-            wait = wait.min(next_upload.saturating_duration_since(now));
-        }
-        match rx.recv_timeout(wait.max(Duration::from_millis(10))) {
-            Ok(ToReplica::Changed) | Err(RecvTimeoutError::Timeout) => continue,
-            Ok(ToReplica::UploadNow(reply)) => {
-                let r = (|| -> Result<u64> {
-                    while store.upload()? > 0 {}
-                    store.note_replicated();
-                    store.remote_txid()
-                })();
-                store.health().record_replica(r.is_ok());
-                if r.is_err() {
-                    store.invalidate();
-                }
-                let _ = reply.send(r.map_err(|e| format!("upload failed: {e:#}")));
-            }
-            Ok(ToReplica::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    // Final upload, retried for shutdown-sync-timeout (not when a plugin refuses it).
-    let deadline = Instant::now() + opts.shutdown_sync_timeout;
-    loop {
-        match store.upload() {
-            Ok(0) => return Ok(()),
-            Ok(_) => continue,
-            Err(e) => {
-                store.invalidate();
-                // A plugin fault would repeat at once: report it rather than retry it.
-                let give_up = crate::plugin::is_plugin_fault(&e) || abort.load(Ordering::SeqCst);
-                if give_up || Instant::now() >= deadline {
-                    return Err(e.context("final upload did not complete; the replica is behind the database"));
-                }
-                warn!(replica = %store.client().location(), "final upload failed, retrying: {e:#}");
-                thread::sleep(opts.shutdown_sync_interval);
-            }
-        }
-    }
-}
-
-fn next_backoff(prev: Option<Duration>, base: Duration) -> Duration {
-    match prev {
-        None => base.max(Duration::from_millis(100)),
-        Some(p) => (p * 2).min(MAX_BACKOFF),
-    }
 }

@@ -1,0 +1,398 @@
+//! The engine: every database is two async tasks on one small runtime, and all
+//! their blocking work (SQLite, local files, replica requests) runs on a bounded
+//! pool of threads. Nothing polls at a fixed rate:
+//!
+//! - the *capture* task sleeps until its WAL changes (a file notification from
+//!   [`super::watch`]), its time-based checkpoint is due, a retry is due, or it is
+//!   asked to sync or stop. It syncs at most once per `monitor-interval`. Only a
+//!   database whose directory cannot be watched polls, at `monitor-interval`.
+//! - the *replica* task sleeps until a new L0 file arrives, its next upload turn
+//!   (`sync-interval`), its next compaction, snapshot or retention deadline, or a
+//!   retry; a failing replica backs off without holding capture back.
+//!
+//! So the number of OS threads does not grow with the number of databases, and an
+//! idle database costs no CPU and no requests.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use chrono::Utc;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::{RunOptions, SyncAnswer, ToCapture, open_when_not_busy, reconcile};
+use crate::config::DbSpec;
+use crate::db::Db;
+use crate::ltx;
+use crate::metrics::Metered;
+use crate::replica_client::ReplicaClient;
+use crate::store::Store;
+
+/// Longest wait between a retry and the next.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// The daemon's runtime: one worker thread per core for the tasks, and at most
+/// four blocking threads per core for their work.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores())
+            .max_blocking_threads(4 * cores())
+            .thread_name("sluice")
+            .enable_all()
+            .build()
+            .expect("cannot start the replication runtime")
+    })
+}
+
+/// Replica work (requests that may be slow) may take at most half of the blocking
+/// pool, so a slow replica never starves capture.
+fn replica_slots() -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| Semaphore::new(2 * cores()))
+}
+
+/// Runs `f` on `owned` on the blocking pool, and hands both back.
+async fn on_pool<T, R>(mut owned: T, f: impl FnOnce(&mut T) -> R + Send + 'static) -> Result<(T, R)>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let r = f(&mut owned);
+        (owned, r)
+    })
+    .await
+    .map_err(|e| anyhow!("a replication job failed: {e}"))
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn next_backoff(prev: Option<Duration>, base: Duration) -> Duration {
+    match prev {
+        None => base.max(Duration::from_millis(100)),
+        Some(p) => (p * 2).min(MAX_BACKOFF),
+    }
+}
+
+/// What the capture task tells the replica task.
+enum ToReplica {
+    /// A new L0 file was written.
+    Changed,
+    /// Upload now, whatever sync-interval says; answer with the replica's newest TXID.
+    UploadNow(oneshot::Sender<std::result::Result<u64, String>>),
+    /// Final upload, then exit.
+    Stop,
+}
+
+/// Waits for database `path` to be created. False if told to stop first.
+async fn wait_for_file(
+    path: &Path,
+    rx: &mut UnboundedReceiver<ToCapture>,
+    wake: &Notify,
+    poll: Option<Duration>,
+) -> bool {
+    while !path.exists() {
+        tokio::select! {
+            m = rx.recv() => match m {
+                None | Some(ToCapture::Stop) => return false,
+                Some(ToCapture::Sync { reply, .. }) => {
+                    let _ = reply.send(Err(format!("{} does not exist yet", path.display())));
+                }
+            },
+            _ = wake.notified() => {}
+            _ = sleep_until(poll.map(|p| Instant::now() + p)) => {}
+        }
+    }
+    true
+}
+
+/// One database, from open to final sync.
+pub(super) async fn capture_task(
+    spec: DbSpec,
+    wait: bool,
+    mut rx: UnboundedReceiver<ToCapture>,
+    abort: Arc<AtomicBool>,
+    opts: RunOptions,
+) -> Result<()> {
+    let monitor = spec.options.monitor_interval;
+    let sync_interval = spec.replica.sync_interval;
+    let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client));
+    let subscription = super::watch::subscribe(&spec.path);
+    let wake = subscription.as_ref().map_or_else(|| Arc::new(Notify::new()), |s| s.wake().clone());
+    // Without file notifications, look at the WAL every monitor-interval.
+    let poll = subscription.is_none().then_some(monitor);
+    if wait && !wait_for_file(&spec.path, &mut rx, &wake, poll.or(Some(monitor))).await {
+        return Ok(());
+    }
+    let db = Db::new(spec.path, spec.options);
+    info!(db = %db.path().display(), replica = %client.location(), "replicating");
+    // Problems with the database or the replica at start-up are fatal: the user
+    // must fix them (wrong path, bad credentials, missing bucket...). A database
+    // busy with the application's writes is not such a problem.
+    let c = client.clone();
+    let (mut db, opened) = on_pool(db, move |db| open_when_not_busy(db).and_then(|_| reconcile(db, c.as_ref()))).await?;
+    opened?;
+    let shared = db.shared();
+    let store =
+        Store::new(client.clone(), shared.clone(), spec.store).with_retention_plugin(spec.replica.retention_plugin);
+    let (to_replica, from_capture) = unbounded_channel();
+    let replica = tokio::spawn(replica_task(store, from_capture, sync_interval, abort, opts, wake.clone()));
+
+    let mut backoff: Option<Duration> = None;
+    let mut asked: Option<(bool, std::sync::mpsc::Sender<SyncAnswer>)> = None;
+    'running: loop {
+        let c = client.clone();
+        let (d, (synced, checkpoint_due)) = on_pool(db, move |db| {
+            let shared = db.shared();
+            if shared.reset_requested.swap(false, Ordering::SeqCst)
+                && let Err(e) = db.reset_local_state().and_then(|_| reconcile(db, c.as_ref()))
+            {
+                error!(db = %db.path().display(), "cannot reset local state: {e:#}");
+                shared.reset_requested.store(true, Ordering::SeqCst);
+            }
+            (db.sync(), db.next_checkpoint_due())
+        })
+        .await?;
+        db = d;
+        let last_sync = Instant::now();
+        match &synced {
+            Ok(r) => {
+                backoff = None;
+                if r.wrote.is_some() {
+                    let _ = to_replica.send(ToReplica::Changed);
+                }
+            }
+            Err(e) => {
+                let b = next_backoff(backoff, monitor);
+                error!(db = %db.path().display(), retry_in = ?b, "sync failed: {e:#}");
+                backoff = Some(b);
+            }
+        }
+        if let Some((upload, reply)) = asked.take() {
+            let answer = match synced {
+                Err(e) => Err(format!("sync failed: {e:#}")),
+                Ok(_) if upload => {
+                    let (tx, answer) = oneshot::channel();
+                    let _ = to_replica.send(ToReplica::UploadNow(tx));
+                    match answer.await {
+                        Ok(r) => r.map(|replicated| (db.txid(), replicated)),
+                        Err(_) => Err("the replica worker has stopped".into()),
+                    }
+                }
+                Ok(_) => Ok((db.txid(), shared.replicated_txid.load(Ordering::SeqCst))),
+            };
+            let _ = reply.send(answer);
+        }
+        // Sleep until there is something to do. Timers never bring the next sync
+        // closer than monitor-interval; a request does.
+        let floor = last_sync + monitor;
+        let mut changed = false;
+        loop {
+            let due = match backoff {
+                Some(b) => Some(last_sync + b),
+                None => [changed.then_some(floor), poll.map(|p| last_sync + p), checkpoint_due.map(Instant::from_std)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|t| t.max(floor)),
+            };
+            tokio::select! {
+                m = rx.recv() => match m {
+                    None | Some(ToCapture::Stop) => break 'running,
+                    Some(ToCapture::Sync { wait, reply }) => {
+                        asked = Some((wait, reply));
+                        break;
+                    }
+                },
+                _ = wake.notified(), if !changed => changed = true,
+                _ = sleep_until(due) => break,
+            }
+        }
+    }
+    // Final sync (no checkpoint), then let the replica task upload and exit.
+    let (db, sync) = on_pool(db, |db| db.sync_without_checkpoint()).await?;
+    if let Err(e) = &sync {
+        error!(db = %db.path().display(), "final sync failed: {e:#}");
+    }
+    let _ = to_replica.send(ToReplica::Stop);
+    let uploaded = replica.await.map_err(|_| anyhow!("replica task stopped unexpectedly"))?;
+    drop(subscription);
+    let (db, ()) = on_pool(db, |db| db.close()).await?;
+    sync?;
+    uploaded?;
+    info!(db = %db.path().display(), txid = %ltx::format_txid(db.txid()), "stopped after final sync");
+    Ok(())
+}
+
+/// What one pass of the replica task found.
+struct Pass {
+    result: Result<()>,
+    uploaded: bool,
+    /// Local L0 files are waiting for their upload turn.
+    pending: bool,
+    /// Until the next compaction, snapshot or retention pass.
+    until_scheduled: Duration,
+}
+
+async fn replica_task(
+    mut store: Store,
+    mut rx: UnboundedReceiver<ToReplica>,
+    sync_interval: Duration,
+    abort: Arc<AtomicBool>,
+    opts: RunOptions,
+    capture: Arc<Notify>,
+) -> Result<()> {
+    let mut next_upload = Instant::now();
+    let mut backoff: Option<Duration> = None;
+    let mut retry_at = Instant::now();
+    let mut wait = Duration::ZERO;
+    loop {
+        let now = Instant::now();
+        if now >= retry_at {
+            let upload_due = now >= next_upload;
+            let _slot = replica_slots().acquire().await;
+            let (s, pass) = on_pool(store, move |store| {
+                let mut uploaded = false;
+                let result = (|| -> Result<()> {
+                    if upload_due && store.upload_pending()? {
+                        store.upload()?;
+                        uploaded = true;
+                    }
+                    store.run_due(Utc::now())
+                })();
+                store.health().record_replica(result.is_ok());
+                if result.is_ok() {
+                    store.note_replicated();
+                } else {
+                    store.invalidate();
+                }
+                let pending = result.is_ok() && store.upload_pending().unwrap_or(false);
+                let until_scheduled = (store.next_due() - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                Pass { result, uploaded, pending, until_scheduled }
+            })
+            .await?;
+            store = s;
+            if pass.uploaded {
+                next_upload = Instant::now() + sync_interval;
+            }
+            match pass.result {
+                Ok(()) => backoff = None,
+                Err(e) => {
+                    let b = next_backoff(backoff, sync_interval);
+                    error!(replica = %store.client().location(), retry_in = ?b, "replica update failed: {e:#}");
+                    backoff = Some(b);
+                    retry_at = Instant::now() + b;
+                }
+            }
+            // A local L0 file the replica needs is gone: the capture task resets.
+            if store.reset_requested() {
+                capture.notify_one();
+            }
+            wait = pass.until_scheduled;
+            if backoff.is_none() && pass.pending {
+                wait = wait.min(next_upload.saturating_duration_since(Instant::now()));
+            }
+        }
+        if backoff.is_some() {
+            wait = retry_at.saturating_duration_since(Instant::now());
+        }
+        let at = Instant::now() + wait.max(Duration::from_millis(10));
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(ToReplica::Changed) => {}
+                Some(ToReplica::UploadNow(reply)) => {
+                    let _slot = replica_slots().acquire().await;
+                    let (s, r) = on_pool(store, |store| {
+                        let r = (|| -> Result<u64> {
+                            while store.upload()? > 0 {}
+                            store.note_replicated();
+                            store.remote_txid()
+                        })();
+                        store.health().record_replica(r.is_ok());
+                        if r.is_err() {
+                            store.invalidate();
+                        }
+                        r
+                    })
+                    .await?;
+                    store = s;
+                    let _ = reply.send(r.map_err(|e| format!("upload failed: {e:#}")));
+                }
+                Some(ToReplica::Stop) | None => break,
+            },
+            _ = tokio::time::sleep_until(at) => {}
+        }
+        // Whatever woke us, look again (a new file may be due for upload).
+        wait = Duration::ZERO;
+    }
+    // Final upload, retried for shutdown-sync-timeout (not when a plugin refuses it).
+    let deadline = Instant::now() + opts.shutdown_sync_timeout;
+    loop {
+        let (s, r) = on_pool(store, |store| {
+            let r = store.upload();
+            if r.is_err() {
+                store.invalidate();
+            }
+            r
+        })
+        .await?;
+        store = s;
+        match r {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) => {
+                // A plugin fault would repeat at once: report it rather than retry it.
+                let give_up = crate::plugin::is_plugin_fault(&e) || abort.load(Ordering::SeqCst);
+                if give_up || Instant::now() >= deadline {
+                    return Err(e.context("final upload did not complete; the replica is behind the database"));
+                }
+                warn!(replica = %store.client().location(), "final upload failed, retrying: {e:#}");
+                tokio::time::sleep(opts.shutdown_sync_interval).await;
+            }
+        }
+    }
+}
+
+/// Starts a database's tasks (or, with `once`, its one-shot run) on the runtime;
+/// `ended` hears of its end.
+pub(super) fn spawn(
+    spec: DbSpec,
+    wait: bool,
+    opts: RunOptions,
+    abort: Arc<AtomicBool>,
+    ended: Option<std::sync::mpsc::Sender<super::Control>>,
+) -> (UnboundedSender<ToCapture>, tokio::task::JoinHandle<Result<()>>) {
+    let (tx, rx) = unbounded_channel();
+    let path = spec.path.clone();
+    let handle = runtime().spawn(async move {
+        let r = if opts.once {
+            tokio::task::spawn_blocking(move || super::run_once(spec, opts))
+                .await
+                .unwrap_or_else(|e| Err(anyhow!("replication stopped unexpectedly: {e}")))
+        } else {
+            capture_task(spec, wait, rx, abort, opts).await
+        };
+        if let Some(ended) = ended {
+            let _ = ended.send(super::Control::Ended { path });
+        }
+        r
+    });
+    (tx, handle)
+}
