@@ -469,3 +469,103 @@ fn snapshots_never_release_our_locks() {
     assert_eq!(full.len(), 1, "only the first L0 file may be a full snapshot:\n{}", full.join("\n"));
     restore_and_check(&[&s.url], &s.path("restored.db"), digest(&s.db));
 }
+
+/// Lines of a daemon log that mention `db` and contain `what`.
+fn log_count(log: &Path, db: &Path, what: &str) -> usize {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let db = db.display().to_string();
+    text.lines().filter(|l| l.contains(what) && l.contains(&db)).count()
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// More databases than the open-files limit can hold open at once: idle ones close
+/// their files (park) and reopen on their next change. While a database is parked
+/// its application writes, checkpoints in every mode, and closes its last
+/// connection (which checkpoints and removes the WAL). Every change still reaches
+/// the replica, every restore is a state the source had and the latest equals it,
+/// and a WAL removed after everything was captured costs no snapshot: the database
+/// file is checked against our position instead.
+#[test]
+fn idle_databases_close_their_files_and_reopen_on_change() {
+    const N: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let mut dbs = Vec::new();
+    let mut cfg = String::from("dbs:\n");
+    for i in 0..N {
+        let db = dir.path().join(format!("tenant-{i}.db"));
+        let replica = dir.path().join(format!("replica-{i}"));
+        let mut app = App::start(&db, 4096);
+        app.run("insert a 5");
+        cfg += &format!(
+            "  - path: {}\n    monitor-interval: 50ms\n    replica:\n      url: {}\n      sync-interval: 50ms\n",
+            db.display(),
+            file_url(&replica)
+        );
+        dbs.push((db, replica, app));
+    }
+    let cfg_path = dir.path().join("sluice.yml");
+    fs::write(&cfg_path, cfg).unwrap();
+    let log = dir.path().join("sluice.log");
+    // Room for (150 - 128) / 8 = 2 open databases.
+    let script = format!("ulimit -n 150 && exec {} replicate -config {}", sluice_bin(), cfg_path.display());
+    let f = fs::File::create(&log).unwrap();
+    let mut daemon = Command::new("sh")
+        .args(["-c", &script])
+        .env("LOG_LEVEL", "debug")
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let parked = |db: &Path| log_count(&log, db, "idle: files closed");
+    for (db, replica, _) in &dbs {
+        wait_until_caught_up(|| replica_caught_up(db, replica), "start");
+        wait_for("a first park", || parked(db) > 0);
+    }
+    assert!(fs::read_to_string(&log).unwrap().contains("cannot hold every database open"));
+
+    // Parked: the application writes and checkpoints; the daemon wakes and captures.
+    for (i, (_, _, app)) in dbs.iter_mut().enumerate() {
+        app.run("insert b 7");
+        app.run(&format!("checkpoint {}", MODES[i % MODES.len()]));
+        app.run("insert c 3");
+    }
+    for (db, replica, _) in &dbs {
+        wait_until_caught_up(|| replica_caught_up(db, replica), "writes while parked");
+    }
+    // Parked again with everything captured: the application closes its last
+    // connection (the WAL goes), opens it again and writes.
+    let counts: Vec<usize> = dbs.iter().map(|(db, _, _)| parked(db)).collect();
+    for ((db, _, _), n) in dbs.iter().zip(&counts) {
+        wait_for("the next park", || parked(db) > *n);
+    }
+    for (_, _, app) in dbs.iter_mut() {
+        app.run("reopen");
+        app.run("insert d 2");
+    }
+    for (db, replica, _) in &dbs {
+        wait_until_caught_up(|| replica_caught_up(db, replica), "writes after the WAL was removed");
+        assert!(
+            log_count(&log, db, "holds exactly our position") > 0,
+            "{}: the removed WAL cost a snapshot:\n{}",
+            db.display(),
+            fs::read_to_string(&log).unwrap()
+        );
+    }
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success(), "{}", fs::read_to_string(&log).unwrap());
+    for (i, (db, replica, app)) in dbs.iter().enumerate() {
+        let out = dir.path().join(format!("restored-{i}.db"));
+        let o = sluice(&["restore", "-o", out.to_str().unwrap(), &file_url(replica)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let n = check_restored(&out, &app.history, &db.display().to_string());
+        assert_eq!(n, app.history.len(), "{}: the restore lacks committed rows", db.display());
+        assert_eq!(digest_app(&out), digest_app(db), "{}: the restore differs from the source", db.display());
+    }
+}

@@ -252,6 +252,8 @@ pub struct Db {
     captured_generation: Option<(u32, u32)>,
     /// Page checksums of the database state at `pos`, once known.
     sums: Option<PageSums>,
+    /// While parked: `sums` and the TXID they describe, kept for the reopen.
+    parked_sums: Option<(u64, PageSums)>,
     /// Set when our position was found not to match the database: the next step
     /// writes a snapshot.
     distrust: Option<&'static str>,
@@ -378,6 +380,7 @@ impl Db {
             verified: false,
             captured_generation: None,
             sums: None,
+            parked_sums: None,
             distrust: None,
             checkpointing: false,
             last_checkpoint: Instant::now(),
@@ -432,8 +435,22 @@ impl Db {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(&self.path, flags)
             .with_context(|| format!("cannot open database {}", self.path.display()))?;
+        // Our connections read a handful of pages: no lookaside slab (120 KiB per
+        // connection by default) and a small page cache keep an open database cheap.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_config(
+                conn.handle(),
+                rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+                std::ptr::null_mut::<libc::c_void>(),
+                0 as libc::c_int,
+                0 as libc::c_int,
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            debug!(db = %self.path.display(), rc, "cannot turn SQLite's lookaside off");
+        }
         conn.busy_timeout(self.opts.busy_timeout)?;
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -64;")?;
         // Keep the -wal file when our connections close, as Litestream does.
         let mut persist: libc::c_int = 1;
         let rc = unsafe {
@@ -483,7 +500,9 @@ impl Db {
         self.reload_position()?;
         self.verified = false;
         self.captured_generation = None;
-        self.sums = None;
+        // Back from parking: the checksums still describe our position.
+        let txid = self.txid();
+        self.sums = self.parked_sums.take().filter(|(t, _)| *t == txid && txid != 0).map(|(_, s)| s);
         info!(db = %self.path.display(), page_size, txid = %ltx::format_txid(self.txid()), "database opened for replication");
         Ok(())
     }
@@ -501,6 +520,16 @@ impl Db {
         if let Some(h) = self.handles.take() {
             let _ = h.rtx.execute_batch("ROLLBACK");
         }
+    }
+
+    /// Closes every file of an idle database (see `daemon::scheduler`), keeping
+    /// what the next [`Db::open`] needs to go on without reading the whole database.
+    /// The next sync verifies the WAL against our position in full, as at start-up.
+    pub fn park(&mut self) {
+        if let (Some(pos), Some(sums)) = (&self.pos, self.sums.take()) {
+            self.parked_sums = Some((pos.max_txid, sums));
+        }
+        self.close();
     }
 
     /// Re-reads the newest local L0 header; removes stale staging files.
@@ -691,6 +720,23 @@ impl Db {
         Ok(sums)
     }
 
+    /// Whether the database file, without the WAL, is exactly the state at `pos`
+    /// (by its database checksum). Then every frame of the current WAL is new to
+    /// us, whatever happened to the log while we were not watching: frames appended
+    /// after our position and checkpointed would have changed the file. A
+    /// checkpoint running while we read can only make the sums differ, and then we
+    /// write a snapshot, which is always safe.
+    fn file_holds_position(&self, pos: &Header) -> Result<bool> {
+        if pos.db_checksum == 0 || pos.commit == 0 {
+            return Ok(false); // written by Litestream, or without checksums
+        }
+        let h = self.handles()?;
+        if h.db_file.metadata()?.len() < pos.commit as u64 * h.page_size as u64 {
+            return Ok(false);
+        }
+        Ok(self.file_checksum(pos.commit)? == pos.db_checksum)
+    }
+
     /// The database checksum of the database file's first `commit` pages.
     fn file_checksum(&self, commit: u32) -> Result<u64> {
         let h = self.handles()?;
@@ -728,7 +774,15 @@ impl Db {
             (_, true) => Plan::Snapshot("forced"),
             (Some(_), false) if let Some(why) = self.distrust => Plan::Snapshot(why),
             (None, _) => Plan::Snapshot("no local position"),
-            (Some(pos), _) => self.plan(&hdr, wal_size, pos)?,
+            (Some(pos), _) => match self.plan(&hdr, wal_size, pos)? {
+                Plan::Snapshot(why) if self.file_holds_position(pos)? => {
+                    info!(db = %self.path.display(), reason = why, "the database file holds exactly our position; going on without a snapshot");
+                    // As after our own sealed checkpoint: frames with other salts are new.
+                    self.captured_generation = Some((pos.wal_salt1, pos.wal_salt2));
+                    Plan::Restarted
+                }
+                plan => plan,
+            },
         };
         let wal_file = File::open(&self.wal_path)?;
         let resumed = matches!(plan, Plan::Resume(_));

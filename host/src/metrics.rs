@@ -263,6 +263,13 @@ impl ReplicaClient for Metered {
         r
     }
 
+    fn list_levels(&self) -> Result<Vec<Vec<FileInfo>>> {
+        let start = Instant::now();
+        let r = self.inner.list_levels();
+        self.observe("LIST", start, &r);
+        r
+    }
+
     fn list_with_timestamps(&self, level: u8) -> Result<Vec<FileInfo>> {
         let start = Instant::now();
         let r = self.inner.list_with_timestamps(level);

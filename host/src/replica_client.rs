@@ -60,6 +60,12 @@ pub trait ReplicaClient: Send + Sync {
     /// Files of one level, sorted by TXID. A level that does not exist is empty.
     fn list(&self, level: u8) -> Result<Vec<FileInfo>>;
 
+    /// Every level's files, indexed by level (0..=9): what `list` gives for each.
+    /// Backends that can answer in fewer requests than ten listings override it.
+    fn list_levels(&self) -> Result<Vec<Vec<FileInfo>>> {
+        (0..=SNAPSHOT_LEVEL).map(|level| self.list(level)).collect()
+    }
+
     /// Like `list`, but with `created_at` read from each file's own timestamp record
     /// where the backend keeps one apart from the listing (S3 object metadata).
     /// Timestamp restores use this.

@@ -42,7 +42,7 @@ use tracing::{debug, warn};
 
 use crate::layout::{Layout, LayoutSpec};
 use crate::ltx;
-use crate::replica_client::{FileInfo, Object, ReplicaClient};
+use crate::replica_client::{FileInfo, Object, ReplicaClient, SNAPSHOT_LEVEL};
 
 const MIN_PART_SIZE: u64 = 5 << 20;
 const DEFAULT_CONCURRENCY: usize = 5;
@@ -948,6 +948,30 @@ impl ReplicaClient for S3Client {
 
     fn list(&self, level: u8) -> Result<Vec<FileInfo>> {
         Ok(runtime().block_on(self.list_async(level))?.into_iter().map(|(f, _)| f).collect())
+    }
+
+    /// One listing of the replica's whole path instead of one per level (the
+    /// default layout only: a layout plugin decides where each level lives).
+    fn list_levels(&self) -> Result<Vec<Vec<FileInfo>>> {
+        if self.layout.is_some() {
+            return (0..=SNAPSHOT_LEVEL).map(|level| self.list(level)).collect();
+        }
+        let base = format!("{}/", self.path);
+        let objects = runtime().block_on(self.list_prefix(&base))?;
+        let mut levels = vec![Vec::new(); SNAPSHOT_LEVEL as usize + 1];
+        for (key, size, created_at) in objects {
+            let Some((dir, name)) = key.strip_prefix(&base).and_then(|rel| rel.split_once('/')) else { continue };
+            let Some(level) = u8::from_str_radix(dir, 16).ok().filter(|l| dir.len() == 4 && *l <= SNAPSHOT_LEVEL)
+            else {
+                continue;
+            };
+            let Some((min_txid, max_txid)) = ltx::parse_filename(name) else { continue };
+            levels[level as usize].push(FileInfo { level, min_txid, max_txid, size, created_at });
+        }
+        for files in &mut levels {
+            files.sort_by_key(|f| (f.min_txid, f.max_txid));
+        }
+        Ok(levels)
     }
 
     fn list_with_timestamps(&self, level: u8) -> Result<Vec<FileInfo>> {

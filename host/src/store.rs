@@ -128,6 +128,8 @@ pub struct Store {
     next_validation: Option<DateTime<Utc>>,
     /// A retention plugin replacing the built-in snapshot retention.
     retention_plugin: Option<(Plugin, Settings)>,
+    /// A snapshot is due but waits for capture to hold the database open.
+    awaiting_live: bool,
 }
 
 impl Store {
@@ -143,6 +145,7 @@ impl Store {
             opts,
             files: None,
             retention_plugin: None,
+            awaiting_live: false,
         }
     }
 
@@ -169,6 +172,12 @@ impl Store {
         &self.client
     }
 
+    /// Whether a snapshot is due but needs the database held open by capture (an
+    /// idle database that closed its files must reopen them for it).
+    pub fn awaiting_live(&self) -> bool {
+        self.awaiting_live
+    }
+
     /// Whether a local file this store needs is gone, so capture must reset.
     pub fn reset_requested(&self) -> bool {
         self.shared.reset_requested.load(std::sync::atomic::Ordering::SeqCst)
@@ -181,10 +190,7 @@ impl Store {
 
     fn files(&mut self) -> Result<&mut Vec<Vec<FileInfo>>> {
         if self.files.is_none() {
-            let mut levels = Vec::with_capacity(10);
-            for level in 0..=SNAPSHOT_LEVEL {
-                levels.push(self.client.list(level)?);
-            }
+            let levels = self.client.list_levels()?;
             self.files = Some(levels);
         }
         Ok(self.files.as_mut().expect("just listed"))
@@ -252,9 +258,11 @@ impl Store {
                 self.next_compaction[i] = truncate(now, interval) + delta(interval);
             }
         }
-        if now >= self.next_snapshot && self.shared.live_pos().is_none() {
+        self.awaiting_live = now >= self.next_snapshot && self.shared.live_pos().is_none();
+        if self.awaiting_live {
             // The capture side has not yet checked its position against the live
-            // database since it (re)opened it: a snapshot must wait for that.
+            // database since it (re)opened it, or has closed it while idle: a
+            // snapshot must wait for that (see `awaiting_live`).
             self.next_snapshot = now + TimeDelta::seconds(1);
         } else if now >= self.next_snapshot {
             self.snapshot(false, now)?;

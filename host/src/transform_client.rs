@@ -68,6 +68,10 @@ impl ReplicaClient for TransformClient {
         self.inner.list(level)
     }
 
+    fn list_levels(&self) -> Result<Vec<Vec<FileInfo>>> {
+        self.inner.list_levels()
+    }
+
     fn list_with_timestamps(&self, level: u8) -> Result<Vec<FileInfo>> {
         self.inner.list_with_timestamps(level)
     }

@@ -619,13 +619,12 @@ pub fn reconcile(db: &mut Db, client: &dyn ReplicaClient) -> Result<()> {
     Ok(())
 }
 
-/// File descriptors one replicated database holds: the database file for page
-/// reads, and two SQLite connections with their database, WAL and shared-memory
-/// files, plus slack for LTX files and sockets in flight.
-const FDS_PER_DATABASE: u64 = 10;
+/// Descriptors kept free of databases: sockets, the blocking pool's files, logs.
+const RESERVED_FDS: u64 = 128;
 
 /// Raises the soft limit on open files to the hard limit, and refuses to start if
-/// even that is too low for `databases` databases.
+/// even that cannot hold one open database. When it cannot hold all `databases`
+/// open at once, idle ones take turns (see `scheduler`).
 fn raise_fd_limit(databases: usize) -> Result<()> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
@@ -637,11 +636,27 @@ fn raise_fd_limit(databases: usize) -> Result<()> {
             lim = raised;
         }
     }
-    let needed = 64 + FDS_PER_DATABASE * databases as u64;
-    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < needed {
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        return Ok(());
+    }
+    let per_db = scheduler::FDS_PER_OPEN_DATABASE;
+    let all_open = RESERVED_FDS + per_db * databases.max(1) as u64;
+    if lim.rlim_cur < RESERVED_FDS + per_db {
         anyhow::bail!(
-            "replicating {databases} database(s) needs about {needed} open files but the limit is {} (RLIMIT_NOFILE): raise it, for example with `ulimit -n {needed}` or LimitNOFILE={needed} in the systemd unit",
+            "replicating needs at least {} open files but the limit is {} (RLIMIT_NOFILE): raise it, for example with `ulimit -n {all_open}` or LimitNOFILE={all_open} in the systemd unit",
+            RESERVED_FDS + per_db,
             lim.rlim_cur
+        );
+    }
+    let room = ((lim.rlim_cur - RESERVED_FDS) / per_db) as usize;
+    scheduler::set_open_limit(room);
+    if databases > room {
+        info!(
+            databases,
+            open_at_once = room,
+            "the open-files limit (RLIMIT_NOFILE {}) cannot hold every database open: idle databases close their files after {:?} and reopen on their next change; `ulimit -n {all_open}` keeps them all open",
+            lim.rlim_cur,
+            scheduler::PARK_AFTER
         );
     }
     Ok(())

@@ -12,9 +12,16 @@
 //!
 //! So the number of OS threads does not grow with the number of databases, and an
 //! idle database costs no CPU and no requests.
+//!
+//! Open files are the one resource that does grow: an open database holds about
+//! [`FDS_PER_OPEN_DATABASE`] descriptors. When the open-files limit cannot hold
+//! every database open at once, a database that has been idle for [`PARK_AFTER`]
+//! *parks*: it closes its files ([`Db::park`]) and gives its slot to one that
+//! waits, and it reopens on its next change, verifying the WAL against its
+//! position in full, as at start-up.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -23,7 +30,7 @@ use chrono::Utc;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{RunOptions, SyncAnswer, ToCapture, open_when_not_busy, reconcile};
 use crate::config::DbSpec;
@@ -41,13 +48,13 @@ fn cores() -> usize {
 }
 
 /// The daemon's runtime: one worker thread per core for the tasks, and at most
-/// four blocking threads per core for their work.
+/// eight blocking threads per core for their work (most of it waits on requests).
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cores())
-            .max_blocking_threads(4 * cores())
+            .max_blocking_threads(8 * cores())
             .thread_name("sluice")
             .enable_all()
             .build()
@@ -55,11 +62,66 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// Descriptors one open database holds: the database file and WAL of each of its
+/// two SQLite connections, their shared `-shm`, our own database file handle, and
+/// room for the WAL and LTX files a sync opens.
+pub const FDS_PER_OPEN_DATABASE: u64 = 8;
+
+/// How long a database stays open after its last change when not every database
+/// can be open at once.
+pub const PARK_AFTER: Duration = Duration::from_secs(5);
+
+struct Slots {
+    sem: Arc<Semaphore>,
+    total: usize,
+}
+
+static SLOTS: OnceLock<Slots> = OnceLock::new();
+
+/// Databases being replicated.
+static DATABASES: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how many databases may be open at once (from the open-files limit); called
+/// once, before any database starts.
+pub fn set_open_limit(n: usize) {
+    let n = n.clamp(1, Semaphore::MAX_PERMITS);
+    let _ = SLOTS.set(Slots { sem: Arc::new(Semaphore::new(n)), total: n });
+}
+
+fn slots() -> &'static Slots {
+    SLOTS.get_or_init(|| Slots { sem: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)), total: usize::MAX })
+}
+
+/// Whether idle databases must close their files to make room for others.
+fn parking() -> bool {
+    DATABASES.load(Ordering::Relaxed) > slots().total
+}
+
+async fn open_slot() -> tokio::sync::OwnedSemaphorePermit {
+    slots().sem.clone().acquire_owned().await.expect("the open-database semaphore is never closed")
+}
+
+/// Counts a database in [`DATABASES`] while it lives.
+struct Counted;
+
+impl Counted {
+    fn new() -> Counted {
+        DATABASES.fetch_add(1, Ordering::Relaxed);
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        DATABASES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Replica work (requests that may be slow) may take at most half of the blocking
 /// pool, so a slow replica never starves capture.
 fn replica_slots() -> &'static Semaphore {
-    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
-    SLOTS.get_or_init(|| Semaphore::new(2 * cores()))
+    static REPLICA: OnceLock<Semaphore> = OnceLock::new();
+    REPLICA.get_or_init(|| Semaphore::new(6 * cores()))
 }
 
 /// Runs `f` on `owned` on the blocking pool, and hands both back.
@@ -131,6 +193,7 @@ pub(super) async fn capture_task(
     abort: Arc<AtomicBool>,
     opts: RunOptions,
 ) -> Result<()> {
+    let _counted = Counted::new();
     let monitor = spec.options.monitor_interval;
     let sync_interval = spec.replica.sync_interval;
     let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client));
@@ -138,7 +201,7 @@ pub(super) async fn capture_task(
     let wake = subscription.as_ref().map_or_else(|| Arc::new(Notify::new()), |s| s.wake().clone());
     // Without file notifications, look at the WAL every monitor-interval.
     let poll = subscription.is_none().then_some(monitor);
-    if wait && !wait_for_file(&spec.path, &mut rx, &wake, poll.or(Some(monitor))).await {
+    if wait && !wait_for_file(&spec.path, &mut rx, &wake, poll).await {
         return Ok(());
     }
     let db = Db::new(spec.path, spec.options);
@@ -146,6 +209,16 @@ pub(super) async fn capture_task(
     // Problems with the database or the replica at start-up are fatal: the user
     // must fix them (wrong path, bad credentials, missing bucket...). A database
     // busy with the application's writes is not such a problem.
+    let mut slot = tokio::select! {
+        s = open_slot() => Some(s),
+        m = rx.recv() => match m {
+            None | Some(ToCapture::Stop) => return Ok(()),
+            Some(ToCapture::Sync { reply, .. }) => {
+                let _ = reply.send(Err(format!("{} is waiting for its turn to open", db.path().display())));
+                Some(open_slot().await)
+            }
+        },
+    };
     let c = client.clone();
     let (mut db, opened) = on_pool(db, move |db| open_when_not_busy(db).and_then(|_| reconcile(db, c.as_ref()))).await?;
     opened?;
@@ -157,7 +230,12 @@ pub(super) async fn capture_task(
 
     let mut backoff: Option<Duration> = None;
     let mut asked: Option<(bool, std::sync::mpsc::Sender<SyncAnswer>)> = None;
+    let mut last_active = Instant::now();
     'running: loop {
+        if slot.is_none() {
+            slot = Some(open_slot().await);
+            last_active = Instant::now();
+        }
         let c = client.clone();
         let (d, (synced, checkpoint_due)) = on_pool(db, move |db| {
             let shared = db.shared();
@@ -176,6 +254,7 @@ pub(super) async fn capture_task(
             Ok(r) => {
                 backoff = None;
                 if r.wrote.is_some() {
+                    last_active = last_sync;
                     let _ = to_replica.send(ToReplica::Changed);
                 }
             }
@@ -213,6 +292,8 @@ pub(super) async fn capture_task(
                     .min()
                     .map(|t| t.max(floor)),
             };
+            let park_at =
+                (slot.is_some() && backoff.is_none() && !changed && parking()).then(|| last_active + PARK_AFTER);
             tokio::select! {
                 m = rx.recv() => match m {
                     None | Some(ToCapture::Stop) => break 'running,
@@ -223,10 +304,19 @@ pub(super) async fn capture_task(
                 },
                 _ = wake.notified(), if !changed => changed = true,
                 _ = sleep_until(due) => break,
+                _ = sleep_until(park_at) => {
+                    let (d, ()) = on_pool(db, |db| db.park()).await?;
+                    db = d;
+                    slot = None;
+                    debug!(db = %db.path().display(), "idle: files closed until the next change");
+                }
             }
         }
     }
     // Final sync (no checkpoint), then let the replica task upload and exit.
+    if slot.is_none() {
+        slot = Some(open_slot().await);
+    }
     let (db, sync) = on_pool(db, |db| db.sync_without_checkpoint()).await?;
     if let Err(e) = &sync {
         error!(db = %db.path().display(), "final sync failed: {e:#}");
@@ -235,6 +325,7 @@ pub(super) async fn capture_task(
     let uploaded = replica.await.map_err(|_| anyhow!("replica task stopped unexpectedly"))?;
     drop(subscription);
     let (db, ()) = on_pool(db, |db| db.close()).await?;
+    drop(slot);
     sync?;
     uploaded?;
     info!(db = %db.path().display(), txid = %ltx::format_txid(db.txid()), "stopped after final sync");
@@ -302,7 +393,8 @@ async fn replica_task(
                 }
             }
             // A local L0 file the replica needs is gone: the capture task resets.
-            if store.reset_requested() {
+            // A snapshot is due while the database is parked: capture reopens it.
+            if store.reset_requested() || store.awaiting_live() {
                 capture.notify_one();
             }
             wait = pass.until_scheduled;
