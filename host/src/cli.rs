@@ -9,8 +9,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::config::{Config, clean_db_path, default_config_path};
-use crate::replica_client::{ReplicaClient, client_from_url};
+use crate::config::factory::client_from_url;
+use crate::config::{Config, default_config_path};
+use crate::fsutil::clean_db_path;
+use crate::replica::ReplicaClient;
 use crate::restore::{self, IntegrityCheck, NoBackups, Target};
 use crate::{daemon, ltx};
 
@@ -211,7 +213,7 @@ pub struct LtxArgs {
 #[derive(Args, Debug)]
 pub struct SocketArgs {
     /// The control socket of the running daemon.
-    #[arg(long, value_name = "PATH", default_value = crate::server::DEFAULT_PATH)]
+    #[arg(long, value_name = "PATH", default_value = crate::daemon::server::DEFAULT_PATH)]
     pub socket: PathBuf,
     /// Seconds to wait for an answer.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -410,7 +412,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
                 _ => bail!("multiple replicas on a single database are not supported; give one replica URL"),
             }
             init_logging(a.log_level.as_deref());
-            vec![crate::config::db_spec_from_url(db, &a.replica_urls[0])?]
+            vec![crate::config::factory::db_spec_from_url(db, &a.replica_urls[0])?]
         }
         None => {
             let cfg = a.config.load()?;
@@ -424,7 +426,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
             if let Some((url, interval)) = cfg.heartbeat()?
                 && !a.once
             {
-                crate::heartbeat::start(url, interval)?;
+                crate::daemon::heartbeat::start(url, interval)?;
             }
             match cfg.addr.as_deref().filter(|addr| !addr.is_empty()) {
                 Some(addr) if !a.once => {
@@ -433,7 +435,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
                 _ => {}
             }
             if let Some(addr) = cfg.mcp_addr.as_deref().filter(|addr| !addr.is_empty() && !a.once) {
-                crate::mcp::serve(addr, std::path::absolute(a.config.path())?, !a.config.no_expand_env)?;
+                crate::daemon::mcp::serve(addr, std::path::absolute(a.config.path())?, !a.config.no_expand_env)?;
             }
             let watches = cfg.watches() && !a.once;
             let cfg = std::sync::Arc::new(std::sync::Mutex::new(cfg));
@@ -462,7 +464,15 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
         }
         None => None,
     };
-    daemon::run(specs, opts, exec, socket, rescan, respec)
+    daemon::run(
+        specs,
+        opts,
+        exec,
+        socket,
+        rescan,
+        respec,
+        std::sync::Arc::new(crate::config::factory::db_spec_from_url),
+    )
 }
 
 /// A database path from the config file, or a replica URL.
@@ -651,7 +661,8 @@ fn db_socket_cmd(a: &DbSocketArgs, route: &str) -> Result<()> {
 
 /// One control-socket request; prints the answer as `key: value` lines (or JSON).
 fn socket_cmd(a: &SocketArgs, method: &str, route: &str, body: Option<serde_json::Value>) -> Result<()> {
-    let v = crate::server::request(&a.socket, method, route, body, std::time::Duration::from_secs(a.timeout + 5))?;
+    let v =
+        crate::daemon::server::request(&a.socket, method, route, body, std::time::Duration::from_secs(a.timeout + 5))?;
     let mut out = std::io::stdout().lock();
     if a.json {
         writeln!(out, "{v}")?;
@@ -706,7 +717,7 @@ fn local_status(path: &Path, meta: &Path) -> (String, Option<u64>, u64) {
     if !path.exists() {
         return ("no database".into(), None, wal);
     }
-    match crate::db::local_txid(meta) {
+    match crate::capture::db::local_txid(meta) {
         Ok(None) => ("not initialized".into(), None, wal),
         Ok(Some(txid)) => ("ok".into(), Some(txid), wal),
         Err(e) => (format!("error: cannot read {}: {e}", meta.display()), None, wal),
@@ -733,7 +744,7 @@ fn status_cmd(a: StatusArgs) -> Result<()> {
     for path in paths {
         let meta = match &cfg {
             Some(cfg) => cfg.meta_path_for(&path)?,
-            None => crate::db::default_meta_path(&path),
+            None => crate::capture::db::default_meta_path(&path),
         };
         let (status, txid, wal) = local_status(&path, &meta);
         let txid_text = txid.map(ltx::format_txid).unwrap_or_else(|| "-".into());
@@ -756,7 +767,7 @@ fn reset_cmd(a: ResetArgs) -> Result<()> {
     let path = clean_db_path(&a.db_path)?;
     let meta = match a.config.load() {
         Ok(cfg) => cfg.meta_path_for(&path)?,
-        Err(_) if a.config.config.is_none() => crate::db::default_meta_path(&path),
+        Err(_) if a.config.config.is_none() => crate::capture::db::default_meta_path(&path),
         Err(e) => return Err(e),
     };
     let ltx_dir = meta.join("ltx");
@@ -786,7 +797,7 @@ fn walk_count(dir: &Path) -> usize {
 fn ltx_cmd(a: LtxArgs) -> Result<()> {
     let (client, _) = resolve_target(&a.target, &a.config)?;
     let levels: Vec<u8> = if a.level == "all" {
-        (0..=crate::replica_client::SNAPSHOT_LEVEL).collect()
+        (0..=crate::replica::SNAPSHOT_LEVEL).collect()
     } else {
         match a.level.parse::<u8>() {
             Ok(l) if l <= 9 => vec![l],
@@ -896,7 +907,7 @@ fn plugin_check(a: PluginCheckArgs) -> Result<()> {
             let answer = p.select_deletions(&settings, &files, now)?;
             let mut listing = vec![Vec::new(); 10];
             for f in &files {
-                listing[f.level as usize].push(crate::replica_client::FileInfo {
+                listing[f.level as usize].push(crate::replica::FileInfo {
                     level: f.level,
                     min_txid: f.min_txid,
                     max_txid: f.max_txid,
@@ -921,7 +932,7 @@ fn plugin_check(a: PluginCheckArgs) -> Result<()> {
                 per_level(1),
                 per_level(0)
             );
-            match (victims.len() == answer.len(), crate::store::vet_deletions(&listing, &victims)) {
+            match (victims.len() == answer.len(), crate::daemon::store::vet_deletions(&listing, &victims)) {
                 (true, Ok(_)) => println!("verdict:  the host would accept this answer"),
                 (false, _) => bail!("the plugin asked to delete files that are not in the replica"),
                 (true, Err(why)) => bail!("the host would refuse this answer: {why}"),

@@ -1,35 +1,30 @@
 //! Sluice: stream SQLite databases to a replica as they change, in Litestream 0.5's
 //! LTX format, and restore them to any point in time.
 //!
-//! One module per concept: `wal` reads SQLite's log, `ltx` encodes and decodes LTX
-//! files, `db` turns a live database's WAL into level-0 LTX files, `store` ships them
-//! through a `replica_client` (`file_client`, `s3_client`) and runs `compaction`,
-//! snapshots and retention, `restore` rebuilds a database, `config` reads the YAML
-//! file, `daemon` runs the replicate threads and `cli` the commands.
+//! Folders by concept, each depending only on those listed before it:
+//! - `ltx`: the LTX format (encode, decode, merge, checksums); `fsutil`,
+//!   `failpoint`, `health`, `metrics`, `background`, `plugin`: small shared pieces.
+//! - `capture`: a live database's WAL (`wal`) turned into level-0 LTX files (`db`).
+//! - `replica`: the backend trait (`mod.rs`), the backends (`file`, `s3`), their
+//!   decorators (`metered`, `transform`) and object layout (`layout`).
+//! - `restore`: rebuilding a database from a replica (and from Litestream 0.3's).
+//! - `daemon`: `replicate` itself: the event-driven engine (`scheduler`, `watch`),
+//!   the replica-side work of one database (`store`), the control socket
+//!   (`server`), MCP, heartbeat, and the specs it runs (`spec`).
+//! - `config`: the YAML file, and `config::factory`, the one place that builds
+//!   clients and specs from it or from a URL.
+//! - `cli`: the commands.
 
 pub mod background;
-pub mod checksum;
+pub mod capture;
 pub mod cli;
-pub mod compaction;
 pub mod config;
-pub mod crc64;
 pub mod daemon;
-pub mod db;
-pub mod dbfile;
 pub mod failpoint;
-pub mod file_client;
-pub mod heartbeat;
-pub mod insecure_tls;
-pub mod layout;
+pub mod fsutil;
+pub mod health;
 pub mod ltx;
-pub mod mcp;
 pub mod metrics;
 pub mod plugin;
-pub mod replica_client;
+pub mod replica;
 pub mod restore;
-pub mod s3_client;
-pub mod server;
-pub mod store;
-pub mod transform_client;
-pub mod v3;
-pub mod wal;

@@ -301,13 +301,13 @@ pub fn l0_files_caught_up(db: &Path, files: Vec<PathBuf>) -> bool {
     let Some((_, newest)) = files.max() else { return false };
     let Ok(pos) = ltx::read_header_file(&newest) else { return false };
     let wal_path = PathBuf::from(format!("{}-wal", db.display()));
-    let Ok(Some(wal)) = sluice::wal::read_header(&wal_path) else { return false };
+    let Ok(Some(wal)) = sluice::capture::wal::read_header(&wal_path) else { return false };
     if wal.salts() != (pos.wal_salt1, pos.wal_salt2) || pos.wal_offset < 32 {
         return false;
     }
     let Ok(f) = fs::File::open(&wal_path) else { return false };
     let end = (pos.wal_offset + pos.wal_size) as u64;
-    match sluice::wal::read_frame_header_at(&f, end) {
+    match sluice::capture::wal::read_frame_header_at(&f, end) {
         Ok(None) => true,
         Ok(Some(next)) => (next.salt1, next.salt2) != wal.salts(),
         Err(_) => false,

@@ -7,7 +7,12 @@
 //!   directories. SIGINT/SIGTERM trigger a final sync and upload (retried for up to
 //!   30 s; a second signal abandons it).
 
+pub mod heartbeat;
+pub mod mcp;
 pub mod scheduler;
+pub mod server;
+pub mod spec;
+pub mod store;
 pub mod watch;
 
 use std::collections::HashSet;
@@ -15,22 +20,22 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 
-use tokio::sync::mpsc::UnboundedSender;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
 
 use anyhow::{Context, Result, anyhow};
 use chrono::Utc;
 use tracing::{debug, error, info, warn};
 
-use crate::config::DbSpec;
-use crate::db::{Db, check_sqlite_file};
+use crate::capture::db::{Db, check_sqlite_file};
+use crate::daemon::spec::DbSpec;
+use crate::daemon::store::Store;
 use crate::ltx;
-use crate::metrics::Metered;
-use crate::replica_client::ReplicaClient;
+use crate::replica::ReplicaClient;
+use crate::replica::metered::Metered;
 use crate::restore::{self, IntegrityCheck, NoBackups, Target};
-use crate::store::Store;
 
 pub const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_SYNC_INTERVAL: Duration = Duration::from_millis(500);
@@ -234,9 +239,10 @@ pub fn run(
     specs: Vec<DbSpec>,
     opts: RunOptions,
     exec: Option<Vec<String>>,
-    socket: Option<crate::server::SocketConfig>,
+    socket: Option<crate::daemon::server::SocketConfig>,
     rescan: Option<(Rescan, Duration)>,
     respec: Option<Respec>,
+    spec_from_url: SpecFromUrl,
 ) -> Result<()> {
     if specs.is_empty() && rescan.is_none() {
         return Err(anyhow!(
@@ -246,7 +252,7 @@ pub fn run(
     raise_fd_limit(specs.len())?;
     let mut prepared = Vec::new();
     for spec in &specs {
-        crate::heartbeat::register(&spec.path);
+        crate::health::register(&spec.path);
     }
     for spec in specs {
         let wait_for_creation = prepare(&spec, opts)?;
@@ -272,7 +278,7 @@ pub fn run(
     *shutdown.supervisor.lock().unwrap() = Some(events.clone());
     let mut failed = None;
     if let Some(sock) = socket
-        && let Err(e) = crate::server::serve(sock, endpoints.clone(), events.clone())
+        && let Err(e) = crate::daemon::server::serve(sock, endpoints.clone(), events.clone(), spec_from_url.clone())
     {
         shutdown.begin();
         failed = Some(e);
@@ -302,6 +308,7 @@ pub fn run(
             stopped: Default::default(),
             registered: Default::default(),
             respec,
+            spec_from_url,
             events,
         };
         s.run(requests, rescan);
@@ -336,6 +343,11 @@ pub type Reply = Sender<std::result::Result<(), String>>;
 
 /// Builds the spec of a database the config file names (for `start`).
 pub type Respec = Box<dyn FnMut(&Path) -> Result<DbSpec> + Send>;
+
+/// Builds the spec of a database from its path and a replica URL (for `register`,
+/// and `start` of a registered one): the caller's factory, so that the daemon
+/// needs to know neither backends nor the config format.
+pub type SpecFromUrl = Arc<dyn Fn(&str, &str) -> Result<DbSpec> + Send + Sync>;
 
 /// What the control socket asks of the daemon itself.
 pub enum Control {
@@ -375,6 +387,7 @@ struct Supervisor<'a> {
     registered: std::collections::HashMap<PathBuf, String>,
     /// Specs of databases from the config file.
     respec: Option<Respec>,
+    spec_from_url: SpecFromUrl,
     /// Where workers started here report their end.
     events: Sender<Control>,
 }
@@ -451,7 +464,7 @@ impl Supervisor<'_> {
             });
         };
         let spec = match (origin, self.respec.as_mut()) {
-            (Some(url), _) => crate::config::db_spec_from_url(&path.display().to_string(), &url),
+            (Some(url), _) => (self.spec_from_url)(&path.display().to_string(), &url),
             (None, Some(respec)) => respec(path),
             (None, None) => Err(anyhow!("no config file to rebuild it from")),
         };
@@ -463,7 +476,7 @@ impl Supervisor<'_> {
 
     fn start(&mut self, spec: DbSpec) -> Result<()> {
         let path = spec.path.clone();
-        crate::heartbeat::register(&path);
+        crate::health::register(&path);
         let wait = prepare(&spec, self.opts)?;
         let (tx, handle) = scheduler::spawn(spec, wait, self.opts, self.abort.clone(), Some(self.events.clone()));
         if !self.shutdown.add(tx.clone()) {
@@ -487,7 +500,7 @@ impl Supervisor<'_> {
         drop(endpoints);
         self.unregistered.insert(path.to_path_buf());
         let (_, h) = self.workers.swap_remove(i);
-        crate::heartbeat::unregister(path);
+        crate::health::unregister(path);
         match scheduler::runtime().block_on(h) {
             Ok(Ok(())) => {
                 info!(db = %path.display(), "stopped after its final sync");
@@ -511,7 +524,7 @@ impl Supervisor<'_> {
             let err = match scheduler::runtime().block_on(h) {
                 Ok(Ok(())) => {
                     info!(db = %path.display(), "stopped replicating");
-                    crate::heartbeat::unregister(&path);
+                    crate::health::unregister(&path);
                     None
                 }
                 Ok(Err(e)) => Some(e.context(format!("replication of {} stopped", path.display()))),

@@ -33,12 +33,12 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::{RunOptions, SyncAnswer, ToCapture, open_when_not_busy, reconcile};
-use crate::config::DbSpec;
-use crate::db::Db;
+use crate::capture::db::Db;
+use crate::daemon::spec::DbSpec;
+use crate::daemon::store::Store;
 use crate::ltx;
-use crate::metrics::Metered;
-use crate::replica_client::ReplicaClient;
-use crate::store::Store;
+use crate::replica::ReplicaClient;
+use crate::replica::metered::Metered;
 
 /// Longest wait between a retry and the next.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -220,7 +220,8 @@ pub(super) async fn capture_task(
         },
     };
     let c = client.clone();
-    let (mut db, opened) = on_pool(db, move |db| open_when_not_busy(db).and_then(|_| reconcile(db, c.as_ref()))).await?;
+    let (mut db, opened) =
+        on_pool(db, move |db| open_when_not_busy(db).and_then(|_| reconcile(db, c.as_ref()))).await?;
     opened?;
     let shared = db.shared();
     let store =

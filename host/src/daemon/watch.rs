@@ -8,13 +8,14 @@
 //! reached) gets `None` and polls at its `monitor-interval` instead.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tracing::warn;
+
+use crate::fsutil::with_suffix;
 
 #[derive(Default)]
 struct Routes {
@@ -55,12 +56,6 @@ fn hub() -> Option<&'static Hub> {
         }
     })
     .as_ref()
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s: OsString = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 /// A database's subscription: woken when its file or WAL changes. Dropping it
@@ -154,6 +149,9 @@ mod tests {
         });
         drop(a);
         drop(b);
-        assert!(hub().unwrap().routes.lock().unwrap().dirs.is_empty(), "the directory is unwatched when no one needs it");
+        assert!(
+            hub().unwrap().routes.lock().unwrap().dirs.is_empty(),
+            "the directory is unwatched when no one needs it"
+        );
     }
 }

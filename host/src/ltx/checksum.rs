@@ -7,8 +7,8 @@
 //! order pages are seen in does not matter. Sluice records it in every LTX file it
 //! writes (see `ltx::Header::db_checksum`) and checks it after every restore.
 
-use crate::crc64::Crc64;
 use crate::ltx;
+use crate::ltx::crc64::Crc64;
 
 const FLAG: u64 = 1 << 63;
 

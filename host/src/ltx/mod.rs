@@ -12,10 +12,14 @@
 //! the *uncompressed* page data, the end marker, the index with its length and the
 //! post-apply checksum; it is stored with bit 63 set.
 
+pub mod checksum;
+pub mod crc64;
+pub mod merge;
+
 use std::fmt;
 use std::io::{self, BufReader, Read, Write};
 
-use crate::crc64::Crc64;
+use crate::ltx::crc64::Crc64;
 
 pub const MAGIC: &[u8; 4] = b"LTX1";
 pub const HEADER_SIZE: usize = 100;

@@ -12,9 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 
-use crate::layout::{Layout, LayoutSpec};
+use crate::fsutil::fsync_dir;
 use crate::ltx;
-use crate::replica_client::{FileInfo, Object, ReplicaClient};
+use crate::replica::layout::{Layout, LayoutSpec};
+use crate::replica::{FileInfo, Object, ReplicaClient};
 
 pub struct FileClient {
     root: PathBuf,
@@ -114,10 +115,6 @@ fn walk(root: &Path, dir: &Path, found: &mut dyn FnMut(String, PathBuf)) -> Resu
         }
     }
     Ok(())
-}
-
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 fn to_system_time(ms: i64) -> SystemTime {

@@ -15,14 +15,19 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
-use crate::db::DbOptions;
-use crate::file_client::FileClient;
-use crate::layout::LayoutSpec;
+pub mod factory;
+
+use crate::capture::db::DbOptions;
+use crate::config::factory::client_from_url_with;
+use crate::daemon::spec::{DbSpec, ReplicaSpec};
+use crate::daemon::store::StoreOptions;
+use crate::fsutil::{absolute, clean_db_path};
 use crate::plugin::{Kind, Plugin, Settings};
-use crate::replica_client::{ReplicaClient, client_from_url_with};
-use crate::s3_client::{S3Client, S3Settings, endpoint_with_scheme};
-use crate::store::StoreOptions;
-use crate::transform_client::TransformClient;
+use crate::replica::ReplicaClient;
+use crate::replica::file::FileClient;
+use crate::replica::layout::LayoutSpec;
+use crate::replica::s3::{S3Client, S3Settings, endpoint_with_scheme};
+use crate::replica::transform::TransformClient;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -83,7 +88,7 @@ pub struct SocketSettings {
 
 impl SocketSettings {
     /// The socket to serve, if enabled.
-    pub fn config(&self) -> Result<Option<crate::server::SocketConfig>> {
+    pub fn config(&self) -> Result<Option<crate::daemon::server::SocketConfig>> {
         if !self.enabled {
             return Ok(None);
         }
@@ -102,8 +107,8 @@ impl SocketSettings {
                     .ok_or_else(|| anyhow!("socket.permissions {text:?} is not an octal file mode such as 0600"))?
             }
         };
-        let path = PathBuf::from(self.path.clone().unwrap_or_else(|| crate::server::DEFAULT_PATH.into()));
-        Ok(Some(crate::server::SocketConfig { path, permissions }))
+        let path = PathBuf::from(self.path.clone().unwrap_or_else(|| crate::daemon::server::DEFAULT_PATH.into()));
+        Ok(Some(crate::daemon::server::SocketConfig { path, permissions }))
     }
 }
 
@@ -414,22 +419,6 @@ impl ReplicaSettings {
     }
 }
 
-/// A database to replicate, resolved from the config file or the command line.
-pub struct DbSpec {
-    pub path: PathBuf,
-    pub options: DbOptions,
-    pub replica: ReplicaSpec,
-    pub store: StoreOptions,
-    pub restore_if_db_not_exists: bool,
-}
-
-pub struct ReplicaSpec {
-    pub client: Box<dyn ReplicaClient>,
-    pub sync_interval: Duration,
-    /// A retention plugin replacing the built-in snapshot retention.
-    pub retention_plugin: Option<(Plugin, Settings)>,
-}
-
 /// Replaces `$VAR` and `${VAR}` with environment values (empty when unset).
 pub fn expand_env(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -469,22 +458,6 @@ pub fn expand_env(text: &str) -> String {
 }
 
 /// Parses a Go-style duration: `500ms`, `1s`, `1m30s`, `24h`, `0`.
-/// A database replicated to one replica URL with default settings, as
-/// `replicate DB_PATH REPLICA_URL` and the control socket's `register` do.
-pub fn db_spec_from_url(db: &str, url: &str) -> Result<DbSpec> {
-    Ok(DbSpec {
-        path: clean_db_path(db)?,
-        options: DbOptions::default(),
-        replica: ReplicaSpec {
-            client: crate::replica_client::client_from_url(url, &Default::default())?,
-            sync_interval: Duration::from_secs(1),
-            retention_plugin: None,
-        },
-        store: StoreOptions::default(),
-        restore_if_db_not_exists: false,
-    })
-}
-
 /// One `DbConfig` per SQLite database under `dir` whose file name matches the
 /// entry's `pattern`; each replica location gets the database's path relative to
 /// `dir` appended, and a `meta-path` becomes the base of per-database state dirs.
@@ -512,7 +485,7 @@ fn expand_dir(entry: &DbConfig, dir: &str) -> Result<Vec<DbConfig>> {
                 if entry.recursive.unwrap_or(false) && !name.ends_with("-litestream") {
                     stack.push(e.path());
                 }
-            } else if ty.is_file() && glob.matches(&name) && crate::db::is_sqlite_file(&e.path()) {
+            } else if ty.is_file() && glob.matches(&name) && crate::capture::db::is_sqlite_file(&e.path()) {
                 found.push(e.path());
             }
         }
@@ -621,7 +594,7 @@ impl Config {
         let Some(url) = self.heartbeat_url.as_deref().filter(|u| !u.is_empty()) else { return Ok(None) };
         let interval =
             self.heartbeat_interval.as_deref().map(parse_duration).transpose().context("heartbeat-interval")?;
-        Ok(Some((url.to_string(), crate::heartbeat::validate(url, interval)?)))
+        Ok(Some((url.to_string(), crate::daemon::heartbeat::validate(url, interval)?)))
     }
 
     /// The shutdown-sync settings, validated as Litestream does.
@@ -814,7 +787,7 @@ impl Config {
     pub fn meta_path_for(&self, path: &Path) -> Result<PathBuf> {
         match self.find_db(path).ok().and_then(|db| db.meta_path.clone()) {
             Some(m) => clean_db_path(&m),
-            None => Ok(crate::db::default_meta_path(path)),
+            None => Ok(crate::capture::db::default_meta_path(path)),
         }
     }
 
@@ -924,22 +897,6 @@ impl Config {
         };
         Ok(ReplicaSpec { client, sync_interval, retention_plugin: retention.map(|r| (r.plugin, r.settings)) })
     }
-}
-
-/// Expands `~`, strips `sqlite://` prefixes and makes the path absolute.
-pub fn clean_db_path(p: &str) -> Result<PathBuf> {
-    let p = p.strip_prefix("sqlite3://").or_else(|| p.strip_prefix("sqlite://")).unwrap_or(p);
-    let p = if p == "~" || p.starts_with("~/") {
-        let home = std::env::var("HOME").map_err(|_| anyhow!("cannot expand ~: HOME is not set"))?;
-        format!("{home}{}", &p[1..])
-    } else {
-        p.to_string()
-    };
-    absolute(Path::new(&p))
-}
-
-fn absolute(p: &Path) -> Result<PathBuf> {
-    Ok(std::path::absolute(p)?)
 }
 
 #[cfg(test)]

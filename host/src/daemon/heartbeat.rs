@@ -1,14 +1,9 @@
-//! Per-database health (last good sync, replica failing), which the control
-//! socket reports, and `heartbeat-url`: a dead man's switch. Every `heartbeat-interval` (default 5m,
+//! `heartbeat-url`: a dead man's switch. Every `heartbeat-interval` (default 5m,
 //! at least 1m) Sluice sends `GET heartbeat-url`, but only while every database is
 //! healthy: its last capture succeeded within the interval and its replica is not
 //! failing. A monitor such as healthchecks.io or Dead Man's Snitch raises the alarm
 //! when the pings stop. Checked every 15 s; each request times out after 30 s.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
@@ -18,82 +13,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tracing::{debug, info, warn};
 
+use crate::health::all_healthy;
+
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
 const CHECK_EVERY: Duration = Duration::from_secs(15);
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One database's health. The database's workers hold it (in `db::Shared`) and
-/// update it with two atomic stores; the registry below holds it too, for the
-/// heartbeat and the control socket.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// When the last capture succeeded, in Unix milliseconds (0: never).
-    last_sync_ms: AtomicI64,
-    replica_failing: AtomicBool,
-}
-
-impl Health {
-    /// A capture (sync) ended.
-    pub fn record_sync(&self, ok: bool) {
-        if ok {
-            self.last_sync_ms.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
-        }
-    }
-
-    /// A replica pass (an upload, compaction or retention pass) ended.
-    pub fn record_replica(&self, ok: bool) {
-        self.replica_failing.store(!ok, Ordering::Relaxed);
-    }
-
-    /// When the last capture succeeded.
-    pub fn last_sync(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        match self.last_sync_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => chrono::DateTime::from_timestamp_millis(ms),
-        }
-    }
-}
-
-/// When `db` last synced successfully (for the control socket's `list`).
-pub fn last_sync(db: &Path) -> Option<chrono::DateTime<chrono::Utc>> {
-    registry().lock().unwrap().get(db).and_then(|h| h.last_sync())
-}
-
-fn registry() -> &'static Mutex<BTreeMap<PathBuf, Arc<Health>>> {
-    static R: OnceLock<Mutex<BTreeMap<PathBuf, Arc<Health>>>> = OnceLock::new();
-    R.get_or_init(Default::default)
-}
-
-/// Adds a database to watch (before its workers start, so that the heartbeat waits
-/// for its first sync), or finds it; returns its health for its workers to update.
-pub fn register(db: &Path) -> Arc<Health> {
-    registry().lock().unwrap().entry(db.to_path_buf()).or_default().clone()
-}
-
-/// Stops watching a database that is no longer replicated (stopped, unregistered,
-/// or gone from a watched directory), so that it does not hold the heartbeat back.
-pub fn unregister(db: &Path) {
-    registry().lock().unwrap().remove(db);
-}
-
-/// Whether every registered database is healthy at `now`; else the first that is not.
-fn all_healthy(now: chrono::DateTime<chrono::Utc>, interval: Duration) -> std::result::Result<(), String> {
-    for (path, h) in registry().lock().unwrap().iter() {
-        let since = h.last_sync().map(|t| (now - t).to_std().unwrap_or(Duration::ZERO));
-        match since {
-            None => return Err(format!("{} has not synced yet", path.display())),
-            Some(d) if d > interval => {
-                return Err(format!("{} has not synced for {d:?}", path.display()));
-            }
-            _ if h.replica_failing.load(Ordering::Relaxed) => {
-                return Err(format!("the replica of {} is failing", path.display()));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
 
 /// Checks `heartbeat-url` and `heartbeat-interval` as Litestream does.
 pub fn validate(url: &str, interval: Option<Duration>) -> Result<Duration> {

@@ -8,6 +8,8 @@
 //! so a failed restore never leaves an output file. Only a verified result is
 //! fsynced and renamed to the output path.
 
+pub mod v3;
+
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -17,9 +19,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 
-use crate::file_client::fsync_dir;
+use crate::fsutil::{fsync_dir, with_suffix};
 use crate::ltx;
-use crate::replica_client::{FileInfo, ReplicaClient, SNAPSHOT_LEVEL};
+use crate::replica::{FileInfo, ReplicaClient, SNAPSHOT_LEVEL};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IntegrityCheck {
@@ -65,7 +67,7 @@ impl std::error::Error for NoBackups {}
 #[derive(Debug)]
 pub enum Source {
     Ltx(Vec<FileInfo>),
-    V3(crate::v3::Backup),
+    V3(crate::restore::v3::Backup),
 }
 
 /// Chooses what to restore for `target`: the LTX plan, unless a Litestream 0.3
@@ -75,7 +77,7 @@ pub fn choose(client: &dyn ReplicaClient, target: Target, follow: bool) -> Resul
     let plan = plan(client, target);
     if target.txid.is_none()
         && !follow
-        && let Some(b) = crate::v3::instead_of(client, target.timestamp, &plan)?
+        && let Some(b) = crate::restore::v3::instead_of(client, target.timestamp, &plan)?
     {
         return Ok(Source::V3(b));
     }
@@ -94,7 +96,7 @@ impl Source {
     ) -> Result<Option<u64>> {
         match self {
             Source::Ltx(plan) => apply_with(client, plan, output, integrity, parallelism).map(Some),
-            Source::V3(b) => crate::v3::apply(client, b, output, integrity).map(|_| None),
+            Source::V3(b) => crate::restore::v3::apply(client, b, output, integrity).map(|_| None),
         }
     }
 }
@@ -270,13 +272,6 @@ pub fn write_atomically<T>(
     result
 }
 
-/// `path` with `suffix` appended to its file name (`app.db` → `app.db.tmp`).
-pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    s.into()
-}
-
 pub fn tmp_path(output: &Path) -> PathBuf {
     with_suffix(output, ".tmp")
 }
@@ -378,8 +373,8 @@ fn check_db_checksum(out: &fs::File, at: Applied, last: &FileInfo) -> Result<()>
     if at.checksum == 0 {
         return Ok(());
     }
-    let actual =
-        crate::checksum::of_file(out, at.page_size, at.commit).context("cannot read back the restored database")?;
+    let actual = crate::ltx::checksum::of_file(out, at.page_size, at.commit)
+        .context("cannot read back the restored database")?;
     if actual != at.checksum {
         bail!(
             "the restored database does not match the checksum recorded in LTX file {} (level {}): the replica is inconsistent; restore an earlier -txid, and run `sluice replicate` on the source to write a fresh snapshot",

@@ -9,9 +9,9 @@ use std::sync::mpsc;
 
 use anyhow::{Result, anyhow};
 
-use crate::compaction::PipeReader;
+use crate::ltx::merge::PipeReader;
 use crate::plugin::{Plugin, Settings};
-use crate::replica_client::{FileInfo, Object, ReplicaClient};
+use crate::replica::{FileInfo, Object, ReplicaClient};
 
 /// Chunk size fed to the plugin: what it holds in memory is a small multiple of this.
 const CHUNK: usize = 256 * 1024;

@@ -28,7 +28,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tracing::info;
 
-use crate::daemon::{Control, Endpoints, ToCapture};
+use crate::daemon::{Control, Endpoints, SpecFromUrl, ToCapture};
 
 pub const DEFAULT_PATH: &str = "/var/run/litestream.sock";
 
@@ -41,10 +41,16 @@ pub struct SocketConfig {
 struct State {
     dbs: Endpoints,
     requests: std::sync::Mutex<std::sync::mpsc::Sender<Control>>,
+    spec_from_url: SpecFromUrl,
 }
 
 /// Binds the socket (replacing a stale socket file) and serves it from a thread.
-pub fn serve(cfg: SocketConfig, dbs: Endpoints, requests: std::sync::mpsc::Sender<Control>) -> Result<()> {
+pub fn serve(
+    cfg: SocketConfig,
+    dbs: Endpoints,
+    requests: std::sync::mpsc::Sender<Control>,
+    spec_from_url: SpecFromUrl,
+) -> Result<()> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Ok(m) = std::fs::symlink_metadata(&cfg.path) {
         if !m.file_type().is_socket() {
@@ -55,7 +61,7 @@ pub fn serve(cfg: SocketConfig, dbs: Endpoints, requests: std::sync::mpsc::Sende
     let listener = std::os::unix::net::UnixListener::bind(&cfg.path)
         .map_err(|e| anyhow!("cannot create control socket {}: {e}; check socket.path", cfg.path.display()))?;
     std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(cfg.permissions))?;
-    let state = std::sync::Arc::new(State { dbs, requests: std::sync::Mutex::new(requests) });
+    let state = std::sync::Arc::new(State { dbs, requests: std::sync::Mutex::new(requests), spec_from_url });
     let listener = crate::background::Listener::Unix(listener);
     crate::background::serve_http("control", listener, move |req| handle(state.clone(), req))?;
     info!(path = %cfg.path.display(), "control socket listening");
@@ -93,7 +99,7 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
                 .unwrap()
                 .iter()
                 .map(|(p, _)| {
-                    let at = crate::heartbeat::last_sync(p);
+                    let at = crate::health::last_sync(p);
                     json!({"path": p.display().to_string(), "status": "replicating",
                            "last_sync_at": at.map(|t| t.to_rfc3339())})
                 })
@@ -153,12 +159,12 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
                 let Some(url) = v["replica_url"].as_str() else {
                     return error(StatusCode::BAD_REQUEST, "replica_url required", "give the replica URL");
                 };
-                match crate::config::db_spec_from_url(&path, url) {
+                match (state.spec_from_url)(&path, url) {
                     Ok(spec) => Control::Register { spec: Box::new(spec), url: url.to_string(), reply: reply_tx },
                     Err(e) => return error(StatusCode::BAD_REQUEST, "invalid database or replica", format!("{e:#}")),
                 }
             } else {
-                let p = crate::config::clean_db_path(&path).unwrap_or_default();
+                let p = crate::fsutil::clean_db_path(&path).unwrap_or_default();
                 match route {
                     "/unregister" => Control::Unregister { path: p, reply: reply_tx },
                     "/stop" => Control::Stop { path: p, reply: reply_tx },
@@ -272,7 +278,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("s.sock");
         let (tx, _rx) = std::sync::mpsc::channel();
-        serve(SocketConfig { path: sock.clone(), permissions: 0o600 }, Default::default(), tx).unwrap();
+        let spec_from_url: SpecFromUrl = std::sync::Arc::new(|_: &str, _: &str| anyhow::bail!("not in this test"));
+        serve(SocketConfig { path: sock.clone(), permissions: 0o600 }, Default::default(), tx, spec_from_url).unwrap();
         let t = Duration::from_secs(5);
         assert_eq!(request(&sock, "GET", "/info", None, t).unwrap()["database_count"], 0);
         let e = request(&sock, "POST", "/sync", Some(json!({"path": "/nope.db"})), t).unwrap_err();

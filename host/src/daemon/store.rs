@@ -17,11 +17,11 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, TimeDelta, Utc};
 use tracing::{debug, info, warn};
 
-use crate::compaction::{PipeReader, merge};
-use crate::db::{Shared, write_snapshot};
+use crate::capture::db::{Shared, write_snapshot};
+use crate::ltx::merge::{PipeReader, merge};
 use crate::ltx::{self, Decoder};
 use crate::plugin::{Plugin, PluginFile, Settings};
-use crate::replica_client::{FileInfo, ReplicaClient, SNAPSHOT_LEVEL};
+use crate::replica::{FileInfo, ReplicaClient, SNAPSHOT_LEVEL};
 use crate::restore::{Target, pinned_files, plan_from_listing};
 
 /// Most L0 files uploaded in one pass (Litestream's `max-sync-ltx-files`).
@@ -164,7 +164,7 @@ impl Store {
     }
 
     /// The health of the database this store replicates.
-    pub fn health(&self) -> &crate::heartbeat::Health {
+    pub fn health(&self) -> &crate::health::Health {
         &self.shared.health
     }
 
@@ -339,7 +339,7 @@ impl Store {
         }
         let decoders = inputs.iter().map(|f| self.open_input(f)).collect::<Result<Vec<_>>>()?;
         let header =
-            crate::compaction::merged_header(&decoders.iter().map(|d| d.header().clone()).collect::<Vec<_>>())?;
+            crate::ltx::merge::merged_header(&decoders.iter().map(|d| d.header().clone()).collect::<Vec<_>>())?;
         let mut pipe = PipeReader::spawn(move |w| {
             merge(decoders, w)?;
             Ok(())

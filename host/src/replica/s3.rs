@@ -40,9 +40,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use md5::{Digest, Md5};
 use tracing::{debug, warn};
 
-use crate::layout::{Layout, LayoutSpec};
 use crate::ltx;
-use crate::replica_client::{FileInfo, Object, ReplicaClient, SNAPSHOT_LEVEL};
+use crate::replica::layout::{Layout, LayoutSpec};
+use crate::replica::{FileInfo, Object, ReplicaClient, SNAPSHOT_LEVEL};
 
 const MIN_PART_SIZE: u64 = 5 << 20;
 const DEFAULT_CONCURRENCY: usize = 5;
@@ -882,7 +882,7 @@ async fn build_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3:
     let loader = || {
         let mut l = aws_config::defaults(BehaviorVersion::latest());
         if s.skip_verify {
-            l = l.http_client(crate::insecure_tls::http_client());
+            l = l.http_client(crate::replica::tls::http_client());
         }
         match &static_keys {
             Some((a, k)) => l.credentials_provider(Credentials::new(a, k, None, None, "sluice-config")),

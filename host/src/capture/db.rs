@@ -21,11 +21,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use rusqlite::{Connection, OpenFlags};
 use tracing::{debug, info};
 
-use crate::checksum::PageSums;
-use crate::file_client::fsync_dir;
+use crate::capture::wal::{self, FrameReader, WalHeader};
+use crate::fsutil::fsync_dir;
+use crate::ltx::checksum::PageSums;
 use crate::ltx::{self, Header};
 use crate::metrics::{DbMetrics, metrics};
-use crate::wal::{self, FrameReader, WalHeader};
 
 /// Streams a full snapshot of the live database at position `pos` into `out`:
 /// pages 1..commit from the WAL frames up to `pos`'s end, else from the database
@@ -51,7 +51,7 @@ pub fn write_snapshot<W: std::io::Write>(
     let end = (pos.wal_offset + pos.wal_size).max(wal::HEADER_SIZE as i64) as u64;
     let wal_file = File::open(&shared.wal_path)?;
     let db_file =
-        crate::dbfile::open(&shared.path).with_context(|| format!("cannot open {}", shared.path.display()))?;
+        crate::capture::dbfile::open(&shared.path).with_context(|| format!("cannot open {}", shared.path.display()))?;
     let Some(pages) = wal_page_map(&wal_file, hdr, end)? else { return Ok(None) };
     let page_size = pos.page_size;
     let fs_ = hdr.frame_size();
@@ -214,7 +214,7 @@ pub struct Shared {
     /// This database's Prometheus series.
     pub metrics: DbMetrics,
     /// This database's health, for the heartbeat and the control socket.
-    pub health: std::sync::Arc<crate::heartbeat::Health>,
+    pub health: std::sync::Arc<crate::health::Health>,
 }
 
 impl Shared {
@@ -301,11 +301,11 @@ pub fn check_sqlite_file(path: &Path) -> Result<()> {
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
 /// Whether a file starts with SQLite's 16-byte header; `None` if it is empty. Read
-/// through [`dbfile`](crate::dbfile), so checking a database we replicate never
+/// through [`dbfile`](crate::capture::dbfile), so checking a database we replicate never
 /// drops our locks on it.
 fn read_magic(path: &Path) -> io::Result<Option<bool>> {
     let mut magic = [0u8; 16];
-    let n = crate::dbfile::read_at(path, &mut magic, 0)?;
+    let n = crate::capture::dbfile::read_at(path, &mut magic, 0)?;
     Ok((n > 0).then(|| n == 16 && &magic == SQLITE_MAGIC))
 }
 
@@ -367,7 +367,7 @@ impl Db {
             read_epoch: Default::default(),
             replicated_txid: Default::default(),
             metrics: metrics().for_db(&path),
-            health: crate::heartbeat::register(&path),
+            health: crate::health::register(&path),
         });
         Db {
             shared,
@@ -475,8 +475,8 @@ impl Db {
         }
         check_sqlite_file(&self.path)?;
         let conn = self.open_conn()?;
-        let db_file =
-            crate::dbfile::open(&self.path).with_context(|| format!("cannot open database {}", self.path.display()))?;
+        let db_file = crate::capture::dbfile::open(&self.path)
+            .with_context(|| format!("cannot open database {}", self.path.display()))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
             .with_context(|| format!("cannot switch {} to WAL mode", self.path.display()))?;
@@ -740,7 +740,7 @@ impl Db {
     /// The database checksum of the database file's first `commit` pages.
     fn file_checksum(&self, commit: u32) -> Result<u64> {
         let h = self.handles()?;
-        crate::checksum::of_file(&h.db_file, h.page_size, commit)
+        crate::ltx::checksum::of_file(&h.db_file, h.page_size, commit)
             .map_err(|e| anyhow!("cannot read {}: {e}", self.path.display()))
     }
 

@@ -15,8 +15,9 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 
-use crate::replica_client::{FileInfo, ReplicaClient};
-use crate::restore::{IntegrityCheck, with_suffix, write_atomically};
+use crate::fsutil::with_suffix;
+use crate::replica::{FileInfo, ReplicaClient};
+use crate::restore::{IntegrityCheck, write_atomically};
 
 const PREFIX: &str = "generations/";
 

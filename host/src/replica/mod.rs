@@ -1,16 +1,18 @@
 //! What a replica backend must do: list, read, write and delete LTX files by level.
 //! Backends are chosen by URL scheme; each keeps Litestream's object layout for it.
 
+pub mod file;
+pub mod layout;
+pub mod metered;
+pub mod s3;
+pub mod tls;
+pub mod transform;
+
 use std::fmt;
 use std::io::Read;
 
 use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
-
-use crate::config::ReplicaSettings;
-use crate::file_client::FileClient;
-use crate::layout::LayoutSpec;
-use crate::s3_client::{S3Client, S3Settings};
 
 /// The level full snapshots live at.
 pub const SNAPSHOT_LEVEL: u8 = 9;
@@ -101,46 +103,5 @@ pub trait ReplicaClient: Send + Sync {
     /// Opens an object that [`ReplicaClient::list_keys`] returned.
     fn open_key(&self, key: &str) -> Result<Box<dyn Read + Send>> {
         bail!("{} cannot read {key}", self.location())
-    }
-}
-
-/// Builds a client from a replica URL such as `file:///var/backups/db` or
-/// `s3://bucket/path`, with settings from the config file (or defaults).
-pub fn client_from_url(url: &str, settings: &ReplicaSettings) -> Result<Box<dyn ReplicaClient>> {
-    client_from_url_with(url, settings, None, None)
-}
-
-/// As [`client_from_url`], with a layout plugin and a transform tag (the tag is
-/// recorded in S3 object metadata; file replicas have no metadata to keep it in).
-pub fn client_from_url_with(
-    url: &str,
-    settings: &ReplicaSettings,
-    layout: Option<LayoutSpec>,
-    transform_tag: Option<String>,
-) -> Result<Box<dyn ReplicaClient>> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        bail!(
-            "invalid replica URL {url:?}: expected SCHEME://..., for example file:///var/lib/backups/app or s3://bucket/app"
-        );
-    };
-    match scheme {
-        "file" => {
-            let path = rest.split(['?', '#']).next().unwrap_or("");
-            if !path.starts_with('/') {
-                bail!("invalid file replica URL {url:?}: the path must be absolute, as in file:///var/backups/app");
-            }
-            Ok(Box::new(FileClient::new(path).with_layout(layout)))
-        }
-        "s3" => {
-            let mut s = S3Settings::from_url(url)?;
-            settings.apply_to_s3(&mut s)?;
-            s.layout = layout;
-            s.transform_tag = transform_tag;
-            Ok(Box::new(S3Client::new(s)?))
-        }
-        "gs" | "abs" | "sftp" | "webdav" | "webdavs" | "nats" | "oss" => bail!(
-            "replica type {scheme:?} is not supported by this build of sluice yet; use a file:// or s3:// replica"
-        ),
-        other => bail!("unknown replica URL scheme {other:?} in {url:?}: supported schemes are file:// and s3://"),
     }
 }

@@ -1,0 +1,121 @@
+//! A decorator that counts any backend's operations in the Prometheus metrics
+//! (`litestream_replica_operation_*`), applied once around every client.
+
+use std::io::Read;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::metrics::metrics;
+use crate::replica::{FileInfo, Object, ReplicaClient};
+
+/// A replica client that counts its operations (GET, PUT, DELETE, LIST).
+pub struct Metered {
+    inner: Box<dyn ReplicaClient>,
+}
+
+impl Metered {
+    pub fn new(inner: Box<dyn ReplicaClient>) -> Metered {
+        Metered { inner }
+    }
+
+    fn observe<T>(&self, op: &str, start: Instant, r: &Result<T>) {
+        let m = metrics();
+        let l = [self.inner.kind(), op];
+        m.op_total.with_label_values(&l).inc();
+        m.op_seconds.with_label_values(&l).observe(start.elapsed().as_secs_f64());
+        if r.is_err() {
+            m.op_errors.with_label_values(&[self.inner.kind(), op, "error"]).inc();
+        }
+    }
+}
+
+/// Counts the bytes read through it as `GET` bytes.
+struct CountingReader {
+    inner: Box<dyn Read + Send>,
+    kind: &'static str,
+}
+
+impl Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        metrics().op_bytes.with_label_values(&[self.kind, "GET"]).inc_by(n as u64);
+        Ok(n)
+    }
+}
+
+impl ReplicaClient for Metered {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    fn list(&self, level: u8) -> Result<Vec<FileInfo>> {
+        let start = Instant::now();
+        let r = self.inner.list(level);
+        self.observe("LIST", start, &r);
+        r
+    }
+
+    fn list_levels(&self) -> Result<Vec<Vec<FileInfo>>> {
+        let start = Instant::now();
+        let r = self.inner.list_levels();
+        self.observe("LIST", start, &r);
+        r
+    }
+
+    fn list_with_timestamps(&self, level: u8) -> Result<Vec<FileInfo>> {
+        let start = Instant::now();
+        let r = self.inner.list_with_timestamps(level);
+        self.observe("LIST", start, &r);
+        r
+    }
+
+    fn open(&self, level: u8, min_txid: u64, max_txid: u64) -> Result<Box<dyn Read + Send>> {
+        let start = Instant::now();
+        let r = self.inner.open(level, min_txid, max_txid);
+        self.observe("GET", start, &r);
+        Ok(Box::new(CountingReader { inner: r?, kind: self.inner.kind() }))
+    }
+
+    fn write(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        data: &mut dyn Read,
+    ) -> Result<FileInfo> {
+        let start = Instant::now();
+        let r = self.inner.write(level, min_txid, max_txid, timestamp_ms, data);
+        self.observe("PUT", start, &r);
+        if let Ok(f) = &r {
+            metrics().op_bytes.with_label_values(&[self.inner.kind(), "PUT"]).inc_by(f.size);
+        }
+        r
+    }
+
+    fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
+        let start = Instant::now();
+        let r = self.inner.delete(level, files);
+        self.observe("DELETE", start, &r);
+        r
+    }
+
+    fn list_keys(&self, prefix: &str) -> Result<Vec<Object>> {
+        let start = Instant::now();
+        let r = self.inner.list_keys(prefix);
+        self.observe("LIST", start, &r);
+        r
+    }
+
+    fn open_key(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        let start = Instant::now();
+        let r = self.inner.open_key(key);
+        self.observe("GET", start, &r);
+        Ok(Box::new(CountingReader { inner: r?, kind: self.inner.kind() }))
+    }
+}
