@@ -79,3 +79,29 @@ pub fn all_healthy(now: chrono::DateTime<chrono::Utc>, interval: Duration) -> st
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_only_while_every_database_is_healthy() {
+        let (a, b) = (register(Path::new("/heartbeat-test/a.db")), register(Path::new("/heartbeat-test/b.db")));
+        let interval = Duration::from_secs(60);
+        let now = chrono::Utc::now;
+        assert!(all_healthy(now(), interval).is_err(), "nothing synced yet");
+        a.record_sync(true);
+        b.record_sync(true);
+        assert!(all_healthy(now(), interval).is_ok());
+        b.record_replica(false);
+        assert!(all_healthy(now(), interval).unwrap_err().contains("b.db"));
+        b.record_replica(true);
+        assert!(all_healthy(now() + Duration::from_secs(61), interval).unwrap_err().contains("not synced"));
+        // A database that stops being replicated no longer counts.
+        let c = Path::new("/heartbeat-test/c.db");
+        register(c);
+        assert!(all_healthy(now(), interval).unwrap_err().contains("c.db"));
+        unregister(c);
+        assert!(all_healthy(now(), interval).is_ok());
+    }
+}
