@@ -16,6 +16,8 @@ use crate::replica::ReplicaClient;
 use crate::restore::{self, IntegrityCheck, NoBackups, Target};
 use crate::{daemon, ltx};
 
+mod verify;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "sluice",
@@ -71,6 +73,12 @@ pub enum Command {
     /// Work with policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Restore drill: restore to a temporary file, check the LTX checksums and
+    /// integrity_check, run SQL assertions; exit 0 only if all pass.
+    #[command(
+        after_help = "Examples:\n  sluice verify file:///var/backups/app\n  sluice verify -sql \"SELECT count(*) > 0 FROM users\" -json s3://bucket/app\n  sluice verify /var/lib/app.db            (replica looked up in the config file)"
+    )]
+    Verify(verify::VerifyArgs),
     /// Print the version.
     Version(VersionArgs),
 }
@@ -356,6 +364,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Replicate(a) => replicate(a),
         Command::Restore(a) => restore_cmd(a),
+        Command::Verify(a) => verify::verify_cmd(a),
         Command::Ltx(a) => ltx_cmd(a),
         Command::Databases(a) => databases_cmd(a),
         Command::Status(a) => status_cmd(a),

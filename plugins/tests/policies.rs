@@ -6,9 +6,9 @@ use std::process::Command;
 
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use rand::{Rng, SeedableRng};
+use sluice::daemon::store::vet_deletions;
 use sluice::plugin::{Plugin, PluginFile, Runtime, Settings};
-use sluice::replica_client::FileInfo;
-use sluice::store::vet_deletions;
+use sluice::replica::FileInfo;
 
 fn builtin(name: &str) -> Plugin {
     Runtime::global().unwrap().load(name, plugins::builtin(name).unwrap(), None).unwrap()

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Output};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use sluice::crc64::Crc64;
 use sluice::ltx;
+use sluice::ltx::crc64::Crc64;
 
 pub fn sluice_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
