@@ -297,3 +297,25 @@ fn newest_file(dir: &std::path::Path) -> std::path::PathBuf {
     v.sort();
     v.pop().unwrap()
 }
+
+/// A key Sluice does not know gets a warning naming it and the key that was
+/// probably meant; start-up goes on, as Litestream's does.
+#[test]
+fn unknown_config_keys_are_named_with_the_key_probably_meant() {
+    let (dir, db, replica) = make_replica();
+    let cfg = dir.path().join("typo.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - path: {}\n    monitor-intervall: 50ms\n    replica:\n      url: {}\n      sync-intervall: 50ms\n",
+            db.display(),
+            file_url(&replica)
+        ),
+    )
+    .unwrap();
+    let o = sluice(&["replicate", "-once", "-config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("unknown config key `dbs[0].replica.sync-intervall`; did you mean `sync-interval`?"), "{err}");
+    assert!(err.contains("unknown config key `dbs[0].monitor-intervall`; did you mean `monitor-interval`?"), "{err}");
+}

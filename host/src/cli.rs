@@ -426,6 +426,9 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
         None => {
             let cfg = a.config.load()?;
             init_logging(a.log_level.as_deref().or(cfg.logging.level.as_deref()));
+            for w in cfg.warnings() {
+                tracing::warn!("{w}");
+            }
             exec = exec.or(cfg.exec.clone()).filter(|e| !e.trim().is_empty());
             socket = cfg.socket.config()?;
             let (timeout, interval) = cfg.shutdown_sync()?;
@@ -490,6 +493,9 @@ fn resolve_target(target: &str, config: &ConfigArgs) -> Result<(Box<dyn ReplicaC
         return Ok((client_from_url(target, &Default::default())?, None));
     }
     let cfg = config.load()?;
+    for w in cfg.warnings() {
+        eprintln!("warning: {w}");
+    }
     let path = clean_db_path(target)?;
     let db = cfg.find_db(&path)?;
     let spec = cfg.db_spec(&db)?;

@@ -16,6 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
 pub mod factory;
+mod keys;
 
 use crate::capture::db::DbOptions;
 use crate::config::factory::client_from_url_with;
@@ -73,6 +74,9 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     #[serde(skip)]
     loaded: std::cell::OnceCell<Vec<LoadedPlugin>>,
+    /// One line per key of the file Sluice does not know.
+    #[serde(skip)]
+    warnings: Vec<String>,
 }
 
 /// `socket:` (Litestream's control socket).
@@ -585,8 +589,17 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let cfg: Config = serde_yaml::from_str(&text).map_err(|e| anyhow!("{e}"))?;
+        let mut cfg: Config = serde_yaml::from_str(&text).map_err(|e| anyhow!("{e}"))?;
+        if let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(&text) {
+            cfg.warnings = keys::unknown(&doc);
+        }
         Ok(cfg)
+    }
+
+    /// A warning for each key Sluice does not know (a typo, or a newer key),
+    /// with the key that was probably meant.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The heartbeat URL and interval, if a heartbeat is configured.
