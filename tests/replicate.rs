@@ -581,3 +581,39 @@ fn directory_watch_picks_up_new_databases() {
     restore_and_check(&[&file_url(&replica.join("a.db"))], &dir.path().join("ra.db"), digest(&a));
     restore_and_check(&[&file_url(&replica.join("late.db"))], &dir.path().join("rl.db"), digest(&late));
 }
+
+/// On a terminal, a restore or verify of more than a few MB shows a progress bar
+/// (bytes, files, rate, ETA). There is none when stderr is not a terminal, and
+/// none with -json. The terminal is a pseudo-terminal made by script(1).
+#[test]
+fn restores_show_progress_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("big.db");
+    write(&db, &["init", "4096"]);
+    write(&db, &["randomfill", "8"]);
+    let replica = dir.path().join("replica");
+    let url = file_url(&replica);
+    let o = sluice(&["replicate", "-once", db.to_str().unwrap(), &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let on_a_terminal = |args: &str| -> String {
+        let cmd = format!("{} {args}", sluice_bin());
+        let o = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().expect("script(1)");
+        assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stdout));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let out = dir.path().join("out.db");
+    let shown = on_a_terminal(&format!("restore -o {} {url}", out.display()));
+    assert!(
+        shown.contains("restoring [") && shown.contains("MiB") && shown.contains("1/1 files") && shown.contains("ETA"),
+        "{shown}"
+    );
+    assert_eq!(digest(&out), digest(&db));
+    let shown = on_a_terminal(&format!("verify {url}"));
+    assert!(shown.contains("verifying [") && shown.contains("ok: "), "{shown}");
+    let shown = on_a_terminal(&format!("verify -json {url}"));
+    assert!(!shown.contains("verifying ["), "no bar with -json: {shown}");
+    // Not a terminal: no bar.
+    let o = sluice(&["restore", "-o", dir.path().join("out2.db").to_str().unwrap(), &url]);
+    assert!(o.status.success());
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("restoring ["), "{}", String::from_utf8_lossy(&o.stderr));
+}

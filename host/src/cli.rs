@@ -16,6 +16,7 @@ use crate::replica::ReplicaClient;
 use crate::restore::{self, IntegrityCheck, NoBackups, Target};
 use crate::{daemon, ltx};
 
+mod progress;
 mod verify;
 
 #[derive(Parser, Debug)]
@@ -566,9 +567,12 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
         restore::remove_output(&output)?;
     }
     let started = std::time::Instant::now();
+    let bar = progress::bar(&source, "restoring", a.json);
     let txid = source
-        .apply(client.as_ref(), &output, a.integrity_check, a.parallelism)
-        .with_context(|| format!("restore to {} failed", output.display()))?;
+        .apply_reporting(client.as_ref(), &output, a.integrity_check, a.parallelism, progress::listener(&bar))
+        .with_context(|| format!("restore to {} failed", output.display()));
+    drop(bar);
+    let txid = txid?;
     let ms = started.elapsed().as_millis();
     if a.follow
         && let Some(txid) = txid

@@ -80,7 +80,10 @@ pub fn verify_cmd(a: VerifyArgs) -> Result<()> {
     let mut o = Outcome { replica: client.location(), txid: None, size: 0, assertions: 0, error: None };
     let result = (|| -> Result<()> {
         let source = restore::choose(client.as_ref(), target, false)?;
-        o.txid = source.apply(client.as_ref(), &out, IntegrityCheck::Full, a.parallelism)?;
+        let bar = super::progress::bar(&source, "verifying", a.json);
+        let progress = super::progress::listener(&bar);
+        o.txid = source.apply_reporting(client.as_ref(), &out, IntegrityCheck::Full, a.parallelism, progress)?;
+        drop(bar);
         o.size = std::fs::metadata(&out).map_or(0, |m| m.len());
         for q in &a.sql {
             assert_sql(&out, q)?;

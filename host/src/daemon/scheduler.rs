@@ -138,6 +138,16 @@ where
     .map_err(|e| anyhow!("a replication job failed: {e}"))
 }
 
+/// What a parked database's files looked like when it parked: the size and
+/// modification time of the database and of its WAL. A wake-up that finds them
+/// unchanged (our own closing touched them, after the fact) is no change.
+type Fingerprint = [(u64, Option<std::time::SystemTime>); 2];
+
+fn fingerprint(db: &Path) -> Fingerprint {
+    let of = |p: &Path| std::fs::metadata(p).map_or((0, None), |m| (m.len(), m.modified().ok()));
+    [of(db), of(&crate::fsutil::with_suffix(db, "-wal"))]
+}
+
 /// Sleeps until `at`, or forever.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -227,15 +237,21 @@ pub(super) async fn capture_task(
     let store =
         Store::new(client.clone(), shared.clone(), spec.store).with_retention_plugin(spec.replica.retention_plugin);
     let (to_replica, from_capture) = unbounded_channel();
-    let replica = tokio::spawn(replica_task(store, from_capture, sync_interval, abort, opts, wake.clone()));
+    // The replica task's requests to look at the database (and to reopen it if
+    // parked): a missing local file, or a snapshot that needs the database open.
+    let kick = Arc::new(Notify::new());
+    let replica = tokio::spawn(replica_task(store, from_capture, sync_interval, abort, opts, kick.clone()));
 
     let mut backoff: Option<Duration> = None;
     let mut asked: Option<(bool, std::sync::mpsc::Sender<SyncAnswer>)> = None;
     let mut last_active = Instant::now();
+    // While parked: the files as we left them.
+    let mut parked: Option<Fingerprint> = None;
     'running: loop {
         if slot.is_none() {
             slot = Some(open_slot().await);
             last_active = Instant::now();
+            parked = None;
         }
         let c = client.clone();
         let (d, (synced, checkpoint_due)) = on_pool(db, move |db| {
@@ -303,12 +319,21 @@ pub(super) async fn capture_task(
                         break;
                     }
                 },
-                _ = wake.notified(), if !changed => changed = true,
+                _ = kick.notified(), if !changed => changed = true,
+                _ = wake.notified(), if !changed => {
+                    let path = db.path().to_path_buf();
+                    changed = parked.is_none_or(|p| p != fingerprint(&path));
+                }
                 _ = sleep_until(due) => break,
                 _ = sleep_until(park_at) => {
-                    let (d, ()) = on_pool(db, |db| db.park()).await?;
+                    let (d, print) = on_pool(db, |db| {
+                        db.park();
+                        fingerprint(db.path())
+                    })
+                    .await?;
                     db = d;
                     slot = None;
+                    parked = Some(print);
                     debug!(db = %db.path().display(), "idle: files closed until the next change");
                 }
             }

@@ -300,14 +300,28 @@ impl Store {
         Ok(faults)
     }
 
-    /// When the next scheduled pass is due.
+    /// When the next scheduled pass is due. Passes with nothing to do do not count:
+    /// once the listing shows no file waiting for a compaction level and nothing
+    /// level 0 retention could delete, an idle replica sleeps until its daily
+    /// snapshot (or until the next upload brings work).
     pub fn next_due(&self) -> DateTime<Utc> {
-        let mut t = self.next_snapshot.min(self.next_l0_retention);
+        let mut t = self.next_snapshot;
         if let Some(v) = self.next_validation {
             t = t.min(v);
         }
-        for c in &self.next_compaction {
-            t = t.min(*c);
+        let files = self.files.as_ref();
+        // Level 0 retention never deletes the newest file.
+        if files.is_none_or(|f| f[0].len() > 1) {
+            t = t.min(self.next_l0_retention);
+        }
+        for (i, c) in self.next_compaction.iter().enumerate() {
+            let pending = files.is_none_or(|f| {
+                let done = f[i + 1].last().map_or(0, |x| x.max_txid);
+                f[i].iter().any(|x| x.min_txid > done)
+            });
+            if pending {
+                t = t.min(*c);
+            }
         }
         t
     }

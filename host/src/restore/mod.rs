@@ -84,6 +84,18 @@ pub fn choose(client: &dyn ReplicaClient, target: Target, follow: bool) -> Resul
     plan.map(Source::Ltx)
 }
 
+/// Hears of a restore's progress: each LTX file once it is applied.
+pub trait Progress: Sync {
+    fn applied(&self, file: &FileInfo);
+}
+
+/// No one listening.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn applied(&self, _: &FileInfo) {}
+}
+
 impl Source {
     /// Restores to `output`, whole or not at all. Returns the TXID reached for an
     /// LTX restore (a 0.3 backup has none).
@@ -94,9 +106,33 @@ impl Source {
         integrity: IntegrityCheck,
         parallelism: usize,
     ) -> Result<Option<u64>> {
+        self.apply_reporting(client, output, integrity, parallelism, &Quiet)
+    }
+
+    /// As [`Source::apply`], telling `progress` of each LTX file applied.
+    pub fn apply_reporting(
+        &self,
+        client: &dyn ReplicaClient,
+        output: &Path,
+        integrity: IntegrityCheck,
+        parallelism: usize,
+        progress: &dyn Progress,
+    ) -> Result<Option<u64>> {
         match self {
-            Source::Ltx(plan) => apply_with(client, plan, output, integrity, parallelism).map(Some),
+            Source::Ltx(plan) => {
+                let _pin = pin_plan(&client.location(), plan);
+                write_atomically(output, integrity, |tmp| apply_to(client, plan, tmp, parallelism.max(1), progress))
+                    .map(Some)
+            }
             Source::V3(b) => crate::restore::v3::apply(client, b, output, integrity).map(|_| None),
+        }
+    }
+
+    /// Files and bytes an LTX restore reads (zero for a 0.3 backup).
+    pub fn size(&self) -> (usize, u64) {
+        match self {
+            Source::Ltx(plan) => (plan.len(), plan.iter().map(|f| f.size).sum()),
+            Source::V3(_) => (0, 0),
         }
     }
 }
@@ -247,7 +283,7 @@ pub fn apply_with(
     parallelism: usize,
 ) -> Result<u64> {
     let _pin = pin_plan(&client.location(), plan);
-    write_atomically(output, integrity, |tmp| apply_to(client, plan, tmp, parallelism.max(1)))
+    write_atomically(output, integrity, |tmp| apply_to(client, plan, tmp, parallelism.max(1), &Quiet))
 }
 
 /// Has `write` build the database at `<output>.tmp`, checks its integrity, then
@@ -344,7 +380,13 @@ fn open_checked(client: &dyn ReplicaClient, info: &FileInfo) -> Result<ltx::Deco
 /// `restore -parallelism` says otherwise.
 pub const DEFAULT_PARALLELISM: usize = 4;
 
-fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path, window: usize) -> Result<u64> {
+fn apply_to(
+    client: &dyn ReplicaClient,
+    plan: &[FileInfo],
+    tmp: &Path,
+    window: usize,
+    progress: &dyn Progress,
+) -> Result<u64> {
     let out = OpenOptions::new()
         .read(true)
         .write(true)
@@ -356,9 +398,10 @@ fn apply_to(client: &dyn ReplicaClient, plan: &[FileInfo], tmp: &Path, window: u
     if client.kind() == "file" || plan.len() < 2 {
         for info in plan {
             at = apply_file(open_checked(client, info)?, at, &out)?;
+            progress.applied(info);
         }
     } else {
-        at = apply_prefetched(client, plan, tmp, &out, window)?;
+        at = apply_prefetched(client, plan, tmp, &out, window, progress)?;
     }
     if let Some(last) = plan.last() {
         check_db_checksum(&out, at, last)?;
@@ -393,6 +436,7 @@ fn apply_prefetched(
     tmp: &Path,
     out: &fs::File,
     window: usize,
+    progress: &dyn Progress,
 ) -> Result<Applied> {
     use std::sync::{Condvar, Mutex};
     struct Window {
@@ -453,7 +497,10 @@ fn apply_prefetched(
                 a
             });
             match applied {
-                Ok(a) => at = a,
+                Ok(a) => {
+                    at = a;
+                    progress.applied(info);
+                }
                 Err(e) => {
                     state.lock().unwrap().stop = true;
                     changed.notify_all();
