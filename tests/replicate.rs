@@ -617,3 +617,30 @@ fn restores_show_progress_on_a_terminal_only() {
     assert!(o.status.success());
     assert!(!String::from_utf8_lossy(&o.stderr).contains("restoring ["), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `-config -` reads the config from standard input (Litestream's newer form), as
+/// a file would be read; a bad one is a one-line error naming standard input.
+#[test]
+fn config_from_standard_input() {
+    use std::io::Write as _;
+    let s = Setup::new();
+    write(&s.db, &["step", "1"]);
+    let run = |text: &str| {
+        let mut child = std::process::Command::new(sluice_bin())
+            .args(["replicate", "-once", "-config", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = run(&fs::read_to_string(&s.cfg).unwrap());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = s.path("restored.db");
+    restore_and_check(&[&s.url], &out, digest(&s.db));
+    let o = run("dbs: [\n");
+    let err = assert_one_line_error(&o, "standard input");
+    assert!(err.contains("invalid config"), "{err}");
+}

@@ -86,7 +86,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ConfigArgs {
-    /// Config file (default: $SLUICE_CONFIG, $LITESTREAM_CONFIG, /etc/sluice.yml).
+    /// Config file, or `-` for standard input (default: $SLUICE_CONFIG,
+    /// $LITESTREAM_CONFIG, /etc/sluice.yml).
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Do not replace $VAR and ${VAR} in the config file.
@@ -99,7 +100,18 @@ impl ConfigArgs {
         self.config.clone().unwrap_or_else(default_config_path)
     }
 
+    /// Whether the config comes from standard input (`-config -`).
+    fn from_stdin(&self) -> bool {
+        self.config.as_deref() == Some(std::path::Path::new("-"))
+    }
+
     fn load(&self) -> Result<Config> {
+        if self.from_stdin() {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| anyhow!("cannot read the config from standard input: {e}"))?;
+            return Config::parse(&text, !self.no_expand_env).context("invalid config on standard input");
+        }
         Config::load(&self.path(), !self.no_expand_env)
     }
 }
@@ -448,6 +460,11 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
                 _ => {}
             }
             if let Some(addr) = cfg.mcp_addr.as_deref().filter(|addr| !addr.is_empty() && !a.once) {
+                if a.config.from_stdin() {
+                    bail!(
+                        "mcp-addr needs a config file its tools can read again; save the config to a file and pass -config PATH"
+                    );
+                }
                 crate::daemon::mcp::serve(addr, std::path::absolute(a.config.path())?, !a.config.no_expand_env)?;
             }
             let watches = cfg.watches() && !a.once;
