@@ -1,7 +1,8 @@
 //! Honesty about keys: every key of a config file that Sluice does not know gets a
 //! warning naming it and, when one is close, the key that was probably meant
 //! (`sync-intervall` → `sync-interval`). Start-up goes on, as Litestream's does.
-//! Keys Litestream accepts but Sluice has no use for are known, not warned about.
+//! Keys Litestream accepts but Sluice has no use for are known, not warned about;
+//! Litestream keys Sluice does not act on yet get a warning that says so.
 
 use serde_yaml::Value;
 
@@ -77,6 +78,13 @@ const DB: &[&str] = &[
 ];
 
 const REPLICA: &[&str] = &["type", "url", "path", "name"];
+
+/// Litestream 0.5 keys that Sluice does not act on yet: accepted, with a warning.
+const NOT_YET: &[&str] = &["meta-dir", "max-sync-ltx-files", "sign-accept-encoding", "source"];
+
+/// Litestream keys whose behaviour Sluice always has: `auto-recover` (a missing or
+/// corrupt local LTX file always resets local state and writes a snapshot).
+const ALWAYS: &[&str] = &["auto-recover"];
 const LOGGING: &[&str] = &["level", "type", "stderr"];
 const SOCKET: &[&str] = &["enabled", "path", "permissions"];
 const INTERVAL: &[&str] = &["interval"];
@@ -153,10 +161,14 @@ fn check(v: &Value, at: &str, known: &[&str], out: &mut Vec<String>) {
     let Value::Mapping(m) = v else { return };
     for k in m.keys() {
         let Some(key) = k.as_str() else { continue };
-        if known.contains(&key) {
+        if known.contains(&key) || ALWAYS.contains(&key) {
             continue;
         }
         let full = if at.is_empty() { key.to_string() } else { format!("{at}.{key}") };
+        if NOT_YET.contains(&key) {
+            out.push(format!("config key `{full}` is a Litestream key Sluice does not act on yet; it is ignored"));
+            continue;
+        }
         let hint = match closest(key, known) {
             Some(s) => format!("; did you mean `{s}`?"),
             None => "; it is ignored".to_string(),
@@ -212,6 +224,20 @@ mod tests {
                 "unknown config key `acces-key-id`; did you mean `access-key-id`?",
                 "unknown config key `foo`; it is ignored",
                 "unknown config key `snapshot.intreval`; did you mean `interval`?",
+            ]
+        );
+    }
+
+    #[test]
+    fn litestream_keys_not_acted_on_say_so() {
+        let w = warnings(
+            "logging:\n  source: true\ndbs:\n  - dir: /d\n    meta-dir: /m\n    replica:\n      url: s3://b/a\n      auto-recover: true\n",
+        );
+        assert_eq!(
+            w,
+            [
+                "config key `logging.source` is a Litestream key Sluice does not act on yet; it is ignored",
+                "config key `dbs[0].meta-dir` is a Litestream key Sluice does not act on yet; it is ignored",
             ]
         );
     }
