@@ -644,3 +644,38 @@ fn config_from_standard_input() {
     let err = assert_one_line_error(&o, "standard input");
     assert!(err.contains("invalid config"), "{err}");
 }
+
+/// Litestream 0.5's newer keys have their effect: `meta-dir` puts the state of
+/// every database of a `dir:` entry under one directory, `logging.source` names
+/// the source file and line in every log line.
+#[test]
+fn meta_dir_and_logging_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let dbs = dir.path().join("dbs");
+    fs::create_dir_all(&dbs).unwrap();
+    for name in ["a.db", "b.db"] {
+        write(&dbs.join(name), &["init", "4096"]);
+        write(&dbs.join(name), &["step", "1"]);
+    }
+    let meta = dir.path().join("state");
+    let cfg = dir.path().join("sluice.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "logging:\n  source: true\ndbs:\n  - dir: {}\n    pattern: \"*.db\"\n    meta-dir: {}\n    replica:\n      url: {}\n",
+            dbs.display(),
+            meta.display(),
+            file_url(&dir.path().join("replica"))
+        ),
+    )
+    .unwrap();
+    let o = sluice(&["replicate", "-once", "-config", cfg.to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    for name in ["a.db", "b.db"] {
+        let state = meta.join(format!(".{name}-litestream/ltx/0"));
+        assert!(fs::read_dir(&state).is_ok_and(|mut d| d.next().is_some()), "no state in {}", state.display());
+        assert!(!dbs.join(format!(".{name}-litestream")).exists(), "state written next to {name} despite meta-dir");
+    }
+    assert!(log.lines().any(|l| l.contains("replicated once") && l.contains(".rs:")), "no source in:\n{log}");
+}

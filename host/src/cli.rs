@@ -357,6 +357,11 @@ pub fn normalize_args(args: Vec<String>) -> Vec<String> {
 }
 
 pub fn init_logging(level: Option<&str>) {
+    init_logging_with(level, false)
+}
+
+/// As [`init_logging`]; with `source`, every line names its source file and line.
+pub fn init_logging_with(level: Option<&str>, source: bool) {
     let level = level
         .map(str::to_string)
         .or_else(|| std::env::var("LOG_LEVEL").ok())
@@ -370,6 +375,8 @@ pub fn init_logging(level: Option<&str>) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .with_file(source)
+        .with_line_number(source)
         .try_init();
 }
 
@@ -438,7 +445,10 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
         }
         None => {
             let cfg = a.config.load()?;
-            init_logging(a.log_level.as_deref().or(cfg.logging.level.as_deref()));
+            init_logging_with(
+                a.log_level.as_deref().or(cfg.logging.level.as_deref()),
+                cfg.logging.source == Some(true),
+            );
             for w in cfg.warnings() {
                 tracing::warn!("{w}");
             }

@@ -64,6 +64,7 @@ const DB: &[&str] = &[
     "recursive",
     "watch",
     "meta-path",
+    "meta-dir",
     "monitor-interval",
     "checkpoint-interval",
     "busy-timeout",
@@ -80,12 +81,12 @@ const DB: &[&str] = &[
 const REPLICA: &[&str] = &["type", "url", "path", "name"];
 
 /// Litestream 0.5 keys that Sluice does not act on yet: accepted, with a warning.
-const NOT_YET: &[&str] = &["meta-dir", "max-sync-ltx-files", "sign-accept-encoding", "source"];
+const NOT_YET: &[&str] = &["max-sync-ltx-files", "sign-accept-encoding"];
 
 /// Litestream keys whose behaviour Sluice always has: `auto-recover` (a missing or
 /// corrupt local LTX file always resets local state and writes a snapshot).
 const ALWAYS: &[&str] = &["auto-recover"];
-const LOGGING: &[&str] = &["level", "type", "stderr"];
+const LOGGING: &[&str] = &["level", "type", "stderr", "source"];
 const SOCKET: &[&str] = &["enabled", "path", "permissions"];
 const INTERVAL: &[&str] = &["interval"];
 const SNAPSHOT: &[&str] = &["interval", "retention"];
@@ -231,13 +232,12 @@ mod tests {
     #[test]
     fn litestream_keys_not_acted_on_say_so() {
         let w = warnings(
-            "logging:\n  source: true\ndbs:\n  - dir: /d\n    meta-dir: /m\n    replica:\n      url: s3://b/a\n      auto-recover: true\n",
+            "logging:\n  source: true\ndbs:\n  - dir: /d\n    meta-dir: /m\n    replica:\n      url: s3://b/a\n      auto-recover: true\n      max-sync-ltx-files: 10\n",
         );
         assert_eq!(
             w,
             [
-                "config key `logging.source` is a Litestream key Sluice does not act on yet; it is ignored",
-                "config key `dbs[0].meta-dir` is a Litestream key Sluice does not act on yet; it is ignored",
+                "config key `dbs[0].replica.max-sync-ltx-files` is a Litestream key Sluice does not act on yet; it is ignored"
             ]
         );
     }

@@ -258,6 +258,8 @@ pub struct RetentionConfig {
 #[serde(rename_all = "kebab-case")]
 pub struct LoggingConfig {
     pub level: Option<String>,
+    /// Add the source file and line to every log line.
+    pub source: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -271,6 +273,9 @@ pub struct DbConfig {
     pub recursive: Option<bool>,
     pub watch: Option<bool>,
     pub meta_path: Option<String>,
+    /// With `dir:`, the base directory of every database's state directory
+    /// (Litestream 0.5.13's name; `meta-path` is taken as the same there).
+    pub meta_dir: Option<String>,
     pub monitor_interval: Option<String>,
     pub checkpoint_interval: Option<String>,
     pub busy_timeout: Option<String>,
@@ -501,7 +506,8 @@ fn expand_dir(entry: &DbConfig, dir: &str) -> Result<Vec<DbConfig>> {
         let mut db = entry.clone();
         db.dir = None;
         db.path = Some(path.display().to_string());
-        if let Some(m) = &entry.meta_path {
+        db.meta_dir = None;
+        if let Some(m) = entry.meta_dir.as_ref().or(entry.meta_path.as_ref()) {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let rel_dir = Path::new(&rel).parent().unwrap_or(Path::new(""));
             db.meta_path = Some(Path::new(m).join(rel_dir).join(format!(".{name}-litestream")).display().to_string());
@@ -806,6 +812,9 @@ impl Config {
 
     pub fn db_spec(&self, db: &DbConfig) -> Result<DbSpec> {
         let path = clean_db_path(db.path.as_deref().ok_or_else(|| anyhow!("a database needs a path:"))?)?;
+        if db.meta_dir.is_some() {
+            bail!("meta-dir applies to dir: entries; for the single database {} use meta-path", path.display());
+        }
         let mut options = DbOptions::default();
         if let Some(p) = &db.meta_path {
             options.meta_path = Some(clean_db_path(p)?);
