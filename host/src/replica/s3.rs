@@ -603,9 +603,11 @@ impl S3Client {
             let objects = self.list_prefix(&prefix).await?;
             let mut out = Vec::new();
             for (key, size, created_at) in objects {
-                let Some(name) = key.strip_prefix(&prefix) else { continue };
-                let Some((min_txid, max_txid)) = ltx::parse_filename(name) else { continue };
-                out.push((FileInfo { level, min_txid, max_txid, size, created_at }, key));
+                let Some(info) = key.strip_prefix(&prefix).and_then(|name| file_info(level, name, size, created_at))
+                else {
+                    continue;
+                };
+                out.push((info, key));
             }
             out.sort_by_key(|(f, _)| (f.min_txid, f.max_txid));
             return Ok(out);
@@ -921,6 +923,12 @@ async fn build_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3:
     Ok(aws_sdk_s3::Client::from_conf(b.build()))
 }
 
+/// The file an object of the default layout holds, from its name within its level.
+fn file_info(level: u8, name: &str, size: u64, created_at: DateTime<Utc>) -> Option<FileInfo> {
+    let (min_txid, max_txid) = ltx::parse_filename(name)?;
+    Some(FileInfo { level, min_txid, max_txid, size, created_at })
+}
+
 /// The SDK client for `s`, shared by every replica with the same connection
 /// settings: one connection pool and one credentials cache serve 10,000 databases
 /// in one bucket, not 10,000 of each. (Nothing here is ever logged: the key holds
@@ -1003,8 +1011,7 @@ impl ReplicaClient for S3Client {
             else {
                 continue;
             };
-            let Some((min_txid, max_txid)) = ltx::parse_filename(name) else { continue };
-            levels[level as usize].push(FileInfo { level, min_txid, max_txid, size, created_at });
+            levels[level as usize].extend(file_info(level, name, size, created_at));
         }
         for files in &mut levels {
             files.sort_by_key(|f| (f.min_txid, f.max_txid));

@@ -119,11 +119,7 @@ impl Source {
         progress: &dyn Progress,
     ) -> Result<Option<u64>> {
         match self {
-            Source::Ltx(plan) => {
-                let _pin = pin_plan(&client.location(), plan);
-                write_atomically(output, integrity, |tmp| apply_to(client, plan, tmp, parallelism.max(1), progress))
-                    .map(Some)
-            }
+            Source::Ltx(plan) => apply_plan(client, plan, output, integrity, parallelism, progress).map(Some),
             Source::V3(b) => crate::restore::v3::apply(client, b, output, integrity).map(|_| None),
         }
     }
@@ -153,7 +149,7 @@ impl fmt::Display for Source {
 
 /// Lists every level of the replica.
 pub fn list_all(client: &dyn ReplicaClient) -> Result<Vec<Vec<FileInfo>>> {
-    (0..=SNAPSHOT_LEVEL).map(|level| client.list(level)).collect()
+    client.list_levels()
 }
 
 /// Lists every level with each file's recorded creation time (for `-timestamp`).
@@ -282,8 +278,21 @@ pub fn apply_with(
     integrity: IntegrityCheck,
     parallelism: usize,
 ) -> Result<u64> {
+    apply_plan(client, plan, output, integrity, parallelism, &Quiet)
+}
+
+/// Applies `plan` to `output`, whole or not at all, while the plan's files are pinned
+/// against retention on this host, telling `progress` of each file.
+fn apply_plan(
+    client: &dyn ReplicaClient,
+    plan: &[FileInfo],
+    output: &Path,
+    integrity: IntegrityCheck,
+    parallelism: usize,
+    progress: &dyn Progress,
+) -> Result<u64> {
     let _pin = pin_plan(&client.location(), plan);
-    write_atomically(output, integrity, |tmp| apply_to(client, plan, tmp, parallelism.max(1), &Quiet))
+    write_atomically(output, integrity, |tmp| apply_to(client, plan, tmp, parallelism.max(1), progress))
 }
 
 /// Has `write` build the database at `<output>.tmp`, checks its integrity, then
