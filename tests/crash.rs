@@ -373,9 +373,9 @@ fn killed_at_every_crash_point() {
 }
 
 /// Something changes the database file behind SQLite's back (a rogue process, a disk
-/// fault) while Sluice runs. At its next complete checkpoint Sluice finds that the
-/// file no longer matches the checksum of what it captured: it logs an error, counts
-/// it in `sluice_position_mismatch_total`, and writes a snapshot instead of further
+/// fault) while Sluice runs. At a complete checkpoint within one checkpoint interval
+/// Sluice finds that the file no longer matches the checksum of what it captured: it
+/// logs an error, counts it in `sluice_position_mismatch_total`, and writes a snapshot instead of further
 /// increments, so the replica again restores exactly what the file holds.
 #[test]
 fn database_changed_behind_our_back_is_detected_at_the_next_checkpoint() {
