@@ -116,6 +116,15 @@ impl ConfigArgs {
     }
 }
 
+/// `-replica NAME`: one of a config's replicas.
+#[derive(Args, Debug, Default)]
+pub struct ReplicaChoice {
+    /// With several replicas in the config: read only the one with this name
+    /// (default: restore and verify use the one holding the newest TXID).
+    #[arg(long = "replica", value_name = "NAME")]
+    pub name: Option<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct ReplicateArgs {
     #[command(flatten)]
@@ -139,10 +148,14 @@ pub struct ReplicateArgs {
     /// signals go to it, and when it exits sluice syncs and exits with its status.
     #[arg(long, value_name = "CMD", conflicts_with = "once")]
     pub exec: Option<String>,
+    /// How long to wait at start while another process holds a replica's lease
+    /// (e.g. 30s; 0: exit at once with the holder's name; default: as long as it takes).
+    #[arg(long, value_name = "DURATION")]
+    pub lease_wait: Option<String>,
     /// Database to replicate (instead of a config file).
     #[arg(value_name = "DB_PATH")]
     pub db_path: Option<String>,
-    /// Replica URL, e.g. file:///var/backups/app.
+    /// Replica URL, e.g. file:///var/backups/app (several: each gets every change).
     #[arg(value_name = "REPLICA_URL")]
     pub replica_urls: Vec<String>,
 }
@@ -151,6 +164,8 @@ pub struct ReplicateArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    #[command(flatten)]
+    pub replica: ReplicaChoice,
     /// Output path (required with a replica URL; default: the database path from the config).
     #[arg(short = 'o', value_name = "PATH")]
     pub output: Option<PathBuf>,
@@ -220,6 +235,8 @@ pub struct PluginCheckArgs {
 pub struct LtxArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    #[command(flatten)]
+    pub replica: ReplicaChoice,
     /// Level to list: 0-9 or all.
     #[arg(long, value_name = "LEVEL", default_value = "0")]
     pub level: String,
@@ -430,18 +447,18 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
         restore_if_db_not_exists: a.restore_if_db_not_exists,
         ..Default::default()
     };
+    opts.lease_wait =
+        a.lease_wait.as_deref().map(crate::config::parse_duration).transpose().context("-lease-wait")?;
     let specs = match &a.db_path {
         Some(db) => {
             if a.config.config.is_some() {
                 bail!("cannot specify a replica URL and -config together");
             }
-            match a.replica_urls.len() {
-                0 => bail!("must specify at least one replica URL for {db}"),
-                1 => {}
-                _ => bail!("multiple replicas on a single database are not supported; give one replica URL"),
+            if a.replica_urls.is_empty() {
+                bail!("must specify at least one replica URL for {db}");
             }
             init_logging(a.log_level.as_deref());
-            vec![crate::config::factory::db_spec_from_url(db, &a.replica_urls[0])?]
+            vec![crate::config::factory::db_spec_from_urls(db, &a.replica_urls)?]
         }
         None => {
             let cfg = a.config.load()?;
@@ -457,6 +474,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
             let (timeout, interval) = cfg.shutdown_sync()?;
             opts.shutdown_sync_timeout = timeout.unwrap_or(opts.shutdown_sync_timeout);
             opts.shutdown_sync_interval = interval.unwrap_or(opts.shutdown_sync_interval);
+            opts.lease_ttl = cfg.lease_ttl()?.unwrap_or(opts.lease_ttl);
             let specs = cfg.db_specs()?;
             if let Some((url, interval)) = cfg.heartbeat()?
                 && !a.once
@@ -515,10 +533,18 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
     )
 }
 
-/// A database path from the config file, or a replica URL.
-fn resolve_target(target: &str, config: &ConfigArgs) -> Result<(Box<dyn ReplicaClient>, Option<PathBuf>)> {
+/// The replicas a command reads: a replica URL's, or those of a database path in
+/// the config file (only the one `-replica NAME` names, when given).
+fn resolve_replicas(
+    target: &str,
+    config: &ConfigArgs,
+    choice: &ReplicaChoice,
+) -> Result<(Vec<(String, Box<dyn ReplicaClient>)>, Option<PathBuf>)> {
     if target.contains("://") && !target.starts_with("sqlite") {
-        return Ok((client_from_url(target, &Default::default())?, None));
+        if choice.name.is_some() {
+            bail!("-replica NAME picks one of a database's replicas in the config file; with a replica URL, leave it out");
+        }
+        return Ok((vec![(String::new(), client_from_url(target, &Default::default())?)], None));
     }
     let cfg = config.load()?;
     for w in cfg.warnings() {
@@ -527,7 +553,35 @@ fn resolve_target(target: &str, config: &ConfigArgs) -> Result<(Box<dyn ReplicaC
     let path = clean_db_path(target)?;
     let db = cfg.find_db(&path)?;
     let spec = cfg.db_spec(&db)?;
-    Ok((spec.replica.client, Some(spec.path)))
+    let mut replicas: Vec<(String, Box<dyn ReplicaClient>)> =
+        spec.replicas.into_iter().map(|r| (r.name, r.client)).collect();
+    if let Some(name) = &choice.name {
+        let names = replicas.iter().map(|r| r.0.as_str()).collect::<Vec<_>>().join(", ");
+        replicas.retain(|r| &r.0 == name);
+        if replicas.is_empty() {
+            bail!("database {} has no replica named {name:?}; its replicas are: {names}", spec.path.display());
+        }
+    }
+    Ok((replicas, Some(spec.path)))
+}
+
+/// The one replica to restore `want` from: the only one, or (with several) the one
+/// whose restore reaches the newest TXID.
+fn resolve_target(
+    target: &str,
+    config: &ConfigArgs,
+    choice: &ReplicaChoice,
+    want: Target,
+) -> Result<(Box<dyn ReplicaClient>, Option<PathBuf>)> {
+    let (mut replicas, path) = resolve_replicas(target, config, choice)?;
+    if replicas.len() == 1 {
+        return Ok((replicas.remove(0).1, path));
+    }
+    let clients: Vec<&dyn ReplicaClient> = replicas.iter().map(|r| r.1.as_ref()).collect();
+    // When none can be restored, the first one's error is the restore's.
+    let i = restore::choose_replica(&clients, want).map_or(0, |(i, _)| i);
+    tracing::info!(replica = %replicas[i].0, location = %replicas[i].1.location(), "using the replica with the newest TXID");
+    Ok((replicas.swap_remove(i).1, path))
 }
 
 fn parse_txid(s: &str) -> Result<u64> {
@@ -552,7 +606,7 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
         txid: a.txid.as_deref().map(parse_txid).transpose()?,
         timestamp: a.timestamp.as_deref().map(parse_timestamp).transpose()?,
     };
-    let (client, db_path) = resolve_target(&a.target, &a.config)?;
+    let (client, db_path) = resolve_target(&a.target, &a.config, &a.replica, target)?;
     let output = match (a.output.clone(), db_path) {
         (Some(o), _) => o,
         (None, Some(p)) => p,
@@ -721,9 +775,27 @@ fn socket_cmd(a: &SocketArgs, method: &str, route: &str, body: Option<serde_json
     };
     match v.get("databases").and_then(|d| d.as_array()) {
         Some(dbs) => {
-            writeln!(out, "path\tstatus\tlast_sync_at")?;
+            writeln!(out, "path\tstatus\tlast_sync_at\treplicas")?;
             for d in dbs {
-                writeln!(out, "{}\t{}\t{}", text(&d["path"]), text(&d["status"]), text(&d["last_sync_at"]))?;
+                // Each replica: NAME=TXID it holds, and "failing" while it is.
+                let replicas: Vec<String> = d["replicas"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        let txid = ltx::format_txid(r["replicated_txid"].as_u64().unwrap_or(0));
+                        let failing = if r["failing"].as_bool() == Some(true) { " failing" } else { "" };
+                        format!("{}={txid}{failing}", text(&r["name"]))
+                    })
+                    .collect();
+                let replicas = if replicas.is_empty() { "-".to_string() } else { replicas.join(",") };
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{replicas}",
+                    text(&d["path"]),
+                    text(&d["status"]),
+                    text(&d["last_sync_at"])
+                )?;
             }
         }
         None => {
@@ -841,7 +913,9 @@ fn walk_count(dir: &Path) -> usize {
 }
 
 fn ltx_cmd(a: LtxArgs) -> Result<()> {
-    let (client, _) = resolve_target(&a.target, &a.config)?;
+    let (replicas, _) = resolve_replicas(&a.target, &a.config, &a.replica)?;
+    // With several replicas, each row names its replica.
+    let named = replicas.len() > 1;
     let levels: Vec<u8> = if a.level == "all" {
         (0..=crate::replica::SNAPSHOT_LEVEL).collect()
     } else {
@@ -852,29 +926,36 @@ fn ltx_cmd(a: LtxArgs) -> Result<()> {
     };
     let mut out = std::io::stdout().lock();
     if !a.json {
-        writeln!(out, "level\tmin_txid\tmax_txid\tsize\tcreated")?;
+        writeln!(out, "{}level\tmin_txid\tmax_txid\tsize\tcreated", if named { "replica\t" } else { "" })?;
     }
     let mut rows = Vec::new();
-    for level in levels {
-        for f in client.list(level)? {
-            let created = f.created_at.to_rfc3339_opts(SecondsFormat::Secs, true);
-            if a.json {
-                rows.push(format!(
-                    "{{\"level\":{},\"min_txid\":\"{}\",\"max_txid\":\"{}\",\"size\":{},\"created_at\":\"{created}\"}}",
-                    f.level,
-                    ltx::format_txid(f.min_txid),
-                    ltx::format_txid(f.max_txid),
-                    f.size
-                ));
-            } else {
-                writeln!(
-                    out,
-                    "{}\t{}\t{}\t{}\t{created}",
-                    f.level,
-                    ltx::format_txid(f.min_txid),
-                    ltx::format_txid(f.max_txid),
-                    f.size
-                )?;
+    for (name, client) in &replicas {
+        for &level in &levels {
+            for f in client.list(level)? {
+                let created = f.created_at.to_rfc3339_opts(SecondsFormat::Secs, true);
+                if a.json {
+                    let mut row = serde_json::json!({
+                        "level": f.level,
+                        "min_txid": ltx::format_txid(f.min_txid),
+                        "max_txid": ltx::format_txid(f.max_txid),
+                        "size": f.size,
+                        "created_at": created,
+                    });
+                    if named {
+                        row["replica"] = name.as_str().into();
+                    }
+                    rows.push(row.to_string());
+                } else {
+                    let prefix = if named { format!("{name}\t") } else { String::new() };
+                    writeln!(
+                        out,
+                        "{prefix}{}\t{}\t{}\t{}\t{created}",
+                        f.level,
+                        ltx::format_txid(f.min_txid),
+                        ltx::format_txid(f.max_txid),
+                        f.size
+                    )?;
+                }
             }
         }
     }

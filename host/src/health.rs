@@ -16,6 +16,22 @@ pub struct Health {
     /// When the last capture succeeded, in Unix milliseconds (0: never).
     last_sync_ms: AtomicI64,
     replica_failing: AtomicBool,
+    /// Each replica's state, once the daemon has declared them.
+    replicas: Mutex<Vec<ReplicaHealth>>,
+    /// The last restore drill (`verify:`) failed: why.
+    drill_failure: Mutex<Option<String>>,
+}
+
+/// One replica of a database, as the control socket and `sluice_replica_*` show it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReplicaHealth {
+    pub name: String,
+    pub location: String,
+    /// The newest TXID this replica is known to hold.
+    pub replicated_txid: u64,
+    pub failing: bool,
+    /// Its last error, while it is failing.
+    pub last_error: Option<String>,
 }
 
 impl Health {
@@ -31,6 +47,47 @@ impl Health {
         self.replica_failing.store(!ok, Ordering::Relaxed);
     }
 
+    /// Declares the database's replicas: (name, location) each.
+    pub fn set_replicas(&self, replicas: &[(String, String)]) {
+        *self.replicas.lock().unwrap() = replicas
+            .iter()
+            .map(|(name, location)| ReplicaHealth { name: name.clone(), location: location.clone(), ..Default::default() })
+            .collect();
+    }
+
+    /// A pass of replica `index` ended with `error` (none: it succeeded). The
+    /// database's replica side is failing while any of its replicas is.
+    pub fn record_replica_pass(&self, index: usize, error: Option<String>) {
+        let mut r = self.replicas.lock().unwrap();
+        let failing = match r.get_mut(index) {
+            Some(h) => {
+                h.failing = error.is_some();
+                h.last_error = error;
+                r.iter().any(|h| h.failing)
+            }
+            None => error.is_some(), // no replicas declared: a one-off pass
+        };
+        self.replica_failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// Replica `index` holds `txid`. Returns the newest TXID every replica holds.
+    pub fn record_replicated(&self, index: usize, txid: u64) -> u64 {
+        let mut r = self.replicas.lock().unwrap();
+        if let Some(h) = r.get_mut(index) {
+            h.replicated_txid = txid;
+        }
+        r.iter().map(|h| h.replicated_txid).min().unwrap_or(txid)
+    }
+
+    pub fn replicas(&self) -> Vec<ReplicaHealth> {
+        self.replicas.lock().unwrap().clone()
+    }
+
+    /// A restore drill ended: a failure holds the heartbeat back until one passes.
+    pub fn record_drill(&self, failure: Option<String>) {
+        *self.drill_failure.lock().unwrap() = failure;
+    }
+
     /// When the last capture succeeded.
     pub fn last_sync(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         match self.last_sync_ms.load(Ordering::Relaxed) {
@@ -38,6 +95,11 @@ impl Health {
             ms => chrono::DateTime::from_timestamp_millis(ms),
         }
     }
+}
+
+/// The replicas of `db` and their state (for the control socket's `list`).
+pub fn replicas(db: &Path) -> Vec<ReplicaHealth> {
+    registry().lock().unwrap().get(db).map(|h| h.replicas()).unwrap_or_default()
 }
 
 /// When `db` last synced successfully (for the control socket's `list`).
@@ -72,7 +134,16 @@ pub fn all_healthy(now: chrono::DateTime<chrono::Utc>, interval: Duration) -> st
                 return Err(format!("{} has not synced for {d:?}", path.display()));
             }
             _ if h.replica_failing.load(Ordering::Relaxed) => {
-                return Err(format!("the replica of {} is failing", path.display()));
+                let names: Vec<String> = h.replicas().into_iter().filter(|r| r.failing).map(|r| r.name).collect();
+                return Err(if h.replicas().len() <= 1 {
+                    format!("the replica of {} is failing", path.display())
+                } else {
+                    format!("replica {} of {} is failing", names.join(", "), path.display())
+                });
+            }
+            _ if h.drill_failure.lock().unwrap().is_some() => {
+                let why = h.drill_failure.lock().unwrap().clone().unwrap_or_default();
+                return Err(format!("the restore drill of {} failed: {why}", path.display()));
             }
             _ => {}
         }
@@ -102,6 +173,18 @@ mod tests {
         register(c);
         assert!(all_healthy(now(), interval).unwrap_err().contains("c.db"));
         unregister(c);
+        assert!(all_healthy(now(), interval).is_ok());
+        // A failing restore drill holds the heartbeat back until one passes.
+        a.record_drill(Some("replica file: checksum mismatch".into()));
+        assert!(all_healthy(now(), interval).unwrap_err().contains("restore drill of /heartbeat-test/a.db failed"));
+        a.record_drill(None);
+        assert!(all_healthy(now(), interval).is_ok());
+        // With several replicas, the failing one is named.
+        a.set_replicas(&[("local".into(), "file:///l".into()), ("offsite".into(), "s3://b/p".into())]);
+        a.record_replica_pass(1, Some("unreachable".into()));
+        a.record_replica_pass(0, None);
+        assert!(all_healthy(now(), interval).unwrap_err().contains("replica offsite of /heartbeat-test/a.db is failing"));
+        a.record_replica_pass(1, None);
         assert!(all_healthy(now(), interval).is_ok());
     }
 }

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub(crate) op_seconds: HistogramVec,
     replica_txid: IntGaugeVec,
     position_mismatch: IntCounterVec,
+    named_replica_txid: IntGaugeVec,
+    replica_failing: IntGaugeVec,
+    verify_last_success: IntGaugeVec,
+    verify_failures: IntCounterVec,
 }
 
 /// The process's metrics.
@@ -96,7 +100,27 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            replica_txid: igauge("sluice_replica_txid", "The newest TXID stored in the replica", &["db"]),
+            replica_txid: igauge(
+                "sluice_replica_txid",
+                "The newest TXID stored in the replica (with several replicas: in every one of them)",
+                &["db"],
+            ),
+            named_replica_txid: igauge(
+                "sluice_replica_newest_txid",
+                "The newest TXID stored in each replica",
+                &["db", "replica"],
+            ),
+            replica_failing: igauge(
+                "sluice_replica_failing",
+                "1 while a replica's last pass failed, else 0",
+                &["db", "replica"],
+            ),
+            verify_last_success: igauge(
+                "sluice_verify_last_success_seconds",
+                "Unix time of the last restore drill (verify:) that passed",
+                &["db"],
+            ),
+            verify_failures: icounter("sluice_verify_failures_total", "Restore drills (verify:) that failed", &["db"]),
             position_mismatch: icounter(
                 "sluice_position_mismatch_total",
                 "Times the captured state did not match the database file and a snapshot was forced",
@@ -130,6 +154,7 @@ impl Metrics {
             sync_seconds: self.sync_seconds.with_label_values(&l),
             replica_txid: self.replica_txid.with_label_values(&l),
             position_mismatch: self.position_mismatch.with_label_values(&l),
+            db: db.to_string(),
             passive: checkpoint("PASSIVE"),
             truncate: checkpoint("TRUNCATE"),
         }
@@ -169,6 +194,7 @@ pub struct DbMetrics {
     sync_seconds: Counter,
     replica_txid: IntGauge,
     position_mismatch: IntCounter,
+    db: String,
     passive: CheckpointMetrics,
     truncate: CheckpointMetrics,
 }
@@ -203,9 +229,28 @@ impl DbMetrics {
         self.position_mismatch.inc();
     }
 
-    /// The newest TXID the replica holds.
+    /// The newest TXID the replica holds (every replica, with several).
     pub fn set_replica_txid(&self, txid: u64) {
         self.replica_txid.set(txid as i64);
+    }
+
+    /// The newest TXID the replica named `replica` holds.
+    pub fn set_named_replica_txid(&self, replica: &str, txid: u64) {
+        metrics().named_replica_txid.with_label_values(&[self.db.as_str(), replica]).set(txid as i64);
+    }
+
+    pub fn set_replica_failing(&self, replica: &str, failing: bool) {
+        metrics().replica_failing.with_label_values(&[self.db.as_str(), replica]).set(i64::from(failing));
+    }
+
+    /// A restore drill ended: a pass records its time, a failure is counted.
+    pub fn record_verify(&self, ok: bool) {
+        let m = metrics();
+        if ok {
+            m.verify_last_success.with_label_values(&[self.db.as_str()]).set(chrono::Utc::now().timestamp());
+        } else {
+            m.verify_failures.with_label_values(&[self.db.as_str()]).inc();
+        }
     }
 }
 

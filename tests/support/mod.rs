@@ -133,6 +133,18 @@ impl Daemon {
         Daemon::start(&["-config", config.to_str().unwrap()], log)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// kill -9, and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Waits until the daemon's log contains `needle`; panics with the log after `within`.
     pub fn wait_for_log(&self, needle: &str, within: Duration) {
         let deadline = Instant::now() + within;
@@ -147,7 +159,14 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits; asserts a clean exit.
-    pub fn stop(mut self) -> String {
+    pub fn stop(self) -> String {
+        let (status, log) = self.stop_with_status();
+        assert!(status.success(), "sluice exited with {status}:\n{log}");
+        log
+    }
+
+    /// SIGTERM, and the exit status and log, whatever the status.
+    pub fn stop_with_status(mut self) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().unwrap();
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -159,9 +178,8 @@ impl Daemon {
             sleep(Duration::from_millis(20));
         };
         let log = fs::read_to_string(&self.log).unwrap_or_default();
-        assert!(status.success(), "sluice exited with {status}:\n{log}");
         assert!(!log.contains("panicked"), "{log}");
-        log
+        (status, log)
     }
 }
 

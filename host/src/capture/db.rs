@@ -209,8 +209,10 @@ pub struct Shared {
     /// Counts the times our read transaction was given up: a position captured
     /// under an earlier one no longer bounds what the database file holds.
     pub read_epoch: std::sync::atomic::AtomicU64,
-    /// The newest TXID the replica is known to hold (set by the replica side).
+    /// The newest TXID every replica is known to hold (set by the replica side).
     pub replicated_txid: std::sync::atomic::AtomicU64,
+    /// Each replica's state, and which local L0 files they still need.
+    pub replicas: super::replicas::Replicas,
     /// This database's Prometheus series.
     pub metrics: DbMetrics,
     /// This database's health, for the heartbeat and the control socket.
@@ -369,6 +371,7 @@ impl Db {
             pos_is_live: AtomicBool::new(false),
             read_epoch: Default::default(),
             replicated_txid: Default::default(),
+            replicas: super::replicas::Replicas::new(&meta_path.join("ltx").join("0")),
             metrics: metrics().for_db(&path),
             health: crate::health::register(&path),
         });

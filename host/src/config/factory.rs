@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 
 use crate::capture::db::DbOptions;
 use crate::config::ReplicaSettings;
-use crate::daemon::spec::{DbSpec, ReplicaSpec};
+use crate::daemon::spec::{DbSpec, ReplicaSpec, default_replica_name};
 use crate::daemon::store::StoreOptions;
 use crate::fsutil::clean_db_path;
 use crate::replica::ReplicaClient;
@@ -19,16 +19,31 @@ use crate::replica::s3::{S3Client, S3Settings};
 /// A database replicated to one replica URL with default settings, as
 /// `replicate DB_PATH REPLICA_URL` and the control socket's `register` do.
 pub fn db_spec_from_url(db: &str, url: &str) -> Result<DbSpec> {
+    db_spec_from_urls(db, &[url.to_string()])
+}
+
+/// A database replicated to each of `urls` (`replicate DB_PATH URL URL...`), with
+/// default settings; replicas are named by type, as in a config file.
+pub fn db_spec_from_urls(db: &str, urls: &[String]) -> Result<DbSpec> {
+    let kinds: Vec<&str> = urls.iter().map(|u| u.split("://").next().unwrap_or("")).collect();
+    let mut replicas = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        replicas.push(ReplicaSpec {
+            name: default_replica_name(&kinds, i),
+            client: client_from_url(url, &Default::default())?,
+            sync_interval: Duration::from_secs(1),
+            retention_plugin: None,
+            backlog_limit: (urls.len() > 1).then_some(crate::config::DEFAULT_BACKLOG_LIMIT),
+            max_uploads_per_pass: crate::daemon::store::MAX_UPLOADS_PER_PASS,
+        });
+    }
     Ok(DbSpec {
         path: clean_db_path(db)?,
         options: DbOptions::default(),
-        replica: ReplicaSpec {
-            client: crate::config::factory::client_from_url(url, &Default::default())?,
-            sync_interval: Duration::from_secs(1),
-            retention_plugin: None,
-        },
+        replicas,
         store: StoreOptions::default(),
         restore_if_db_not_exists: false,
+        drill: None,
     })
 }
 

@@ -1,8 +1,7 @@
 //! Honesty about keys: every key of a config file that Sluice does not know gets a
 //! warning naming it and, when one is close, the key that was probably meant
 //! (`sync-intervall` → `sync-interval`). Start-up goes on, as Litestream's does.
-//! Keys Litestream accepts but Sluice has no use for are known, not warned about;
-//! Litestream keys Sluice does not act on yet get a warning that says so.
+//! keys Litestream accepts but Sluice has no use for are known, not warned about.
 
 use serde_yaml::Value;
 
@@ -29,6 +28,9 @@ const REPLICA_SETTINGS: &[&str] = &[
     "transform-plugin",
     "layout-plugin",
     "age",
+    "backlog-limit",
+    "max-sync-ltx-files",
+    "sign-accept-encoding",
     // Litestream 0.3's per-replica keys, which 0.5 accepts and ignores.
     "retention",
     "retention-check-interval",
@@ -47,6 +49,7 @@ const TOP: &[&str] = &[
     "heartbeat-interval",
     "shutdown-sync-timeout",
     "shutdown-sync-interval",
+    "lease-ttl",
     "levels",
     "snapshot",
     "l0-retention",
@@ -76,12 +79,12 @@ const DB: &[&str] = &[
     "replicas",
     "snapshot",
     "restore-if-db-not-exists",
+    "verify",
 ];
+const DRILL: &[&str] = &["interval", "sql"];
 
 const REPLICA: &[&str] = &["type", "url", "path", "name"];
 
-/// Litestream 0.5 keys that Sluice does not act on yet: accepted, with a warning.
-const NOT_YET: &[&str] = &["max-sync-ltx-files", "sign-accept-encoding"];
 
 /// Litestream keys whose behaviour Sluice always has: `auto-recover` (a missing or
 /// corrupt local LTX file always resets local state and writes a snapshot).
@@ -146,6 +149,9 @@ pub fn unknown(doc: &Value) -> Vec<String> {
         if let Some(s) = get(db, "snapshot") {
             check(s, &format!("{at}.snapshot"), SNAPSHOT, &mut out);
         }
+        if let Some(v) = get(db, "verify") {
+            check(v, &format!("{at}.verify"), DRILL, &mut out);
+        }
     }
     out
 }
@@ -166,10 +172,6 @@ fn check(v: &Value, at: &str, known: &[&str], out: &mut Vec<String>) {
             continue;
         }
         let full = if at.is_empty() { key.to_string() } else { format!("{at}.{key}") };
-        if NOT_YET.contains(&key) {
-            out.push(format!("config key `{full}` is a Litestream key Sluice does not act on yet; it is ignored"));
-            continue;
-        }
         let hint = match closest(key, known) {
             Some(s) => format!("; did you mean `{s}`?"),
             None => "; it is ignored".to_string(),
@@ -230,16 +232,11 @@ mod tests {
     }
 
     #[test]
-    fn litestream_keys_not_acted_on_say_so() {
+    fn litestream_0_5_keys_are_known() {
         let w = warnings(
-            "logging:\n  source: true\ndbs:\n  - dir: /d\n    meta-dir: /m\n    replica:\n      url: s3://b/a\n      auto-recover: true\n      max-sync-ltx-files: 10\n",
+            "logging:\n  source: true\ndbs:\n  - dir: /d\n    meta-dir: /m\n    replica:\n      url: s3://b/a\n      auto-recover: true\n      max-sync-ltx-files: 10\n      sign-accept-encoding: false\n",
         );
-        assert_eq!(
-            w,
-            [
-                "config key `dbs[0].replica.max-sync-ltx-files` is a Litestream key Sluice does not act on yet; it is ignored"
-            ]
-        );
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]

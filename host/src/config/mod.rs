@@ -56,6 +56,8 @@ pub struct Config {
     pub shutdown_sync_timeout: Option<String>,
     /// Pause between those retries (default 500ms).
     pub shutdown_sync_interval: Option<String>,
+    /// How long a replica's single-writer lease lasts after its last renewal (30s).
+    pub lease_ttl: Option<String>,
     /// Compaction levels L1..Ln (default 30s, 5m, 1h).
     pub levels: Option<Vec<LevelConfig>>,
     #[serde(default)]
@@ -287,11 +289,23 @@ pub struct DbConfig {
     /// Per-database snapshot settings are hoisted to the global ones, as in Litestream.
     pub snapshot: Option<SnapshotConfig>,
     pub restore_if_db_not_exists: Option<bool>,
+    /// Scheduled restore drills.
+    pub verify: Option<DrillConfig>,
+}
+
+/// `verify: {interval: 24h, sql: [...]}` on a database.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DrillConfig {
+    pub interval: Option<String>,
+    pub sql: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ReplicaConfig {
+    /// How logs, metrics, `status` and `restore -replica` refer to this replica.
+    pub name: Option<String>,
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub url: Option<String>,
@@ -312,6 +326,9 @@ pub struct ReplicaSettings {
     pub bucket: Option<String>,
     pub endpoint: Option<String>,
     pub force_path_style: Option<bool>,
+    pub sign_accept_encoding: Option<bool>,
+    /// Most L0 files uploaded in one pass (default 256; 0: all).
+    pub max_sync_ltx_files: Option<u64>,
     pub skip_verify: Option<bool>,
     pub sign_payload: Option<bool>,
     pub require_content_md5: Option<bool>,
@@ -328,7 +345,14 @@ pub struct ReplicaSettings {
     pub layout_plugin: Option<String>,
     /// Litestream 0.3's client-side encryption block; refused with an explanation.
     pub age: Option<serde_yaml::Value>,
+    /// With several replicas: how many bytes of local L0 files a replica that is
+    /// behind may hold back (default 1GiB; `0`: no limit).
+    pub backlog_limit: Option<ByteSize>,
 }
+
+/// With several replicas, the local L0 bytes one replica that is behind may hold
+/// back before its backlog is dropped (`backlog-limit`).
+pub const DEFAULT_BACKLOG_LIMIT: u64 = 1 << 30;
 
 /// A byte size: a number, or a string such as `5MiB`, `10MB`, `8388608`.
 #[derive(Debug, Clone, Deserialize)]
@@ -378,6 +402,8 @@ impl ReplicaSettings {
             bucket: s.bucket.or_else(|| d.bucket.clone()),
             endpoint: s.endpoint.or_else(|| d.endpoint.clone()),
             force_path_style: s.force_path_style.or(d.force_path_style),
+            sign_accept_encoding: s.sign_accept_encoding.or(d.sign_accept_encoding),
+            max_sync_ltx_files: s.max_sync_ltx_files.or(d.max_sync_ltx_files),
             skip_verify: s.skip_verify.or(d.skip_verify),
             sign_payload: s.sign_payload.or(d.sign_payload),
             require_content_md5: s.require_content_md5.or(d.require_content_md5),
@@ -392,6 +418,7 @@ impl ReplicaSettings {
             transform_plugin: s.transform_plugin.or_else(|| d.transform_plugin.clone()),
             layout_plugin: s.layout_plugin.or_else(|| d.layout_plugin.clone()),
             age: s.age.or_else(|| d.age.clone()),
+            backlog_limit: s.backlog_limit.or_else(|| d.backlog_limit.clone()),
         }
     }
 
@@ -411,6 +438,7 @@ impl ReplicaSettings {
         set(&mut s.endpoint, &self.endpoint.as_deref().filter(|v| !v.is_empty()).map(endpoint_with_scheme));
         set(&mut s.force_path_style, &self.force_path_style);
         set(&mut s.sign_payload, &self.sign_payload);
+        set(&mut s.sign_accept_encoding, &self.sign_accept_encoding);
         set(&mut s.require_content_md5, &self.require_content_md5);
         set(&mut s.storage_class, &self.storage_class);
         set(&mut s.concurrency, &self.concurrency);
@@ -626,6 +654,14 @@ impl Config {
         Ok((timeout, interval))
     }
 
+    /// `lease-ttl`, if set.
+    pub fn lease_ttl(&self) -> Result<Option<Duration>> {
+        match self.lease_ttl.as_deref().map(parse_duration).transpose().context("lease-ttl")? {
+            Some(d) if d < Duration::from_secs(1) => bail!("lease-ttl must be at least 1s"),
+            d => Ok(d),
+        }
+    }
+
     /// Every `plugins:` entry, loaded and validated once (a bad plugin or bad plugin
     /// settings stop start-up here).
     pub fn loaded_plugins(&self) -> Result<&[LoadedPlugin]> {
@@ -786,15 +822,10 @@ impl Config {
         let mut out = Vec::new();
         for (i, db) in self.expanded_dbs()?.iter().enumerate() {
             let Some(path) = &db.path else { bail!("dbs[{i}]: a database needs a path: or a dir:") };
-            let r = db.replica.as_ref().or(db.replicas.as_ref().and_then(|l| l.first()));
-            let kind = match r {
-                None => "none".to_string(),
-                Some(r) => match (&r.kind, &r.url) {
-                    (Some(k), _) => k.clone(),
-                    (None, Some(url)) => url.split("://").next().unwrap_or("").to_string(),
-                    (None, None) if r.settings.bucket.is_some() || self.defaults.bucket.is_some() => "s3".into(),
-                    (None, None) => "file".into(),
-                },
+            let all: Vec<&ReplicaConfig> = db.replica.iter().chain(db.replicas.iter().flatten()).collect();
+            let kind = match all.is_empty() {
+                true => "none".to_string(),
+                false => all.iter().map(|r| self.replica_kind(r)).collect::<Vec<_>>().join(","),
             };
             out.push((clean_db_path(path)?, kind));
         }
@@ -843,25 +874,68 @@ impl Config {
         if let Some(n) = db.max_sync_wal_bytes {
             options.max_sync_wal_bytes = n;
         }
-        let replica = match (&db.replica, &db.replicas) {
-            (Some(_), Some(_)) => bail!("use either replica: or replicas:, not both"),
-            (Some(r), None) => r.clone(),
-            (None, Some(list)) if list.len() == 1 => list[0].clone(),
-            (None, Some(list)) if list.len() > 1 => {
-                bail!("multiple replicas on a single database are not supported; keep one replica:")
-            }
-            _ => bail!("database {} has no replica: configure one under replica:", path.display()),
-        };
         let db_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let replica = self.replica_spec(&replica, &db_name)?;
+        let replicas = self.replica_specs(db, &db_name).with_context(|| format!("database {}", path.display()))?;
         let store = self.store_options()?;
         Ok(DbSpec {
             path,
             options,
-            replica,
+            replicas,
             store,
             restore_if_db_not_exists: db.restore_if_db_not_exists.unwrap_or(false),
+            drill: match &db.verify {
+                None => None,
+                Some(v) => {
+                    let interval = v.interval.as_deref().map(parse_duration).transpose().context("verify.interval")?;
+                    let interval = interval.unwrap_or(Duration::from_secs(24 * 3600));
+                    if interval < Duration::from_secs(1) {
+                        bail!("verify.interval must be at least 1s");
+                    }
+                    Some(crate::daemon::spec::DrillSpec { interval, sql: v.sql.clone().unwrap_or_default() })
+                }
+            },
         })
+    }
+
+    /// The replicas of one `dbs:` entry: its `replica:`, or each entry of `replicas:`,
+    /// named (by `name:`, or by type) uniquely.
+    fn replica_specs(&self, db: &DbConfig, db_name: &str) -> Result<Vec<ReplicaSpec>> {
+        let list: Vec<ReplicaConfig> = match (&db.replica, &db.replicas) {
+            (Some(_), Some(_)) => bail!("use either replica: or replicas:, not both"),
+            (Some(r), None) => vec![r.clone()],
+            (None, Some(list)) if !list.is_empty() => list.clone(),
+            _ => bail!("no replica: configure one under replica: (or several under replicas:)"),
+        };
+        let kinds: Vec<String> = list.iter().map(|r| self.replica_kind(r)).collect();
+        let kind_refs: Vec<&str> = kinds.iter().map(String::as_str).collect();
+        let mut specs: Vec<ReplicaSpec> = Vec::new();
+        for (i, r) in list.iter().enumerate() {
+            let name = match &r.name {
+                Some(n) if n.trim().is_empty() => bail!("replicas[{i}]: name: must not be empty"),
+                Some(n) => n.clone(),
+                None => crate::daemon::spec::default_replica_name(&kind_refs, i),
+            };
+            if specs.iter().any(|s| s.name == name) {
+                bail!("two replicas are named {name:?}: give each one a different name:");
+            }
+            let mut spec = self.replica_spec(r, db_name).with_context(|| format!("replica {name}"))?;
+            spec.name = name;
+            specs.push(spec);
+        }
+        if specs.len() == 1 {
+            specs[0].backlog_limit = None;
+        }
+        Ok(specs)
+    }
+
+    /// A replica entry's type (`file`, `s3`, ...), from the entry alone.
+    fn replica_kind(&self, r: &ReplicaConfig) -> String {
+        match (&r.kind, &r.url) {
+            (Some(k), _) => k.clone(),
+            (None, Some(url)) => url.split("://").next().unwrap_or("").to_string(),
+            (None, None) if r.settings.bucket.is_some() || self.defaults.bucket.is_some() => "s3".into(),
+            (None, None) => "file".into(),
+        }
     }
 
     fn replica_spec(&self, r: &ReplicaConfig, db_name: &str) -> Result<ReplicaSpec> {
@@ -917,7 +991,22 @@ impl Config {
             Some(t) => Box::new(TransformClient::new(client, t.plugin, t.settings, t.secrets)),
             None => client,
         };
-        Ok(ReplicaSpec { client, sync_interval, retention_plugin: retention.map(|r| (r.plugin, r.settings)) })
+        let backlog_limit = match &settings.backlog_limit {
+            Some(b) => Some(b.bytes().context("backlog-limit")?).filter(|b| *b > 0),
+            None => Some(DEFAULT_BACKLOG_LIMIT),
+        };
+        Ok(ReplicaSpec {
+            max_uploads_per_pass: match settings.max_sync_ltx_files {
+                None => crate::daemon::store::MAX_UPLOADS_PER_PASS,
+                Some(0) => u64::MAX,
+                Some(n) => n,
+            },
+            name: self.replica_kind(r),
+            client,
+            sync_interval,
+            retention_plugin: retention.map(|r| (r.plugin, r.settings)),
+            backlog_limit,
+        })
     }
 }
 
@@ -953,8 +1042,8 @@ mod tests {
         let specs = cfg.db_specs().unwrap();
         assert_eq!(specs[0].path, PathBuf::from("/tmp/x.db"));
         assert_eq!(specs[0].options.monitor_interval, Duration::from_millis(100));
-        assert_eq!(specs[0].replica.sync_interval, Duration::from_secs(2));
-        assert_eq!(specs[0].replica.client.location(), "file:///tmp/rep");
+        assert_eq!(specs[0].replicas[0].sync_interval, Duration::from_secs(2));
+        assert_eq!(specs[0].replicas[0].client.location(), "file:///tmp/rep");
     }
 
     #[test]
@@ -977,10 +1066,23 @@ mod tests {
     }
 
     #[test]
+    fn several_replicas_are_named_by_name_or_type() {
+        let yaml = "dbs:\n  - path: /a\n    replicas:\n      - url: file:///x\n      - url: file:///y\n        backlog-limit: 10MB\n      - {url: \"file:///z\", name: offsite}\n";
+        let specs = Config::parse(yaml, false).unwrap().db_specs().unwrap();
+        let names: Vec<&str> = specs[0].replicas.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["file1", "file2", "offsite"]);
+        let limits: Vec<Option<u64>> = specs[0].replicas.iter().map(|r| r.backlog_limit).collect();
+        assert_eq!(limits, [Some(DEFAULT_BACKLOG_LIMIT), Some(10_000_000), Some(DEFAULT_BACKLOG_LIMIT)]);
+        let one = Config::parse("dbs:\n  - path: /a\n    replica:\n      url: file:///x\n", false).unwrap();
+        let spec = &one.db_specs().unwrap()[0];
+        assert_eq!((spec.replicas[0].name.as_str(), spec.replicas[0].backlog_limit), ("file", None));
+    }
+
+    #[test]
     fn rejects_bad_configs_with_a_reason() {
-        let two = "dbs:\n  - path: /a\n    replicas:\n      - url: file:///x\n      - url: file:///y\n";
-        let e = Config::parse(two, false).unwrap().db_specs().err().unwrap();
-        assert!(format!("{e:#}").contains("multiple replicas"));
+        let same = "dbs:\n  - path: /a\n    replicas:\n      - {url: file:///x, name: a}\n      - {url: file:///y, name: a}\n";
+        let e = Config::parse(same, false).unwrap().db_specs().err().unwrap();
+        assert!(format!("{e:#}").contains("two replicas are named \"a\""), "{e:#}");
         let e = Config::parse("dbs: [ {path: /a", false).err().unwrap();
         assert!(!format!("{e:#}").is_empty());
         let e = Config::parse("dbs:\n  - path: /a\n", false).unwrap().db_specs().err().unwrap();

@@ -25,7 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
 use tracing::{debug, error, info, warn};
 
@@ -34,6 +34,7 @@ use crate::daemon::spec::DbSpec;
 use crate::daemon::store::Store;
 use crate::ltx;
 use crate::replica::ReplicaClient;
+use crate::replica::lease::Leased;
 use crate::replica::metered::Metered;
 use crate::restore::{self, IntegrityCheck, NoBackups, Target};
 
@@ -54,6 +55,11 @@ pub struct RunOptions {
     pub shutdown_sync_timeout: Duration,
     /// Pause between those tries.
     pub shutdown_sync_interval: Duration,
+    /// How long to wait at start while another process holds a replica's lease
+    /// (`None`: as long as it takes; zero: not at all).
+    pub lease_wait: Option<Duration>,
+    /// How long a replica's lease lasts after its last renewal.
+    pub lease_ttl: Duration,
 }
 
 impl Default for RunOptions {
@@ -65,6 +71,8 @@ impl Default for RunOptions {
             restore_if_db_not_exists: false,
             shutdown_sync_timeout: SHUTDOWN_SYNC_TIMEOUT,
             shutdown_sync_interval: SHUTDOWN_SYNC_INTERVAL,
+            lease_wait: None,
+            lease_ttl: crate::replica::lease::DEFAULT_TTL,
         }
     }
 }
@@ -568,9 +576,10 @@ impl Supervisor<'_> {
 fn prepare(spec: &DbSpec, opts: RunOptions) -> Result<bool> {
     let restore_missing = opts.restore_if_db_not_exists || spec.restore_if_db_not_exists;
     if restore_missing && !spec.path.exists() {
-        let client = spec.replica.client.as_ref();
-        match restore::choose(client, Target::default(), false) {
-            Ok(source) => {
+        let clients: Vec<&dyn ReplicaClient> = spec.replicas.iter().map(|r| r.client.as_ref()).collect();
+        match restore::choose_replica(&clients, Target::default()) {
+            Ok((i, source)) => {
+                let client = clients[i];
                 source
                     .apply(client, &spec.path, IntegrityCheck::None, restore::DEFAULT_PARALLELISM)
                     .with_context(|| format!("cannot restore missing database {}", spec.path.display()))?;
@@ -619,8 +628,31 @@ fn spawn_signal_thread(shutdown: Arc<Shutdown>, abort: Arc<AtomicBool>, app: Opt
 /// replica is ahead of the local files (local state lost, or the database restored
 /// from an older backup), adopt the replica's newest L0 file as our position. The
 /// next sync verifies it against the WAL and, normally, writes a snapshot.
-pub fn reconcile(db: &mut Db, client: &dyn ReplicaClient) -> Result<()> {
-    let remote = client.list(0)?.last().map_or(0, |f| f.max_txid);
+///
+/// With several replicas the newest of them counts; one that cannot be listed is
+/// skipped with a warning (it catches up, or resets us, once it answers).
+pub fn reconcile(db: &mut Db, clients: &[Arc<dyn ReplicaClient>]) -> Result<()> {
+    let mut best: Option<(u64, &Arc<dyn ReplicaClient>)> = None;
+    let mut failed = Vec::new();
+    for c in clients {
+        match c.list(0) {
+            Ok(l) => {
+                let t = l.last().map_or(0, |f| f.max_txid);
+                if best.is_none_or(|(b, _)| t > b) {
+                    best = Some((t, c));
+                }
+            }
+            Err(e) if clients.len() > 1 => {
+                warn!(db = %db.path().display(), replica = %c.location(),
+                      "cannot list the replica at start-up; going on with the others: {e:#}");
+                failed.push(format!("{}: {e:#}", c.location()));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((remote, client)) = best else {
+        bail!("no replica of {} can be listed: {}", db.path().display(), failed.join("; "));
+    };
     if remote == 0 || db.txid() >= remote {
         return Ok(());
     }
@@ -702,19 +734,51 @@ fn is_busy(e: &anyhow::Error) -> bool {
 }
 
 fn run_once(spec: DbSpec, opts: RunOptions) -> Result<()> {
-    let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client));
-    let mut db = Db::new(spec.path, spec.options);
-    open_when_not_busy(&mut db)?;
-    reconcile(&mut db, client.as_ref())?;
-    db.sync()?;
-    let mut store = Store::new(client, db.shared(), spec.store).with_retention_plugin(spec.replica.retention_plugin);
-    while store.upload()? > 0 {}
-    if opts.force_snapshot {
-        store.snapshot(true, Utc::now())?;
+    let mut replicas = Vec::new();
+    let mut leases = Vec::new();
+    for r in spec.replicas {
+        let leased = Arc::new(Leased::new(Box::new(Metered::new(r.client)), opts.lease_ttl));
+        leased.acquire_waiting(opts.lease_wait, &|| false)?;
+        leases.push(leased.clone());
+        let client: Arc<dyn ReplicaClient> = leased;
+        replicas.push((r.name, r.retention_plugin, client));
     }
-    if opts.enforce_retention {
-        store.enforce_retention(Utc::now())?;
-        store.enforce_l0_retention(Utc::now())?;
+    let result = run_once_leased(spec.path, spec.options, spec.store, replicas, opts);
+    for l in &leases {
+        l.release();
+    }
+    result
+}
+
+type OnceReplica = (String, Option<(crate::plugin::Plugin, crate::plugin::Settings)>, Arc<dyn ReplicaClient>);
+
+fn run_once_leased(
+    path: PathBuf,
+    options: crate::capture::db::DbOptions,
+    store_opts: crate::daemon::store::StoreOptions,
+    replicas: Vec<OnceReplica>,
+    opts: RunOptions,
+) -> Result<()> {
+    let clients: Vec<Arc<dyn ReplicaClient>> = replicas.iter().map(|r| r.2.clone()).collect();
+    let mut db = Db::new(path, options);
+    open_when_not_busy(&mut db)?;
+    reconcile(&mut db, &clients)?;
+    db.sync()?;
+    let shared = db.shared();
+    shared.replicas.register(replicas.len());
+    shared.health.set_replicas(&replicas.iter().map(|r| (r.0.clone(), r.2.location())).collect::<Vec<_>>());
+    for (i, (name, retention, client)) in replicas.into_iter().enumerate() {
+        let mut store =
+            Store::new(client, shared.clone(), store_opts.clone()).with_retention_plugin(retention).as_replica(i, &name, None);
+        let context = || format!("replica {name}");
+        while store.upload().with_context(context)? > 0 {}
+        if opts.force_snapshot {
+            store.snapshot(true, Utc::now()).with_context(context)?;
+        }
+        if opts.enforce_retention {
+            store.enforce_retention(Utc::now()).with_context(context)?;
+            store.enforce_l0_retention(Utc::now()).with_context(context)?;
+        }
     }
     info!(db = %db.path().display(), txid = %ltx::format_txid(db.txid()), "replicated once");
     db.close();

@@ -1,4 +1,4 @@
-//! The engine: every database is two async tasks on one small runtime, and all
+//! The engine: every database is a few async tasks on one small runtime, and all
 //! their blocking work (SQLite, local files, replica requests) runs on a bounded
 //! pool of threads. Nothing polls at a fixed rate:
 //!
@@ -6,9 +6,10 @@
 //!   [`super::watch`]), its time-based checkpoint is due, a retry is due, or it is
 //!   asked to sync or stop. It syncs at most once per `monitor-interval`. Only a
 //!   database whose directory cannot be watched polls, at `monitor-interval`.
-//! - the *replica* task sleeps until a new L0 file arrives, its next upload turn
+//! - each replica's *replica* task (one per entry of `replicas:`) sleeps until a new L0 file arrives, its next upload turn
 //!   (`sync-interval`), its next compaction, snapshot or retention deadline, or a
-//!   retry; a failing replica backs off without holding capture back.
+//!   retry; a failing replica backs off without holding capture, or the other
+//!   replicas, back (see `capture::replicas` for the local files it keeps).
 //!
 //! So the number of OS threads does not grow with the number of databases, and an
 //! idle database costs no CPU and no requests.
@@ -33,11 +34,13 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::{RunOptions, SyncAnswer, ToCapture, open_when_not_busy, reconcile};
-use crate::capture::db::Db;
-use crate::daemon::spec::DbSpec;
+use crate::capture::db::{Db, Shared};
+use crate::restore::drill;
+use crate::daemon::spec::{DbSpec, DrillSpec};
 use crate::daemon::store::Store;
 use crate::ltx;
 use crate::replica::ReplicaClient;
+use crate::replica::lease::{ChangedHands, LeaseHeld, Leased};
 use crate::replica::metered::Metered;
 
 /// Longest wait between a retry and the next.
@@ -205,8 +208,16 @@ pub(super) async fn capture_task(
 ) -> Result<()> {
     let _counted = Counted::new();
     let monitor = spec.options.monitor_interval;
-    let sync_interval = spec.replica.sync_interval;
-    let client: Arc<dyn ReplicaClient> = Arc::new(Metered::new(spec.replica.client));
+    let mut replicas = Vec::new();
+    let mut leases = Vec::new();
+    for r in spec.replicas {
+        let leased = Arc::new(Leased::new(Box::new(Metered::new(r.client)), opts.lease_ttl));
+        leases.push(leased.clone());
+        let client: Arc<dyn ReplicaClient> = leased;
+        replicas.push((r.name, r.sync_interval, r.retention_plugin, (r.backlog_limit, r.max_uploads_per_pass), client));
+    }
+    let clients: Vec<Arc<dyn ReplicaClient>> = replicas.iter().map(|r| r.4.clone()).collect();
+    let locations = clients.iter().map(|c| c.location()).collect::<Vec<_>>().join(", ");
     let subscription = super::watch::subscribe(&spec.path);
     let wake = subscription.as_ref().map_or_else(|| Arc::new(Notify::new()), |s| s.wake().clone());
     // Without file notifications, look at the WAL every monitor-interval.
@@ -214,8 +225,13 @@ pub(super) async fn capture_task(
     if wait && !wait_for_file(&spec.path, &mut rx, &wake, poll).await {
         return Ok(());
     }
+    // One writer per replica path: take every replica's lease before touching
+    // anything (see `replica::lease`), answering a stop while waiting for it.
+    if !acquire_leases(&leases, &mut rx, opts).await? {
+        return Ok(());
+    }
     let db = Db::new(spec.path, spec.options);
-    info!(db = %db.path().display(), replica = %client.location(), "replicating");
+    info!(db = %db.path().display(), replica = %locations, "replicating");
     // Problems with the database or the replica at start-up are fatal: the user
     // must fix them (wrong path, bad credentials, missing bucket...). A database
     // busy with the application's writes is not such a problem.
@@ -229,18 +245,36 @@ pub(super) async fn capture_task(
             }
         },
     };
-    let c = client.clone();
-    let (mut db, opened) =
-        on_pool(db, move |db| open_when_not_busy(db).and_then(|_| reconcile(db, c.as_ref()))).await?;
+    let c = clients.clone();
+    let (mut db, opened) = on_pool(db, move |db| open_when_not_busy(db).and_then(|_| reconcile(db, &c))).await?;
     opened?;
     let shared = db.shared();
-    let store =
-        Store::new(client.clone(), shared.clone(), spec.store).with_retention_plugin(spec.replica.retention_plugin);
-    let (to_replica, from_capture) = unbounded_channel();
-    // The replica task's requests to look at the database (and to reopen it if
+    shared.replicas.register(replicas.len());
+    shared.health.set_replicas(&replicas.iter().map(|r| (r.0.clone(), r.4.location())).collect::<Vec<_>>());
+    // The replica tasks' requests to look at the database (and to reopen it if
     // parked): a missing local file, or a snapshot that needs the database open.
     let kick = Arc::new(Notify::new());
-    let replica = tokio::spawn(replica_task(store, from_capture, sync_interval, abort, opts, kick.clone()));
+    let mut to_replicas = Vec::new();
+    let mut replica_tasks = Vec::new();
+    for (i, (name, sync_interval, retention, (backlog_limit, per_pass), client)) in replicas.into_iter().enumerate() {
+        let store = Store::new(client, shared.clone(), spec.store.clone())
+            .with_retention_plugin(retention)
+            .with_max_uploads_per_pass(per_pass)
+            .as_replica(i, &name, backlog_limit);
+        let (tx, rx) = unbounded_channel();
+        to_replicas.push(tx);
+        replica_tasks.push(tokio::spawn(replica_task(store, rx, sync_interval, abort.clone(), opts, kick.clone())));
+    }
+    let drills = spec.drill.map(|d| {
+        let named: Vec<(String, Arc<dyn ReplicaClient>)> =
+            shared.health.replicas().into_iter().map(|r| r.name).zip(clients.iter().cloned()).collect();
+        tokio::spawn(drill_task(named, shared.clone(), d))
+    });
+    let tell_replicas = |m: fn() -> ToReplica| {
+        for t in &to_replicas {
+            let _ = t.send(m());
+        }
+    };
 
     let mut backoff: Option<Duration> = None;
     let mut asked: Option<(bool, std::sync::mpsc::Sender<SyncAnswer>)> = None;
@@ -253,11 +287,11 @@ pub(super) async fn capture_task(
             last_active = Instant::now();
             parked = None;
         }
-        let c = client.clone();
+        let c = clients.clone();
         let (d, (synced, checkpoint_due)) = on_pool(db, move |db| {
             let shared = db.shared();
             if shared.reset_requested.swap(false, Ordering::SeqCst)
-                && let Err(e) = db.reset_local_state().and_then(|_| reconcile(db, c.as_ref()))
+                && let Err(e) = db.reset_local_state().and_then(|_| reconcile(db, &c))
             {
                 error!(db = %db.path().display(), "cannot reset local state: {e:#}");
                 shared.reset_requested.store(true, Ordering::SeqCst);
@@ -272,7 +306,7 @@ pub(super) async fn capture_task(
                 backoff = None;
                 if r.wrote.is_some() {
                     last_active = last_sync;
-                    let _ = to_replica.send(ToReplica::Changed);
+                    tell_replicas(|| ToReplica::Changed);
                 }
             }
             Err(e) => {
@@ -285,12 +319,22 @@ pub(super) async fn capture_task(
             let answer = match synced {
                 Err(e) => Err(format!("sync failed: {e:#}")),
                 Ok(_) if upload => {
-                    let (tx, answer) = oneshot::channel();
-                    let _ = to_replica.send(ToReplica::UploadNow(tx));
-                    match answer.await {
-                        Ok(r) => r.map(|replicated| (db.txid(), replicated)),
-                        Err(_) => Err("the replica worker has stopped".into()),
+                    // Every replica uploads; the answer is the TXID all of them hold.
+                    let mut answers = Vec::new();
+                    for t in &to_replicas {
+                        let (tx, answer) = oneshot::channel();
+                        let _ = t.send(ToReplica::UploadNow(tx));
+                        answers.push(answer);
                     }
+                    let (mut replicated, mut errors) = (u64::MAX, Vec::new());
+                    for answer in answers {
+                        match answer.await {
+                            Ok(Ok(t)) => replicated = replicated.min(t),
+                            Ok(Err(e)) => errors.push(e),
+                            Err(_) => errors.push("the replica worker has stopped".to_string()),
+                        }
+                    }
+                    if errors.is_empty() { Ok((db.txid(), replicated)) } else { Err(errors.join("; ")) }
                 }
                 Ok(_) => Ok((db.txid(), shared.replicated_txid.load(Ordering::SeqCst))),
             };
@@ -347,15 +391,106 @@ pub(super) async fn capture_task(
     if let Err(e) = &sync {
         error!(db = %db.path().display(), "final sync failed: {e:#}");
     }
-    let _ = to_replica.send(ToReplica::Stop);
-    let uploaded = replica.await.map_err(|_| anyhow!("replica task stopped unexpectedly"))?;
+    if let Some(d) = &drills {
+        d.abort();
+    }
+    tell_replicas(|| ToReplica::Stop);
+    let mut uploaded = Ok(());
+    for task in replica_tasks {
+        let r = task.await.map_err(|_| anyhow!("replica task stopped unexpectedly"))?;
+        if uploaded.is_ok() {
+            uploaded = r;
+        }
+    }
     drop(subscription);
     let (db, ()) = on_pool(db, |db| db.close()).await?;
     drop(slot);
+    tokio::task::spawn_blocking(move || leases.iter().for_each(|l| l.release())).await?;
     sync?;
     uploaded?;
     info!(db = %db.path().display(), txid = %ltx::format_txid(db.txid()), "stopped after final sync");
     Ok(())
+}
+
+/// Takes every lease (see [`Leased::acquire_waiting`]). Returns false if asked to
+/// stop while waiting (having given back what it took).
+async fn acquire_leases(leases: &[Arc<Leased>], rx: &mut UnboundedReceiver<ToCapture>, opts: RunOptions) -> Result<bool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (l, s) = (leases.to_vec(), stop.clone());
+    let mut acquiring = tokio::task::spawn_blocking(move || -> Result<()> {
+        for lease in &l {
+            match lease.acquire_waiting(opts.lease_wait, &|| s.load(Ordering::SeqCst)) {
+                Ok(()) => {}
+                // With several replicas, one that cannot be reached now must not hold
+                // the others back: its lease is taken before its first write.
+                Err(e) if l.len() > 1 && e.downcast_ref::<LeaseHeld>().is_none() && !s.load(Ordering::SeqCst) => {
+                    warn!(replica = %lease.location(), "cannot take the replica's lease now; it is taken before the first write: {e:#}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    loop {
+        tokio::select! {
+            r = &mut acquiring => {
+                r.map_err(|_| anyhow!("taking the replica's lease stopped unexpectedly"))??;
+                return Ok(true);
+            }
+            m = rx.recv() => match m {
+                None | Some(ToCapture::Stop) => {
+                    stop.store(true, Ordering::SeqCst);
+                    let _ = acquiring.await;
+                    let l = leases.to_vec();
+                    tokio::task::spawn_blocking(move || l.iter().for_each(|lease| lease.release())).await?;
+                    return Ok(false);
+                }
+                Some(ToCapture::Sync { reply, .. }) => {
+                    let _ = reply.send(Err("waiting for another process to give up the replica's lease".into()));
+                }
+            },
+        }
+    }
+}
+
+/// Restore drills (`verify:`) every `interval`: each replica's latest state is
+/// restored to a scratch file and checked (see `restore::drill`). A pass records
+/// `sluice_verify_last_success_seconds`; a failure is counted, logged, and holds
+/// the heartbeat back until a drill passes again.
+async fn drill_task(replicas: Vec<(String, Arc<dyn ReplicaClient>)>, shared: Arc<Shared>, spec: DrillSpec) {
+    loop {
+        tokio::time::sleep(spec.interval).await;
+        let mut failures = Vec::new();
+        for (name, client) in &replicas {
+            let _slot = replica_slots().acquire().await;
+            let (c, sql, db) = (client.clone(), spec.sql.clone(), shared.path.clone());
+            let outcome = tokio::task::spawn_blocking(move || {
+                let mut passed = drill::Passed::default();
+                let r = drill::run(
+                    c.as_ref(),
+                    Default::default(),
+                    &sql,
+                    crate::restore::DEFAULT_PARALLELISM,
+                    |_| None::<crate::restore::Quiet>,
+                    &mut passed,
+                );
+                (r, passed)
+            })
+            .await;
+            match outcome {
+                Ok((Ok(()), p)) => info!(db = %db.display(), replica = %name,
+                    txid = %p.txid.map(ltx::format_txid).unwrap_or_default(), assertions = p.assertions,
+                    "restore drill passed: checksums, integrity_check and SQL assertions"),
+                Ok((Err(e), _)) => {
+                    error!(db = %db.display(), replica = %name, "restore drill failed: {e:#}");
+                    failures.push(format!("replica {name}: {e:#}"));
+                }
+                Err(e) => failures.push(format!("replica {name}: the drill stopped: {e}")),
+            }
+        }
+        shared.metrics.record_verify(failures.is_empty());
+        shared.health.record_drill((!failures.is_empty()).then(|| failures.join("; ")));
+    }
 }
 
 /// What one pass of the replica task found.
@@ -394,13 +529,16 @@ async fn replica_task(
                     }
                     store.run_due(Utc::now())
                 })();
-                store.health().record_replica(result.is_ok());
+                store.record_pass(result.as_ref().err().map(|e| format!("{e:#}")));
                 if result.is_ok() {
                     store.note_replicated();
                 } else {
                     store.invalidate();
                 }
                 let pending = result.is_ok() && store.upload_pending().unwrap_or(false);
+                if result.is_err() || pending {
+                    store.check_backlog();
+                }
                 let until_scheduled = (store.next_due() - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                 Pass { result, uploaded, pending, until_scheduled }
             })
@@ -412,8 +550,14 @@ async fn replica_task(
             match pass.result {
                 Ok(()) => backoff = None,
                 Err(e) => {
+                    if e.downcast_ref::<ChangedHands>().is_some() {
+                        // Another process wrote there while we did not hold the lease:
+                        // capture starts over from what the replica holds now.
+                        warn!(replica = %store.client().location(), "{e:#}");
+                        store.request_reset();
+                    }
                     let b = next_backoff(backoff, sync_interval);
-                    error!(replica = %store.client().location(), retry_in = ?b, "replica update failed: {e:#}");
+                    error!(replica = %store.client().location(), name = %store.name(), retry_in = ?b, "replica update failed: {e:#}");
                     backoff = Some(b);
                     retry_at = Instant::now() + b;
                 }
@@ -443,7 +587,7 @@ async fn replica_task(
                             store.note_replicated();
                             store.remote_txid()
                         })();
-                        store.health().record_replica(r.is_ok());
+                        store.record_pass(r.as_ref().err().map(|e| format!("{e:#}")));
                         if r.is_err() {
                             store.invalidate();
                         }
@@ -451,7 +595,10 @@ async fn replica_task(
                     })
                     .await?;
                     store = s;
-                    let _ = reply.send(r.map_err(|e| format!("upload failed: {e:#}")));
+                    let _ = reply.send(r.map_err(|e| match store.name() {
+                        "" => format!("upload failed: {e:#}"),
+                        name => format!("upload to replica {name} failed: {e:#}"),
+                    }));
                 }
                 Some(ToReplica::Stop) | None => break,
             },

@@ -101,7 +101,8 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
                 .map(|(p, _)| {
                     let at = crate::health::last_sync(p);
                     json!({"path": p.display().to_string(), "status": "replicating",
-                           "last_sync_at": at.map(|t| t.to_rfc3339())})
+                           "last_sync_at": at.map(|t| t.to_rfc3339()),
+                           "replicas": crate::health::replicas(p)})
                 })
                 .collect();
             dbs.extend(stopped.iter().map(|p| json!({"path": p.display().to_string(), "status": "stopped"})));

@@ -8,14 +8,14 @@
 //! retention pass lists or writes anything until something changes.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, TimeDelta, Utc};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::capture::db::{Shared, write_snapshot};
 use crate::ltx::merge::{PipeReader, merge};
@@ -24,7 +24,7 @@ use crate::plugin::{Plugin, PluginFile, Settings};
 use crate::replica::{FileInfo, ReplicaClient, SNAPSHOT_LEVEL};
 use crate::restore::{Target, pinned_files, plan_from_listing};
 
-/// Most L0 files uploaded in one pass (Litestream's `max-sync-ltx-files`).
+/// Most L0 files uploaded in one pass by default (Litestream's `max-sync-ltx-files`).
 pub const MAX_UPLOADS_PER_PASS: u64 = 256;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -130,6 +130,22 @@ pub struct Store {
     retention_plugin: Option<(Plugin, Settings)>,
     /// A snapshot is due but waits for capture to hold the database open.
     awaiting_live: bool,
+    /// This replica's position among the database's replicas, and its name.
+    index: usize,
+    name: String,
+    /// See `ReplicaSpec::backlog_limit`.
+    backlog_limit: Option<u64>,
+    /// Set when this replica's chain restarted from a fresh snapshot at this TXID
+    /// (the local files it lacked were gone): uploads continue after it.
+    restart_floor: u64,
+    /// A chain restart waits for capture to hold the database open.
+    restart_awaits_live: bool,
+    /// The newest remote TXID last listed (kept across errors, for the backlog).
+    last_remote: u64,
+    /// The backlog was dropped (see `check_backlog`).
+    backlog_dropped: bool,
+    /// `max-sync-ltx-files`.
+    max_uploads_per_pass: u64,
 }
 
 impl Store {
@@ -146,7 +162,70 @@ impl Store {
             files: None,
             retention_plugin: None,
             awaiting_live: false,
+            index: 0,
+            name: String::new(),
+            backlog_limit: None,
+            restart_floor: 0,
+            restart_awaits_live: false,
+            last_remote: 0,
+            backlog_dropped: false,
+            max_uploads_per_pass: MAX_UPLOADS_PER_PASS,
         }
+    }
+
+    /// Uploads at most `n` L0 files per pass (`max-sync-ltx-files`).
+    pub fn with_max_uploads_per_pass(mut self, n: u64) -> Store {
+        self.max_uploads_per_pass = n.max(1);
+        self
+    }
+
+    /// This store is replica `index`, named `name`, of its database.
+    pub fn as_replica(mut self, index: usize, name: &str, backlog_limit: Option<u64>) -> Store {
+        self.index = index;
+        self.name = name.to_string();
+        self.backlog_limit = backlog_limit;
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the database has other replicas beside this one.
+    fn has_peers(&self) -> bool {
+        self.shared.replicas.count() > 1
+    }
+
+    /// Records how a pass ended: this replica's state, and the database's health
+    /// (healthy while no replica of it is failing).
+    pub fn record_pass(&self, error: Option<String>) {
+        self.shared.metrics.set_replica_failing(&self.name, error.is_some());
+        self.shared.health.record_replica_pass(self.index, error);
+    }
+
+    /// With several replicas: if this one is behind by more than its backlog limit
+    /// of local L0 files, it lets go of them (so the others' retention goes on) and
+    /// later continues from a fresh snapshot. One error line says so.
+    pub fn check_backlog(&mut self) {
+        let Some(limit) = self.backlog_limit else { return };
+        if self.backlog_dropped || !self.has_peers() || self.shared.txid() <= self.last_remote {
+            return;
+        }
+        let bytes = self.shared.replicas.backlog_bytes(self.last_remote);
+        if bytes <= limit {
+            return;
+        }
+        error!(
+            db = %self.shared.path.display(),
+            replica = %self.name,
+            "replica {} is {bytes} bytes of local L0 files behind (it holds TXID {}), over its backlog-limit of {limit}: its backlog is dropped and it will continue from a fresh snapshot once it is reachable; raise backlog-limit to keep more",
+            self.name,
+            ltx::format_txid(self.last_remote)
+        );
+        if let Err(e) = self.shared.replicas.drop_backlog(self.index, self.shared.txid()) {
+            warn!(db = %self.shared.path.display(), "cannot delete local L0 files: {e}");
+        }
+        self.backlog_dropped = true;
     }
 
     /// Uses `plugin` (with its settings) instead of the built-in snapshot retention.
@@ -158,8 +237,10 @@ impl Store {
     /// Records the replica's newest TXID (as far as this store knows) for others to read.
     pub fn note_replicated(&mut self) {
         if let Ok(t) = self.remote_txid() {
-            self.shared.replicated_txid.store(t, std::sync::atomic::Ordering::SeqCst);
-            self.shared.metrics.set_replica_txid(t);
+            let all = self.shared.health.record_replicated(self.index, t);
+            self.shared.replicated_txid.store(all, std::sync::atomic::Ordering::SeqCst);
+            self.shared.metrics.set_replica_txid(all);
+            self.shared.metrics.set_named_replica_txid(&self.name, t);
         }
     }
 
@@ -175,12 +256,18 @@ impl Store {
     /// Whether a snapshot is due but needs the database held open by capture (an
     /// idle database that closed its files must reopen them for it).
     pub fn awaiting_live(&self) -> bool {
-        self.awaiting_live
+        self.awaiting_live || self.restart_awaits_live
     }
 
     /// Whether a local file this store needs is gone, so capture must reset.
     pub fn reset_requested(&self) -> bool {
         self.shared.reset_requested.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Asks capture to reset its local state and start over from the replicas.
+    pub fn request_reset(&mut self) {
+        self.shared.reset_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.invalidate();
     }
 
     /// Forget the listing (after an error), so it is read again.
@@ -196,9 +283,11 @@ impl Store {
         Ok(self.files.as_mut().expect("just listed"))
     }
 
-    /// Newest L0 TXID in the replica.
+    /// Newest L0 TXID in the replica (or the snapshot its chain restarted from).
     pub fn remote_txid(&mut self) -> Result<u64> {
-        Ok(self.files()?[0].last().map_or(0, |f| f.max_txid))
+        let t = self.files()?[0].last().map_or(0, |f| f.max_txid).max(self.restart_floor);
+        self.last_remote = t;
+        Ok(t)
     }
 
     /// Whether local L0 files are waiting to be uploaded (no request if known).
@@ -210,15 +299,31 @@ impl Store {
     pub fn upload(&mut self) -> Result<u64> {
         let local = self.shared.txid();
         let remote = self.remote_txid()?;
+        if local != 0 && local < remote && self.has_peers() {
+            // This replica holds TXIDs our local files never had: it was unreachable
+            // when start-up took the position from the others. Capture starts over
+            // from the newest replica; the others then restart from a snapshot.
+            warn!(db = %self.shared.path.display(), replica = %self.name, local = %ltx::format_txid(local),
+                  remote = %ltx::format_txid(remote), "replica is ahead of the local position; resetting local state");
+            self.shared.reset_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.invalidate();
+            return Ok(0);
+        }
         if local <= remote {
             return Ok(0);
         }
-        let last = local.min(remote + MAX_UPLOADS_PER_PASS);
+        let last = local.min(remote.saturating_add(self.max_uploads_per_pass));
         let mut n = 0;
         for txid in remote + 1..=last {
             let path = self.shared.l0_path(txid);
             let f = match File::open(&path) {
                 Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && self.has_peers() => {
+                    // The others' retention took it (this replica fell too far behind,
+                    // or start-up took the position from a replica ahead of this one).
+                    self.restart_chain(txid)?;
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     // The replica lacks files we no longer have: the capture side starts
                     // a fresh chain that continues the replica's, rather than leave a gap.
@@ -240,6 +345,31 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// With several replicas: the local L0 file `missing` this replica needs next is
+    /// gone, so its chain continues after a snapshot of the live database instead
+    /// (the gap below a snapshot does not matter to a restore, here or Litestream's).
+    /// A snapshot that already covers the gap (written before a restart) is reused.
+    fn restart_chain(&mut self, missing: u64) -> Result<()> {
+        let local = self.shared.txid();
+        let snap = self.files()?[SNAPSHOT_LEVEL as usize].last().map_or(0, |f| f.max_txid);
+        self.restart_awaits_live = false;
+        if !(snap >= missing && (snap >= local || self.shared.l0_path(snap + 1).exists())) {
+            if !self.snapshot(true, Utc::now())? {
+                // The snapshot needs the database open under capture's read transaction.
+                self.restart_awaits_live = true;
+                return Ok(());
+            }
+        }
+        let floor = self.files()?[SNAPSHOT_LEVEL as usize].last().map_or(0, |f| f.max_txid);
+        warn!(db = %self.shared.path.display(), replica = %self.name, missing = %ltx::format_txid(missing),
+              snapshot = %ltx::format_txid(floor),
+              "replica lacks L0 files no longer kept locally; it continues after a fresh snapshot");
+        self.restart_floor = floor;
+        self.backlog_dropped = false;
+        self.shared.replicas.restart_after(self.index, floor);
+        Ok(())
     }
 
     /// Runs every compaction, snapshot and retention pass that is due.
@@ -346,8 +476,15 @@ impl Store {
         if dst.last().is_some_and(|f| f.created_at > truncate(now, interval)) {
             return Ok(false); // compacted in this interval already
         }
-        let inputs: Vec<FileInfo> =
-            files[level as usize - 1].iter().filter(|f| f.min_txid > dst_max).cloned().collect();
+        // A contiguous run: a chain that restarted from a snapshot (see
+        // `restart_chain`) leaves a gap that no merged file may span.
+        let mut inputs: Vec<FileInfo> = Vec::new();
+        for f in files[level as usize - 1].iter().filter(|f| f.min_txid > dst_max) {
+            if inputs.last().is_some_and(|p| f.min_txid != p.max_txid + 1) {
+                break;
+            }
+            inputs.push(f.clone());
+        }
         if inputs.is_empty() {
             return Ok(false);
         }
@@ -413,6 +550,14 @@ impl Store {
         Ok(true)
     }
 
+    /// This replica no longer needs local L0 files up to `txid`; they go once no
+    /// other replica needs them either.
+    fn release_local(&self, txid: u64) {
+        if let Err(e) = self.shared.replicas.release(self.index, txid, self.shared.txid()) {
+            warn!(db = %self.shared.path.display(), "cannot delete local L0 files: {e}");
+        }
+    }
+
     /// Files that must survive: those a restore on this host is reading.
     fn pinned(&self) -> HashSet<(u8, u64, u64)> {
         pinned_files(&self.client.location())
@@ -443,9 +588,8 @@ impl Store {
             self.client.delete(level, &ids)?;
             crate::failpoint::hit("retention-deleted");
             if level == 0 {
-                for (_, max) in &ids {
-                    let _ = fs::remove_file(self.shared.l0_path(*max));
-                }
+                let newest = ids.iter().map(|(_, max)| *max).max().unwrap_or(0);
+                self.release_local(newest);
             }
         }
         let n = victims.len();
@@ -546,9 +690,7 @@ impl Store {
             return Ok(0);
         }
         if !self.opts.retention_enabled {
-            for f in &victims {
-                let _ = fs::remove_file(self.shared.l0_path(f.max_txid));
-            }
+            self.release_local(victims.iter().map(|f| f.max_txid).max().unwrap_or(0));
             return Ok(0);
         }
         self.delete_safely(victims, "l0 retention")

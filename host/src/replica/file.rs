@@ -15,7 +15,14 @@ use chrono::{DateTime, Utc};
 use crate::fsutil::fsync_dir;
 use crate::ltx;
 use crate::replica::layout::{Layout, LayoutSpec};
+use crate::replica::lease::{Conditional, LEASE_NAME};
 use crate::replica::{FileInfo, Object, ReplicaClient};
+
+/// A lease object's version: a checksum of its content (which changes with every
+/// write: each renewal moves `expires_at`).
+fn version_tag(data: &[u8]) -> String {
+    format!("{:016x}", crate::ltx::crc64::checksum(data))
+}
 
 pub struct FileClient {
     root: PathBuf,
@@ -31,6 +38,22 @@ impl FileClient {
     pub fn with_layout(mut self, layout: Option<LayoutSpec>) -> Self {
         self.layout = layout.map(Layout::new);
         self
+    }
+
+    /// Holds `flock` on `.lock.json.flock` while a lease is compared and written,
+    /// which makes that one step among processes sharing the directory.
+    fn lease_lock(&self) -> Result<File> {
+        let path = self.root.join(format!(".{LEASE_NAME}.flock"));
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("cannot lock {}", path.display()));
+        }
+        Ok(f)
     }
 
     fn level_dir(&self, level: u8) -> PathBuf {
@@ -210,6 +233,48 @@ impl ReplicaClient for FileClient {
                     return Err(e).with_context(|| format!("cannot delete replica file {}", path.display()));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn lease_read(&self) -> Result<Option<(Vec<u8>, String)>> {
+        let path = self.root.join(LEASE_NAME);
+        match fs::read(&path) {
+            Ok(data) => {
+                let tag = version_tag(&data);
+                Ok(Some((data, tag)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    fn lease_write(&self, data: &[u8], expected: Option<&str>) -> Result<Conditional> {
+        fs::create_dir_all(&self.root)
+            .with_context(|| format!("cannot create replica directory {}", self.root.display()))?;
+        let _lock = self.lease_lock()?;
+        let current = self.lease_read()?.map(|(_, tag)| tag);
+        if current.as_deref() != expected {
+            return Ok(Conditional::Conflict);
+        }
+        let path = self.root.join(LEASE_NAME);
+        let tmp = self.root.join(format!("{LEASE_NAME}.tmp"));
+        (|| -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            fsync_dir(&self.root)
+        })()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Conditional::Written(version_tag(data)))
+    }
+
+    fn lease_delete(&self, expected: &str) -> Result<()> {
+        let _lock = self.lease_lock()?;
+        if self.lease_read()?.is_some_and(|(_, tag)| tag == expected) {
+            let path = self.root.join(LEASE_NAME);
+            fs::remove_file(&path).with_context(|| format!("cannot delete {}", path.display()))?;
         }
         Ok(())
     }

@@ -118,4 +118,25 @@ impl ReplicaClient for Metered {
         self.observe("GET", start, &r);
         Ok(Box::new(CountingReader { inner: r?, kind: self.inner.kind() }))
     }
+
+    fn lease_read(&self) -> Result<Option<(Vec<u8>, String)>> {
+        let start = Instant::now();
+        let r = self.inner.lease_read();
+        self.observe("GET", start, &r);
+        r
+    }
+
+    fn lease_write(&self, data: &[u8], expected: Option<&str>) -> Result<crate::replica::lease::Conditional> {
+        let start = Instant::now();
+        let r = self.inner.lease_write(data, expected);
+        self.observe("PUT", start, &r);
+        r
+    }
+
+    fn lease_delete(&self, expected: &str) -> Result<()> {
+        let start = Instant::now();
+        let r = self.inner.lease_delete(expected);
+        self.observe("DELETE", start, &r);
+        r
+    }
 }

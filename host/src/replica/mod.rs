@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod layout;
+pub mod lease;
 pub mod metered;
 pub mod s3;
 pub mod tls;
@@ -103,5 +104,21 @@ pub trait ReplicaClient: Send + Sync {
     /// Opens an object that [`ReplicaClient::list_keys`] returned.
     fn open_key(&self, key: &str) -> Result<Box<dyn Read + Send>> {
         bail!("{} cannot read {key}", self.location())
+    }
+
+    /// The lease object (see [`lease`]) and its version tag, if there is one.
+    fn lease_read(&self) -> Result<Option<(Vec<u8>, String)>> {
+        Ok(None)
+    }
+
+    /// Writes the lease object only if it is at version `expected` (`None`: only if
+    /// there is none).
+    fn lease_write(&self, _data: &[u8], _expected: Option<&str>) -> Result<lease::Conditional> {
+        Ok(lease::Conditional::Unsupported)
+    }
+
+    /// Deletes the lease object if it is still at version `expected`.
+    fn lease_delete(&self, _expected: &str) -> Result<()> {
+        Ok(())
     }
 }

@@ -41,6 +41,7 @@ use md5::{Digest, Md5};
 use tracing::{debug, warn};
 
 use crate::ltx;
+use crate::replica::lease::{Conditional, LEASE_NAME};
 use crate::replica::layout::{Layout, LayoutSpec};
 use crate::replica::{FileInfo, Object, ReplicaClient, SNAPSHOT_LEVEL};
 
@@ -58,6 +59,10 @@ pub struct S3Settings {
     pub region: Option<String>,
     pub endpoint: Option<String>,
     pub force_path_style: Option<bool>,
+    /// `sign-accept-encoding: false` sends no Accept-Encoding header, so none is
+    /// signed (Garage and some gateways reject a signed one); default: the
+    /// provider's need.
+    pub sign_accept_encoding: Option<bool>,
     pub skip_verify: bool,
     pub sign_payload: Option<bool>,
     pub require_content_md5: Option<bool>,
@@ -179,6 +184,7 @@ impl S3Settings {
                 "region" => s.region = Some(v),
                 "forcePathStyle" | "force-path-style" => s.force_path_style = Some(parse_bool(k, &v)?),
                 "skipVerify" | "skip-verify" => s.skip_verify = parse_bool(k, &v)?,
+                "signAcceptEncoding" | "sign-accept-encoding" => s.sign_accept_encoding = Some(parse_bool(k, &v)?),
                 "signPayload" | "sign-payload" => s.sign_payload = Some(parse_bool(k, &v)?),
                 "requireContentMD5" | "require-content-md5" => s.require_content_md5 = Some(parse_bool(k, &v)?),
                 "storageClass" | "storage-class" => s.storage_class = Some(v),
@@ -913,14 +919,18 @@ async fn build_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3:
     }
     let path_style = s.force_path_style.unwrap_or(s.endpoint.is_some() && provider.force_path_style);
     b = b.force_path_style(path_style);
-    if provider.consistent_header || provider.strip_accept_encoding {
-        b = b.interceptor(ProviderHeaders {
-            consistent: provider.consistent_header,
-            strip_accept_encoding: provider.strip_accept_encoding,
-        });
+    let strip_accept_encoding = strips_accept_encoding(s, provider);
+    if provider.consistent_header || strip_accept_encoding {
+        b = b.interceptor(ProviderHeaders { consistent: provider.consistent_header, strip_accept_encoding });
     }
     debug!(bucket = %s.bucket, provider = provider.name, path_style, "S3 client configured");
     Ok(aws_sdk_s3::Client::from_conf(b.build()))
+}
+
+/// Whether requests go without an Accept-Encoding header (so it is never signed):
+/// `sign-accept-encoding` when set, else what the provider needs.
+fn strips_accept_encoding(s: &S3Settings, provider: &Provider) -> bool {
+    s.sign_accept_encoding.map_or(provider.strip_accept_encoding, |sign| !sign)
 }
 
 /// The file an object of the default layout holds, from its name within its level.
@@ -941,6 +951,7 @@ fn shared_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3::Clie
         endpoint: Option<String>,
         skip_verify: bool,
         force_path_style: Option<bool>,
+        sign_accept_encoding: Option<bool>,
         access_key_id: Option<String>,
         secret_access_key: Option<String>,
         /// Only when the region is looked up from the bucket.
@@ -955,6 +966,7 @@ fn shared_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3::Clie
         endpoint: s.endpoint.clone(),
         skip_verify: s.skip_verify,
         force_path_style: s.force_path_style,
+        sign_accept_encoding: s.sign_accept_encoding,
         access_key_id: s.access_key_id.clone(),
         secret_access_key: s.secret_access_key.clone(),
     };
@@ -1058,6 +1070,82 @@ impl ReplicaClient for S3Client {
 
     fn open_key(&self, key: &str) -> Result<Box<dyn Read + Send>> {
         self.reader(format!("{}{key}", self.raw_base()))
+    }
+
+    fn lease_read(&self) -> Result<Option<(Vec<u8>, String)>> {
+        let key = format!("{}{LEASE_NAME}", self.raw_base());
+        runtime().block_on(async {
+            let mut req = self.client.get_object().bucket(&self.bucket).key(&key);
+            req = with_sse_c!(req, self.sse_c);
+            match req.send().await {
+                Ok(r) => {
+                    let tag = r.e_tag().unwrap_or_default().to_string();
+                    let body = r.body.collect().await.map_err(|e| anyhow!("cannot read {}: {e}", self.what(&key)))?;
+                    Ok(Some((body.into_bytes().to_vec(), tag)))
+                }
+                Err(e) if is_not_found(&e) && e.code() != Some("NoSuchBucket") => Ok(None),
+                Err(e) => Err(explain(e, "s3:GetObject", &self.what(&key), &self.endpoint)),
+            }
+        })
+    }
+
+    fn lease_write(&self, data: &[u8], expected: Option<&str>) -> Result<Conditional> {
+        let key = format!("{}{LEASE_NAME}", self.raw_base());
+        runtime().block_on(async {
+            let mut req = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .content_type("application/json")
+                .body(ByteStream::from(data.to_vec()));
+            req = match expected {
+                Some(tag) => req.if_match(tag),
+                None => req.if_none_match("*"),
+            };
+            req = with_sse_c!(req, self.sse_c);
+            if let Some(k) = &self.sse_kms_key_id {
+                req = req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(k);
+            }
+            match req.send().await {
+                Ok(r) => Ok(Conditional::Written(r.e_tag().unwrap_or_default().to_string())),
+                Err(e) => {
+                    let status = match &e {
+                        SdkError::ServiceError(se) => Some(se.raw().status().as_u16()),
+                        _ => None,
+                    };
+                    match (status, e.code()) {
+                        (_, Some("NoSuchBucket")) => Err(explain(e, "s3:PutObject", &self.what(&key), &self.endpoint)),
+                        // Not at the expected version; 409: a concurrent conditional
+                        // write; 404: If-Match on an object someone deleted.
+                        (Some(412 | 409 | 404), _) => Ok(Conditional::Conflict),
+                        (Some(501), _) | (_, Some("NotImplemented")) => Ok(Conditional::Unsupported),
+                        _ => Err(explain(e, "s3:PutObject", &self.what(&key), &self.endpoint)),
+                    }
+                }
+            }
+        })
+    }
+
+    fn lease_delete(&self, expected: &str) -> Result<()> {
+        let key = format!("{}{LEASE_NAME}", self.raw_base());
+        // Only if it is still ours (a plain delete after the check: S3's
+        // conditional delete is not everywhere, and losing this race only means
+        // the next holder waits for the lease to expire... never a second writer).
+        match self.lease_read()? {
+            Some((_, tag)) if tag == expected => {}
+            _ => return Ok(()),
+        }
+        runtime().block_on(async {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| explain(e, "s3:DeleteObject", &self.what(&key), &self.endpoint))?;
+            Ok(())
+        })
     }
 
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
@@ -1224,6 +1312,13 @@ mod tests {
         assert!(S3Settings::from_url("s3://b/p?signPayload=maybe").is_err());
         assert_eq!(endpoint_with_scheme("minio.example.com:9000"), "https://minio.example.com:9000");
         assert_eq!(endpoint_with_scheme("172.20.0.5:9000"), "http://172.20.0.5:9000");
+        // sign-accept-encoding, in the URL (both spellings) or the config.
+        let garage = detect_provider(Some("http://127.0.0.1:3900"));
+        let s = S3Settings::from_url("s3://b/p?endpoint=127.0.0.1:3900&signAcceptEncoding=false").unwrap();
+        assert!(strips_accept_encoding(&s, &garage), "false: no Accept-Encoding header to sign");
+        let s = S3Settings::from_url("s3://b/p?sign-accept-encoding=true").unwrap();
+        assert!(!strips_accept_encoding(&s, &detect_provider(None)));
+        assert!(S3Settings::from_url("s3://b/p?signAcceptEncoding=maybe").is_err());
     }
 
     #[test]

@@ -131,4 +131,17 @@ impl ReplicaClient for TransformClient {
     fn open_key(&self, key: &str) -> Result<Box<dyn Read + Send>> {
         self.inner.open_key(key)
     }
+
+    // The lease object is not an LTX file: it is stored as it is.
+    fn lease_read(&self) -> Result<Option<(Vec<u8>, String)>> {
+        self.inner.lease_read()
+    }
+
+    fn lease_write(&self, data: &[u8], expected: Option<&str>) -> Result<crate::replica::lease::Conditional> {
+        self.inner.lease_write(data, expected)
+    }
+
+    fn lease_delete(&self, expected: &str) -> Result<()> {
+        self.inner.lease_delete(expected)
+    }
 }

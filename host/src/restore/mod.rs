@@ -8,6 +8,7 @@
 //! so a failed restore never leaves an output file. Only a verified result is
 //! fsynced and renamed to the output path.
 
+pub mod drill;
 pub mod v3;
 
 use std::fmt;
@@ -82,6 +83,42 @@ pub fn choose(client: &dyn ReplicaClient, target: Target, follow: bool) -> Resul
         return Ok(Source::V3(b));
     }
     plan.map(Source::Ltx)
+}
+
+/// Of a database's replicas, the one whose restore of `target` reaches the newest
+/// TXID (the first one on a tie), and what to restore from it. A replica that
+/// cannot be read is skipped with a warning while another one can; when none can,
+/// the first error is returned ([`NoBackups`] only if no replica has any).
+pub fn choose_replica(clients: &[&dyn ReplicaClient], target: Target) -> Result<(usize, Source)> {
+    let mut best: Option<(usize, Source, u64)> = None;
+    let mut first_error: Option<anyhow::Error> = None;
+    let mut all_empty = true;
+    for (i, c) in clients.iter().enumerate() {
+        match choose(*c, target, false) {
+            Ok(source) => {
+                let txid = match &source {
+                    Source::Ltx(plan) => plan.last().map_or(0, |f| f.max_txid),
+                    Source::V3(_) => 0,
+                };
+                if best.as_ref().is_none_or(|(_, _, b)| txid > *b) {
+                    best = Some((i, source, txid));
+                }
+            }
+            Err(e) => {
+                all_empty &= e.downcast_ref::<NoBackups>().is_some();
+                if clients.len() > 1 && e.downcast_ref::<NoBackups>().is_none() {
+                    tracing::warn!(replica = %c.location(), "cannot read this replica; trying the others: {e:#}");
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match (best, first_error) {
+        (Some((i, source, _)), _) => Ok((i, source)),
+        (None, Some(e)) if all_empty || clients.len() == 1 => Err(e),
+        (None, Some(e)) => Err(e.context("no replica of this database can be restored")),
+        (None, None) => Err(NoBackups("no replica configured".into()).into()),
+    }
 }
 
 /// Hears of a restore's progress: each LTX file once it is applied.
