@@ -56,10 +56,11 @@ fn two_replicas_one_failing_then_catching_up() {
     let local = dir.path().join("local-replica");
     let port = free_port();
     let cfg = dir.path().join("sluice.yml");
+    let sock = dir.path().join("sluice.sock");
     fs::write(
         &cfg,
         format!(
-            "addr: 127.0.0.1:{port}\nshutdown-sync-timeout: 1s\n\
+            "addr: 127.0.0.1:{port}\nshutdown-sync-timeout: 1s\nsocket:\n  enabled: true\n  path: {sock}\n\
              dbs:\n  - path: {db}\n    monitor-interval: 100ms\n    replicas:\n\
              \x20     - name: local\n        url: {local_url}\n        sync-interval: 100ms\n\
              \x20     - name: offsite\n        url: s3://{BUCKET}/app\n        endpoint: {endpoint}\n        region: us-east-1\n\
@@ -67,6 +68,7 @@ fn two_replicas_one_failing_then_catching_up() {
             db = db.display(),
             local_url = file_url(&local),
             endpoint = proxy.endpoint(),
+            sock = sock.display(),
             key = rw.1,
             secret = rw.2,
         ),
@@ -89,6 +91,11 @@ fn two_replicas_one_failing_then_catching_up() {
     assert_eq!(metric(port, &series("sluice_replica_newest_txid", "local")), txid());
     let list = stdout(&sluice(&["databases", "-config", cfgs]));
     assert!(list.contains("file,s3"), "{list}");
+    let status = stdout(&sluice(&["status", "-config", cfgs]));
+    assert!(status.lines().nth(1).is_some_and(|l| l.ends_with("\tlocal,offsite")), "{status}");
+    let list = stdout(&sluice(&["list", "-socket", sock.to_str().unwrap()]));
+    let row = list.lines().find(|l| l.starts_with(dbs)).unwrap_or_default();
+    assert!(row.contains("local=") && row.contains("offsite=0000000000000000 failing"), "{list}");
     // Stopped while S3 still fails: the final upload to it gives up (exit status 1).
     let (status, log) = d.stop_with_status();
     assert!(!status.success(), "the final upload to the failing replica must be reported:\n{log}");

@@ -857,7 +857,7 @@ fn status_cmd(a: StatusArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let mut rows = Vec::new();
     if !a.json {
-        writeln!(out, "database\tstatus\tlocal_txid\twal_size")?;
+        writeln!(out, "database\tstatus\tlocal_txid\twal_size\treplicas")?;
     }
     for path in paths {
         let meta = match &cfg {
@@ -866,13 +866,15 @@ fn status_cmd(a: StatusArgs) -> Result<()> {
         };
         let (status, txid, wal) = local_status(&path, &meta);
         let txid_text = txid.map(ltx::format_txid).unwrap_or_else(|| "-".into());
+        let replicas = cfg.as_ref().map(|c| c.replica_names(&path)).unwrap_or_default();
         if a.json {
             rows.push(serde_json::json!({
                 "database": path.display().to_string(), "status": status,
-                "local_txid": txid.map(ltx::format_txid), "wal_size": wal,
+                "local_txid": txid.map(ltx::format_txid), "wal_size": wal, "replicas": replicas,
             }));
         } else {
-            writeln!(out, "{}\t{status}\t{txid_text}\t{wal}", path.display())?;
+            let names = if replicas.is_empty() { "-".to_string() } else { replicas.join(",") };
+            writeln!(out, "{}\t{status}\t{txid_text}\t{wal}\t{names}", path.display())?;
         }
     }
     if a.json {

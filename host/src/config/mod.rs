@@ -928,6 +928,19 @@ impl Config {
         Ok(specs)
     }
 
+    /// The names of a database's replicas (as `replica_specs` gives them), from the
+    /// file alone: no replica is contacted.
+    pub fn replica_names(&self, path: &Path) -> Vec<String> {
+        let Ok(db) = self.find_db(path) else { return Vec::new() };
+        let list: Vec<&ReplicaConfig> = db.replica.iter().chain(db.replicas.iter().flatten()).collect();
+        let kinds: Vec<String> = list.iter().map(|r| self.replica_kind(r)).collect();
+        let kind_refs: Vec<&str> = kinds.iter().map(String::as_str).collect();
+        list.iter()
+            .enumerate()
+            .map(|(i, r)| r.name.clone().unwrap_or_else(|| crate::daemon::spec::default_replica_name(&kind_refs, i)))
+            .collect()
+    }
+
     /// A replica entry's type (`file`, `s3`, ...), from the entry alone.
     fn replica_kind(&self, r: &ReplicaConfig) -> String {
         match (&r.kind, &r.url) {

@@ -227,9 +227,9 @@ pub(super) async fn capture_task(
     }
     // One writer per replica path: take every replica's lease before touching
     // anything (see `replica::lease`), answering a stop while waiting for it.
-    if !acquire_leases(&leases, &mut rx, opts).await? {
+    let Some((stop_pending, first_ask)) = acquire_leases(&leases, &mut rx, opts).await? else {
         return Ok(());
-    }
+    };
     let db = Db::new(spec.path, spec.options);
     info!(db = %db.path().display(), replica = %locations, "replicating");
     // Problems with the database or the replica at start-up are fatal: the user
@@ -277,7 +277,7 @@ pub(super) async fn capture_task(
     };
 
     let mut backoff: Option<Duration> = None;
-    let mut asked: Option<(bool, std::sync::mpsc::Sender<SyncAnswer>)> = None;
+    let mut asked: Option<(bool, std::sync::mpsc::Sender<SyncAnswer>)> = first_ask;
     let mut last_active = Instant::now();
     // While parked: the files as we left them.
     let mut parked: Option<Fingerprint> = None;
@@ -339,6 +339,9 @@ pub(super) async fn capture_task(
                 Ok(_) => Ok((db.txid(), shared.replicated_txid.load(Ordering::SeqCst))),
             };
             let _ = reply.send(answer);
+        }
+        if stop_pending {
+            break 'running; // a stop came while the leases were being taken
         }
         // Sleep until there is something to do. Timers never bring the next sync
         // closer than monitor-interval; a request does.
@@ -412,9 +415,18 @@ pub(super) async fn capture_task(
     Ok(())
 }
 
-/// Takes every lease (see [`Leased::acquire_waiting`]). Returns false if asked to
-/// stop while waiting (having given back what it took).
-async fn acquire_leases(leases: &[Arc<Leased>], rx: &mut UnboundedReceiver<ToCapture>, opts: RunOptions) -> Result<bool> {
+/// A sync request that arrived before the database was open.
+type EarlyAsk = Option<(bool, std::sync::mpsc::Sender<SyncAnswer>)>;
+
+/// Takes every lease (see [`Leased::acquire_waiting`]). Returns `None` if asked to
+/// stop while another process held a lease (having given back what it took);
+/// else whether a stop came meanwhile (the database still gets its final sync)
+/// and the last sync request that came meanwhile (answered after the first sync).
+async fn acquire_leases(
+    leases: &[Arc<Leased>],
+    rx: &mut UnboundedReceiver<ToCapture>,
+    opts: RunOptions,
+) -> Result<Option<(bool, EarlyAsk)>> {
     let stop = Arc::new(AtomicBool::new(false));
     let (l, s) = (leases.to_vec(), stop.clone());
     let mut acquiring = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -431,23 +443,27 @@ async fn acquire_leases(leases: &[Arc<Leased>], rx: &mut UnboundedReceiver<ToCap
         }
         Ok(())
     });
+    let mut asked: EarlyAsk = None;
     loop {
         tokio::select! {
             r = &mut acquiring => {
                 r.map_err(|_| anyhow!("taking the replica's lease stopped unexpectedly"))??;
-                return Ok(true);
+                return Ok(Some((false, asked)));
             }
             m = rx.recv() => match m {
                 None | Some(ToCapture::Stop) => {
+                    // Stop waiting for another holder; a lease being taken is taken.
                     stop.store(true, Ordering::SeqCst);
-                    let _ = acquiring.await;
-                    let l = leases.to_vec();
-                    tokio::task::spawn_blocking(move || l.iter().for_each(|lease| lease.release())).await?;
-                    return Ok(false);
+                    match acquiring.await {
+                        Ok(Ok(())) => return Ok(Some((true, asked))),
+                        _ => {
+                            let l = leases.to_vec();
+                            tokio::task::spawn_blocking(move || l.iter().for_each(|lease| lease.release())).await?;
+                            return Ok(None);
+                        }
+                    }
                 }
-                Some(ToCapture::Sync { reply, .. }) => {
-                    let _ = reply.send(Err("waiting for another process to give up the replica's lease".into()));
-                }
+                Some(ToCapture::Sync { wait, reply }) => asked = Some((wait, reply)),
             },
         }
     }
