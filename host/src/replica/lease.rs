@@ -76,13 +76,14 @@ pub struct LeaseHeld {
 
 impl std::fmt::Display for LeaseHeld {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let since = self.since.map(|s| format!(" since {}", s.to_rfc3339())).unwrap_or_default();
+        let secs = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let since = self.since.map(|s| format!(" since {}", secs(&s))).unwrap_or_default();
         write!(
             f,
             "replica {} is being written by another process ({}{since}; its lease runs to {}): stop that process, or point this one at another replica path",
             self.replica,
             self.owner,
-            self.expires_at.to_rfc3339()
+            secs(&self.expires_at)
         )
     }
 }
