@@ -125,8 +125,19 @@ fn two_replicas_one_failing_then_catching_up() {
     let mut restored_at = Vec::new();
     for name in ["local", "offsite"] {
         let out = dir.path().join(format!("{name}.db"));
-        let o = sluice(&["restore", "-config", cfgs, "-replica", name, "-integrity-check", "full", "-json", "-o",
-                         out.to_str().unwrap(), dbs]);
+        let o = sluice(&[
+            "restore",
+            "-config",
+            cfgs,
+            "-replica",
+            name,
+            "-integrity-check",
+            "full",
+            "-json",
+            "-o",
+            out.to_str().unwrap(),
+            dbs,
+        ]);
         assert!(o.status.success(), "restore -replica {name}: {}", String::from_utf8_lossy(&o.stderr));
         integrity_ok(&out);
         assert_eq!(digest(&out), digest(&db), "replica {name} restores equal to the source");
@@ -198,7 +209,12 @@ fn a_replica_past_its_backlog_limit_restarts_from_a_snapshot() {
     let line = log.lines().find(|l| l.contains("over its backlog-limit")).unwrap();
     assert!(line.contains("offsite") && line.contains("1000"), "{line}");
     let direct = credentials_env(server.endpoint());
-    restore_and_check_with(&[&format!("s3://{BUCKET}/app")], &dir.path().join("offsite.db"), digest(&db), &env_refs(&direct));
+    restore_and_check_with(
+        &[&format!("s3://{BUCKET}/app")],
+        &dir.path().join("offsite.db"),
+        digest(&db),
+        &env_refs(&direct),
+    );
     restore_and_check(&[&file_url(&local)], &dir.path().join("local.db"), digest(&db));
 }
 
@@ -344,7 +360,10 @@ fn scheduled_restore_drills() {
     d.wait_for_log("restore drill failed", Duration::from_secs(10));
     let (_, log) = d.stop_with_status();
     let line = log.lines().find(|l| l.contains("restore drill failed")).unwrap();
-    assert!(line.contains("checksum") || line.contains("corrupt") || line.contains("invalid"), "names the cause: {line}");
+    assert!(
+        line.contains("checksum") || line.contains("corrupt") || line.contains("invalid"),
+        "names the cause: {line}"
+    );
 }
 
 /// `max-sync-ltx-files` (Litestream 0.5.15): at most that many L0 files go up in

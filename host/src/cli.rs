@@ -447,8 +447,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
         restore_if_db_not_exists: a.restore_if_db_not_exists,
         ..Default::default()
     };
-    opts.lease_wait =
-        a.lease_wait.as_deref().map(crate::config::parse_duration).transpose().context("-lease-wait")?;
+    opts.lease_wait = a.lease_wait.as_deref().map(crate::config::parse_duration).transpose().context("-lease-wait")?;
     let specs = match &a.db_path {
         Some(db) => {
             if a.config.config.is_some() {
@@ -542,7 +541,9 @@ fn resolve_replicas(
 ) -> Result<(Vec<(String, Box<dyn ReplicaClient>)>, Option<PathBuf>)> {
     if target.contains("://") && !target.starts_with("sqlite") {
         if choice.name.is_some() {
-            bail!("-replica NAME picks one of a database's replicas in the config file; with a replica URL, leave it out");
+            bail!(
+                "-replica NAME picks one of a database's replicas in the config file; with a replica URL, leave it out"
+            );
         }
         return Ok((vec![(String::new(), client_from_url(target, &Default::default())?)], None));
     }

@@ -51,7 +51,11 @@ impl Health {
     pub fn set_replicas(&self, replicas: &[(String, String)]) {
         *self.replicas.lock().unwrap() = replicas
             .iter()
-            .map(|(name, location)| ReplicaHealth { name: name.clone(), location: location.clone(), ..Default::default() })
+            .map(|(name, location)| ReplicaHealth {
+                name: name.clone(),
+                location: location.clone(),
+                ..Default::default()
+            })
             .collect();
     }
 
@@ -183,7 +187,9 @@ mod tests {
         a.set_replicas(&[("local".into(), "file:///l".into()), ("offsite".into(), "s3://b/p".into())]);
         a.record_replica_pass(1, Some("unreachable".into()));
         a.record_replica_pass(0, None);
-        assert!(all_healthy(now(), interval).unwrap_err().contains("replica offsite of /heartbeat-test/a.db is failing"));
+        assert!(
+            all_healthy(now(), interval).unwrap_err().contains("replica offsite of /heartbeat-test/a.db is failing")
+        );
         a.record_replica_pass(1, None);
         assert!(all_healthy(now(), interval).is_ok());
     }

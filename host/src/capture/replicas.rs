@@ -77,9 +77,7 @@ impl Replicas {
         let Ok(entries) = fs::read_dir(&self.l0_dir) else { return 0 };
         entries
             .flatten()
-            .filter(|e| {
-                ltx::parse_filename(&e.file_name().to_string_lossy()).is_some_and(|(_, max)| max > txid)
-            })
+            .filter(|e| ltx::parse_filename(&e.file_name().to_string_lossy()).is_some_and(|(_, max)| max > txid))
             .filter_map(|e| e.metadata().ok())
             .map(|m| m.len())
             .sum()

@@ -85,7 +85,6 @@ const DRILL: &[&str] = &["interval", "sql"];
 
 const REPLICA: &[&str] = &["type", "url", "path", "name"];
 
-
 /// Litestream keys whose behaviour Sluice always has: `auto-recover` (a missing or
 /// corrupt local LTX file always resets local state and writes a snapshot).
 const ALWAYS: &[&str] = &["auto-recover"];

@@ -1093,7 +1093,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_configs_with_a_reason() {
-        let same = "dbs:\n  - path: /a\n    replicas:\n      - {url: file:///x, name: a}\n      - {url: file:///y, name: a}\n";
+        let same =
+            "dbs:\n  - path: /a\n    replicas:\n      - {url: file:///x, name: a}\n      - {url: file:///y, name: a}\n";
         let e = Config::parse(same, false).unwrap().db_specs().err().unwrap();
         assert!(format!("{e:#}").contains("two replicas are named \"a\""), "{e:#}");
         let e = Config::parse("dbs: [ {path: /a", false).err().unwrap();

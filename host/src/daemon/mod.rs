@@ -768,8 +768,9 @@ fn run_once_leased(
     shared.replicas.register(replicas.len());
     shared.health.set_replicas(&replicas.iter().map(|r| (r.0.clone(), r.2.location())).collect::<Vec<_>>());
     for (i, (name, retention, client)) in replicas.into_iter().enumerate() {
-        let mut store =
-            Store::new(client, shared.clone(), store_opts.clone()).with_retention_plugin(retention).as_replica(i, &name, None);
+        let mut store = Store::new(client, shared.clone(), store_opts.clone())
+            .with_retention_plugin(retention)
+            .as_replica(i, &name, None);
         let context = || format!("replica {name}");
         while store.upload().with_context(context)? > 0 {}
         if opts.force_snapshot {

@@ -35,13 +35,13 @@ use tracing::{debug, error, info, warn};
 
 use super::{RunOptions, SyncAnswer, ToCapture, open_when_not_busy, reconcile};
 use crate::capture::db::{Db, Shared};
-use crate::restore::drill;
 use crate::daemon::spec::{DbSpec, DrillSpec};
 use crate::daemon::store::Store;
 use crate::ltx;
 use crate::replica::ReplicaClient;
 use crate::replica::lease::{ChangedHands, LeaseHeld, Leased};
 use crate::replica::metered::Metered;
+use crate::restore::drill;
 
 /// Longest wait between a retry and the next.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);

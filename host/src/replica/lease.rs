@@ -97,7 +97,11 @@ pub struct ChangedHands(pub String);
 
 impl std::fmt::Display for ChangedHands {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "replica {} was written by another process while this one did not hold its lease; starting over from the replica's state", self.0)
+        write!(
+            f,
+            "replica {} was written by another process while this one did not hold its lease; starting over from the replica's state",
+            self.0
+        )
     }
 }
 
@@ -150,9 +154,9 @@ fn me() -> (String, Holder) {
     (owner, holder)
 }
 
-/// Whether `doc`'s holder is a process of this machine that no longer runs.
-fn holder_is_gone(doc: &LockFile) -> bool {
-    let (me_owner, me_holder) = me();
+/// Whether `doc`'s holder is a process of this machine (`me_owner`, `me_holder`:
+/// this process, from [`me`]) that no longer runs.
+fn holder_is_gone(doc: &LockFile, me_owner: &str, me_holder: &Holder) -> bool {
     let (Some((host, pid)), Some(theirs)) = (doc.owner.rsplit_once(':'), &doc.sluice) else { return false };
     let Ok(pid) = pid.parse::<i32>() else { return false };
     let my_host = me_owner.rsplit_once(':').map_or("", |(h, _)| h);
@@ -205,7 +209,9 @@ impl Leased {
         if let Some(h) = st.held.take() {
             match self.inner.lease_delete(&h.tag) {
                 Ok(()) => info!(replica = %self.inner.location(), "lease released"),
-                Err(e) => warn!(replica = %self.inner.location(), "cannot release the lease (it expires by itself): {e:#}"),
+                Err(e) => {
+                    warn!(replica = %self.inner.location(), "cannot release the lease (it expires by itself): {e:#}")
+                }
             }
         }
     }
@@ -248,7 +254,7 @@ impl Leased {
                         )
                     })?;
                     let ours = doc.owner == owner && doc.sluice.as_ref().is_some_and(|h| h.boot_id == holder.boot_id);
-                    if !ours && doc.expires_at > Utc::now() && !holder_is_gone(&doc) {
+                    if !ours && doc.expires_at > Utc::now() && !holder_is_gone(&doc, &owner, &holder) {
                         return Err(LeaseHeld {
                             replica: self.inner.location(),
                             owner: doc.owner.clone(),
@@ -268,12 +274,8 @@ impl Leased {
                 // servers would create the bucket for a PUT).
                 self.inner.list(0)?;
             }
-            let doc = LockFile {
-                generation,
-                expires_at: Utc::now() + ttl,
-                owner,
-                sluice: Some(Holder { since, ..holder }),
-            };
+            let doc =
+                LockFile { generation, expires_at: Utc::now() + ttl, owner, sluice: Some(Holder { since, ..holder }) };
             match self.inner.lease_write(&serde_json::to_vec(&doc)?, expected.as_deref())? {
                 Conditional::Written(tag) => {
                     // Anyone else between our last generation and this one wrote there.
@@ -319,7 +321,14 @@ impl ReplicaClient for Leased {
     fn open(&self, level: u8, min_txid: u64, max_txid: u64) -> Result<Box<dyn Read + Send>> {
         self.inner.open(level, min_txid, max_txid)
     }
-    fn write(&self, level: u8, min_txid: u64, max_txid: u64, timestamp_ms: i64, data: &mut dyn Read) -> Result<FileInfo> {
+    fn write(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        data: &mut dyn Read,
+    ) -> Result<FileInfo> {
         self.ensure()?;
         self.inner.write(level, min_txid, max_txid, timestamp_ms, data)
     }

@@ -41,8 +41,8 @@ use md5::{Digest, Md5};
 use tracing::{debug, warn};
 
 use crate::ltx;
-use crate::replica::lease::{Conditional, LEASE_NAME};
 use crate::replica::layout::{Layout, LayoutSpec};
+use crate::replica::lease::{Conditional, LEASE_NAME};
 use crate::replica::{FileInfo, Object, ReplicaClient, SNAPSHOT_LEVEL};
 
 const MIN_PART_SIZE: u64 = 5 << 20;
