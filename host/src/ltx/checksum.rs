@@ -82,6 +82,11 @@ impl Rolling {
         self.folded ^= page(pgno, data);
     }
 
+    /// Takes out a page added before (folding is XOR, so this undoes `add`).
+    pub fn remove(&mut self, pgno: u32, data: &[u8]) {
+        self.folded ^= page(pgno, data);
+    }
+
     pub fn total(&self) -> u64 {
         self.folded | FLAG
     }

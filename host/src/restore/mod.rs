@@ -9,6 +9,7 @@
 //! fsynced and renamed to the output path.
 
 pub mod drill;
+mod output;
 pub mod v3;
 
 use std::fmt;
@@ -22,6 +23,8 @@ use chrono::{DateTime, Utc};
 
 use crate::fsutil::{fsync_dir, with_suffix};
 use crate::ltx;
+use crate::ltx::checksum::Rolling;
+use output::Output;
 use crate::replica::{FileInfo, ReplicaClient, SNAPSHOT_LEVEL};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -370,7 +373,17 @@ struct Applied {
 
 /// Applies one LTX file on top of `at` into `out`, checking that it continues the
 /// chain and holds every page the database grows into.
-fn apply_file<R: std::io::Read>(mut dec: ltx::Decoder<R>, at: Applied, out: &fs::File) -> Result<Applied> {
+///
+/// With `sum`, keeps the restored database's checksum current as pages change: a
+/// page's old checksum is taken out (read back, for the few pages a later file
+/// overwrites) and its new one put in, so the result is checked without reading the
+/// whole database back.
+fn apply_file<R: std::io::Read>(
+    mut dec: ltx::Decoder<R>,
+    at: Applied,
+    out: &fs::File,
+    mut sum: Option<&mut Rolling>,
+) -> Result<Applied> {
     let name = dec.name().to_string();
     let h = dec.header().clone();
     if at.txid == 0 {
@@ -390,18 +403,39 @@ fn apply_file<R: std::io::Read>(mut dec: ltx::Decoder<R>, at: Applied, out: &fs:
         0
     };
     let mut grown = 0u64;
-    let mut buf = Vec::new();
+    let (mut buf, mut old) = (Vec::new(), vec![0u8; page_size as usize]);
+    let mut highest = commit;
+    // Pages within one file are distinct, so an old page read back below is never
+    // one still pending in `w`.
+    let mut w = Output::new(out);
     while let Some(pgno) = dec.next_page(&mut buf)? {
-        out.write_all_at(&buf, (pgno as u64 - 1) * page_size as u64).context("cannot write the output")?;
+        let offset = (pgno as u64 - 1) * page_size as u64;
+        if let Some(sum) = sum.as_deref_mut().filter(|_| pgno != lock) {
+            if pgno <= commit {
+                out.read_exact_at(&mut old, offset).context("cannot read the output")?;
+                sum.remove(pgno, &old);
+            }
+            sum.add(pgno, &buf);
+        }
+        w.write_at(&buf, offset).context("cannot write the output")?;
         if pgno > commit {
             grown += 1;
         }
+        highest = highest.max(pgno);
     }
+    w.flush().context("cannot write the output")?;
     if grown != grown_expected {
         bail!(
             "LTX file {name}: the database grows from {commit} to {} pages but the file holds only {grown} of the new pages",
             h.commit
         );
+    }
+    if let Some(sum) = sum {
+        // Pages the database shrinks away from leave its checksum.
+        for pgno in (h.commit + 1..=highest).filter(|&p| p != lock) {
+            out.read_exact_at(&mut old, (pgno as u64 - 1) * page_size as u64).context("cannot read the output")?;
+            sum.remove(pgno, &old);
+        }
     }
     out.set_len(h.commit as u64 * page_size as u64)?;
     Ok(Applied { page_size, commit: h.commit, txid: h.max_txid, checksum: h.db_checksum })
@@ -441,16 +475,17 @@ fn apply_to(
         .open(tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut at = Applied::default();
+    let mut sum = Rolling::default();
     if client.kind() == "file" || plan.len() < 2 {
         for info in plan {
-            at = apply_file(open_checked(client, info)?, at, &out)?;
+            at = apply_file(open_checked(client, info)?, at, &out, Some(&mut sum))?;
             progress.applied(info);
         }
     } else {
-        at = apply_prefetched(client, plan, tmp, &out, window, progress)?;
+        at = apply_prefetched(client, plan, tmp, &out, window, progress, &mut sum)?;
     }
     if let Some(last) = plan.last() {
-        check_db_checksum(&out, at, last)?;
+        check_db_checksum(at, sum, last)?;
     }
     out.sync_all().with_context(|| format!("cannot fsync {}", tmp.display()))?;
     Ok(at.txid)
@@ -458,13 +493,11 @@ fn apply_to(
 
 /// Checks the restored database against the checksum its last file recorded, so
 /// that a replica that does not add up is refused rather than restored.
-fn check_db_checksum(out: &fs::File, at: Applied, last: &FileInfo) -> Result<()> {
+fn check_db_checksum(at: Applied, actual: Rolling, last: &FileInfo) -> Result<()> {
     if at.checksum == 0 {
         return Ok(());
     }
-    let actual = crate::ltx::checksum::of_file(out, at.page_size, at.commit)
-        .context("cannot read back the restored database")?;
-    if actual != at.checksum {
+    if actual.total() != at.checksum {
         bail!(
             "the restored database does not match the checksum recorded in LTX file {} (level {}): the replica is inconsistent; restore an earlier -txid, and run `sluice replicate` on the source to write a fresh snapshot",
             last.name(),
@@ -483,6 +516,7 @@ fn apply_prefetched(
     out: &fs::File,
     window: usize,
     progress: &dyn Progress,
+    sum: &mut Rolling,
 ) -> Result<Applied> {
     use std::sync::{Condvar, Mutex};
     struct Window {
@@ -538,7 +572,7 @@ fn apply_prefetched(
                 let name = format!("{} (level {})", info.name(), info.level);
                 let dec = ltx::Decoder::new(fs::File::open(&path)?, name.clone())?;
                 check_identity(dec.header(), info, &name)?;
-                let a = apply_file(dec, at, out);
+                let a = apply_file(dec, at, out, Some(&mut *sum));
                 let _ = fs::remove_file(&path);
                 a
             });
@@ -654,7 +688,7 @@ pub fn follow(
             let h = ltx::Decoder::new(fs::File::open(&staging)?, name.clone())?.verify()?;
             check_identity(&h, &info, &name)?;
             locker.execute_batch("BEGIN EXCLUSIVE")?;
-            let applied = apply_file(ltx::Decoder::new(fs::File::open(&staging)?, name)?, at, &out)
+            let applied = apply_file(ltx::Decoder::new(fs::File::open(&staging)?, name)?, at, &out, None)
                 .and_then(|a| mark_changed(&out).map(|_| a))
                 .and_then(|a| out.sync_all().map(|_| a).map_err(Into::into));
             locker.execute_batch("COMMIT")?;
@@ -791,6 +825,46 @@ mod tests {
 
     fn names(p: &[FileInfo]) -> Vec<(u8, u64, u64)> {
         p.iter().map(|f| (f.level, f.min_txid, f.max_txid)).collect()
+    }
+
+    /// An LTX file with the given pages, each filled with its own byte.
+    fn ltx_file(min: u64, max: u64, commit: u32, pages: &[(u32, u8)]) -> Vec<u8> {
+        let h = ltx::Header {
+            flags: ltx::HEADER_FLAG_NO_CHECKSUM,
+            page_size: 512,
+            commit,
+            min_txid: min,
+            max_txid: max,
+            timestamp: 1_795_552_803_992,
+            ..Default::default()
+        };
+        let mut enc = ltx::Encoder::new(Vec::new(), h).unwrap();
+        for &(pgno, fill) in pages {
+            enc.write_page(pgno, &[fill; 512]).unwrap();
+        }
+        enc.finish().unwrap().0
+    }
+
+    /// The checksum kept while applying (pages overwritten, the database growing,
+    /// then shrinking) equals the checksum of the file read back from scratch.
+    #[test]
+    fn running_checksum_equals_the_file_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.path().join("db")).unwrap();
+        let chain = [
+            ltx_file(1, 1, 4, &[(1, 1), (2, 2), (3, 3), (4, 4)]),
+            ltx_file(2, 2, 6, &[(2, 20), (5, 5), (6, 6)]),
+            ltx_file(3, 3, 3, &[(1, 10), (3, 30)]),
+            ltx_file(4, 4, 5, &[(4, 40), (5, 50)]),
+        ];
+        let (mut at, mut sum) = (Applied::default(), Rolling::default());
+        for (i, bytes) in chain.iter().enumerate() {
+            let dec = ltx::Decoder::new(std::io::Cursor::new(bytes.clone()), format!("file {i}")).unwrap();
+            at = apply_file(dec, at, &out, Some(&mut sum)).unwrap();
+            let read_back = crate::ltx::checksum::of_file(&out, 512, at.commit).unwrap();
+            assert_eq!(sum.total(), read_back, "after file {i}");
+        }
+        assert_eq!((at.commit, at.txid), (5, 4));
     }
 
     #[test]
