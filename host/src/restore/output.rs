@@ -50,7 +50,7 @@ impl<'a> Output<'a> {
         self.file.write_all_at(&self.run, self.run_at)?;
         self.since_writeback += self.run.len() as u64;
         self.run.clear();
-        if std::env::var_os("NOWB").is_none() && self.since_writeback >= WRITEBACK_EVERY {
+        if self.since_writeback >= WRITEBACK_EVERY {
             self.since_writeback = 0;
             start_writeback(self.file);
         }

@@ -18,7 +18,6 @@
 
 use std::io::{self, Read};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aws_sdk_s3::config::{
@@ -388,6 +387,9 @@ macro_rules! with_sse_c {
             .set_sse_customer_key_md5(sse.map(|c| c.key_md5.clone()))
     }};
 }
+
+mod reader;
+use reader::{ObjectReader, ReadHandle};
 
 #[derive(Clone)]
 struct SseC {
@@ -824,14 +826,18 @@ impl S3Client {
         }
     }
 
-    async fn get_async(&self, key: &str, offset: u64) -> Result<(ByteStream, u64)> {
-        let mut req = self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes={offset}-"));
+    /// GETs the object's first part: (body, bytes in it, the object's size).
+    async fn get_first(&self, key: &str) -> Result<(ByteStream, u64, u64)> {
+        let mut req =
+            self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes=0-{}", reader::PART_BYTES - 1));
         req = with_sse_c!(req, self.sse_c);
         match req.send().await {
             Ok(r) => {
                 self.check_transform(key, r.metadata().and_then(|m| m.get(TRANSFORM_META)).map(String::as_str))?;
-                let len = r.content_length().unwrap_or(0).max(0) as u64;
-                Ok((r.body, len))
+                let part = r.content_length().unwrap_or(0).max(0) as u64;
+                // A server that ignores the range sends the whole object.
+                let len = reader::total_size(r.content_range()).unwrap_or(part);
+                Ok((r.body, part, len))
             }
             Err(e) if is_not_found(&e) => bail!("{} does not exist in the replica", self.what(key)),
             Err(e) => Err(explain(e, "s3:GetObject", &self.what(key), &self.endpoint)),
@@ -1189,96 +1195,16 @@ impl ReplicaClient for S3Client {
 }
 
 impl S3Client {
-    /// Reads an object from its start, resuming with ranged reads if cut off.
+    /// Reads an object from its start (see [`reader::ObjectReader`]).
     fn reader(&self, key: String) -> Result<Box<dyn Read + Send>> {
-        let (body, len) = runtime().block_on(self.get_async(&key, 0))?;
-        Ok(Box::new(ObjectReader {
-            client: self.clone_handle(),
-            key,
-            body: Some(body),
-            chunk: Bytes::new(),
-            offset: 0,
-            len,
-        }))
-    }
-
-    fn clone_handle(&self) -> ReadHandle {
-        ReadHandle {
+        let (body, first, len) = runtime().block_on(self.get_first(&key))?;
+        let handle = ReadHandle {
             inner: self.client.clone(),
             bucket: self.bucket.clone(),
             sse_c: self.sse_c.clone(),
             endpoint: self.endpoint.clone(),
-        }
-    }
-}
-
-struct ReadHandle {
-    inner: aws_sdk_s3::Client,
-    bucket: String,
-    sse_c: Option<SseC>,
-    endpoint: String,
-}
-
-/// Streams an object; if the connection breaks mid-way, it resumes from the byte
-/// it reached with a ranged GET (up to five times per object).
-struct ObjectReader {
-    client: ReadHandle,
-    key: String,
-    body: Option<ByteStream>,
-    chunk: Bytes,
-    offset: u64,
-    len: u64,
-}
-
-impl ObjectReader {
-    fn reopen(&mut self) -> io::Result<()> {
-        let c = &self.client;
-        let mut req = c.inner.get_object().bucket(&c.bucket).key(&self.key).range(format!("bytes={}-", self.offset));
-        req = with_sse_c!(req, c.sse_c);
-        let what = format!("s3://{}/{}", c.bucket, self.key);
-        let r = runtime()
-            .block_on(req.send())
-            .map_err(|e| io::Error::other(explain(e, "s3:GetObject", &what, &c.endpoint).to_string()))?;
-        self.body = Some(r.body);
-        Ok(())
-    }
-}
-
-impl Read for ObjectReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut resumes = 0;
-        while self.chunk.is_empty() {
-            if self.offset >= self.len {
-                return Ok(0);
-            }
-            let failure = match self.body.as_mut() {
-                None => match self.reopen() {
-                    Ok(()) => continue,
-                    Err(e) => e.to_string(),
-                },
-                Some(b) => match runtime().block_on(b.try_next()) {
-                    Ok(Some(c)) => {
-                        self.chunk = c;
-                        continue;
-                    }
-                    Ok(None) => "the object ended early".to_string(),
-                    Err(e) => e.to_string(),
-                },
-            };
-            // Resume from the byte reached, with a ranged GET.
-            resumes += 1;
-            if resumes > READ_RESUMES {
-                return Err(io::Error::other(format!("download of {} failed: {failure}", self.key)));
-            }
-            warn!(key = %self.key, offset = self.offset, "download interrupted, resuming: {failure}");
-            self.body = None;
-            std::thread::sleep(Duration::from_millis(200 * resumes as u64));
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk[..n]);
-        let _ = self.chunk.split_to(n);
-        self.offset += n as u64;
-        Ok(n)
+        };
+        Ok(Box::new(ObjectReader::new(handle, key, body, first, len)))
     }
 }
 
