@@ -24,8 +24,8 @@ use chrono::{DateTime, Utc};
 use crate::fsutil::{fsync_dir, with_suffix};
 use crate::ltx;
 use crate::ltx::checksum::Rolling;
-use output::Output;
 use crate::replica::{FileInfo, ReplicaClient, SNAPSHOT_LEVEL};
+use output::Output;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IntegrityCheck {
@@ -850,7 +850,8 @@ mod tests {
     #[test]
     fn running_checksum_equals_the_file_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let out = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.path().join("db")).unwrap();
+        let out =
+            OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.path().join("db")).unwrap();
         let chain = [
             ltx_file(1, 1, 4, &[(1, 1), (2, 2), (3, 3), (4, 4)]),
             ltx_file(2, 2, 6, &[(2, 20), (5, 5), (6, 6)]),

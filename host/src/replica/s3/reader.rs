@@ -153,7 +153,10 @@ impl Read for ObjectReader {
                 self.body = None;
                 self.ask_ahead();
                 let Some(part) = self.ahead.pop_front() else {
-                    return Err(io::Error::other(format!("download of {}: no part covers byte {}", self.key, self.offset)));
+                    return Err(io::Error::other(format!(
+                        "download of {}: no part covers byte {}",
+                        self.key, self.offset
+                    )));
                 };
                 let (bytes, permit) = runtime().block_on(part).map_err(io::Error::other)??;
                 self.chunk = bytes;
