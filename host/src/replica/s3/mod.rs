@@ -877,9 +877,14 @@ impl S3Client {
 }
 
 /// Reads up to `n` bytes (fewer only at end of input).
+/// Reads up to `n` bytes. The buffer is reserved whole (pages never written are
+/// never resident) and trimmed to what was read, so that no part grows by
+/// doubling: growing 1 → 8 MiB for a 5 MiB part held a copy of each size on the way,
+/// for every part in flight.
 fn read_chunk(r: &mut dyn Read, n: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(n.min(1 << 20));
+    let mut buf = Vec::with_capacity(n);
     r.take(n as u64).read_to_end(&mut buf)?;
+    buf.shrink_to_fit();
     Ok(buf)
 }
 
