@@ -221,12 +221,22 @@ fn large_snapshot_uses_multipart() {
     assert!(size > 2 * 5242880, "snapshot of {size} bytes spans three parts");
     restore_and_check_with(&[&format!("s3://{BUCKET}/big")], &dir.path().join("r.db"), digest(&db), &envr);
 
-    // More changes, then a restore (several files, downloaded in parallel) through a
-    // proxy that keeps cutting connections: downloads resume, the result is exact.
-    write(&db, &["randomfill", "3"]);
+    // More changes: one transaction larger than a part, so that its L0 file goes up
+    // as a multipart upload sent from the local file. Then a restore (several files,
+    // downloaded in parallel) through a proxy that keeps cutting connections:
+    // downloads resume, the result is exact.
+    write(&db, &["randomfill", "7"]);
     write(&db, &["steps", "0", "3"]);
     let o = sluice_with(&["replicate", "-once", db.to_str().unwrap(), &url], &envr);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l0_sizes: Vec<u64> = fs::read_dir(server.object_path(BUCKET, "big/0000"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ltx"))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("0000000000000001-"))
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    assert!(l0_sizes.iter().any(|&n| n > 5242880), "an L0 file spans two parts: {l0_sizes:?}");
     let proxy = FaultProxy::start(server.port);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let toggler = {

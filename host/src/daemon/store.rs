@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -316,8 +316,9 @@ impl Store {
         let mut n = 0;
         for txid in remote + 1..=last {
             let path = self.shared.l0_path(txid);
-            let f = match File::open(&path) {
-                Ok(f) => f,
+            // Opened first to tell a file retention took from one that cannot be read.
+            match File::open(&path) {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound && self.has_peers() => {
                     // The others' retention took it (this replica fell too far behind,
                     // or start-up took the position from a replica ahead of this one).
@@ -336,8 +337,7 @@ impl Store {
                 Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
             };
             let header = ltx::read_header_file(&path)?;
-            let mut r = BufReader::with_capacity(256 * 1024, f);
-            let info = self.client.write(0, txid, txid, header.timestamp, &mut r).with_context(|| {
+            let info = self.client.write_file(0, txid, txid, header.timestamp, &path).with_context(|| {
                 format!("cannot upload L0 file {} to {}", ltx::format_txid(txid), self.client.location())
             })?;
             crate::failpoint::hit("upload-stored");
@@ -491,14 +491,23 @@ impl Store {
         let decoders = inputs.iter().map(|f| self.open_input(f)).collect::<Result<Vec<_>>>()?;
         let header =
             crate::ltx::merge::merged_header(&decoders.iter().map(|d| d.header().clone()).collect::<Vec<_>>())?;
-        let mut pipe = PipeReader::spawn(move |w| {
-            merge(decoders, w)?;
+        // Merged into a local file first, so that the upload sends it from disk part
+        // by part rather than holding parts of a large merge in memory. Its name
+        // ends in `.ltx.tmp`: if the process dies here, the next start removes it.
+        let tmp = self.shared.l0_dir.join(format!("compacting-{level}-{}.ltx.tmp", self.index));
+        let merged = (|| -> Result<()> {
+            let mut w = std::io::BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+            merge(decoders, &mut w)?;
+            w.flush()?;
             Ok(())
-        })?;
-        let info = self
-            .client
-            .write(level, header.min_txid, header.max_txid, header.timestamp, &mut pipe)
-            .with_context(|| format!("cannot write compacted file to level {level}"))?;
+        })();
+        let written = merged.and_then(|()| {
+            self.client
+                .write_file(level, header.min_txid, header.max_txid, header.timestamp, &tmp)
+                .with_context(|| format!("cannot write compacted file to level {level}"))
+        });
+        let _ = std::fs::remove_file(&tmp);
+        let info = written?;
         crate::failpoint::hit("compaction-stored");
         info!(db = %self.shared.path.display(), level, file = %info.name(), inputs = inputs.len(), "compacted");
         self.files()?[level as usize].push(info);

@@ -332,6 +332,17 @@ impl ReplicaClient for Leased {
         self.ensure()?;
         self.inner.write(level, min_txid, max_txid, timestamp_ms, data)
     }
+    fn write_file(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        path: &std::path::Path,
+    ) -> Result<FileInfo> {
+        self.ensure()?;
+        self.inner.write_file(level, min_txid, max_txid, timestamp_ms, path)
+    }
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
         self.ensure()?;
         self.inner.delete(level, files)

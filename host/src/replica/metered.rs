@@ -67,6 +67,23 @@ impl ReplicaClient for Metered {
         r
     }
 
+    fn write_file(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        path: &std::path::Path,
+    ) -> Result<FileInfo> {
+        let start = Instant::now();
+        let r = self.inner.write_file(level, min_txid, max_txid, timestamp_ms, path);
+        self.observe("PUT", start, &r);
+        if let Ok(f) = &r {
+            metrics().op_bytes.with_label_values(&[self.inner.kind(), "PUT"]).inc_by(f.size);
+        }
+        r
+    }
+
     fn list_with_timestamps(&self, level: u8) -> Result<Vec<FileInfo>> {
         let start = Instant::now();
         let r = self.inner.list_with_timestamps(level);

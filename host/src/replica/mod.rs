@@ -12,7 +12,7 @@ pub mod transform;
 use std::fmt;
 use std::io::Read;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 
 /// The level full snapshots live at.
@@ -89,6 +89,22 @@ pub trait ReplicaClient: Send + Sync {
         timestamp_ms: i64,
         data: &mut dyn Read,
     ) -> Result<FileInfo>;
+
+    /// Stores the local file at `path`, as [`ReplicaClient::write`] does. A backend
+    /// that can send a file without holding it in memory (S3: each part is read
+    /// from disk as it goes out) overrides this; a decorator that changes the bytes
+    /// (a transform) keeps this default, which streams the file through `write`.
+    fn write_file(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        path: &std::path::Path,
+    ) -> Result<FileInfo> {
+        let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        self.write(level, min_txid, max_txid, timestamp_ms, &mut std::io::BufReader::with_capacity(256 * 1024, f))
+    }
 
     /// Deletes files of one level; missing files are not an error.
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()>;

@@ -667,11 +667,10 @@ impl S3Client {
         Ok(out)
     }
 
-    async fn put_async(&self, key: &str, timestamp_ms: i64, data: &mut dyn Read) -> Result<u64> {
+    async fn put_async(&self, key: &str, timestamp_ms: i64, mut src: Source<'_>) -> Result<u64> {
         let meta = format_metadata_timestamp(timestamp_ms);
-        let first = read_chunk(data, self.part_size as usize)?;
-        if (first.len() as u64) < self.part_size {
-            let len = first.len() as u64;
+        let (first, len) = src.next_part(self.part_size).await?;
+        if len < self.part_size {
             let mut req = self
                 .client
                 .put_object()
@@ -680,7 +679,7 @@ impl S3Client {
                 .content_length(len as i64)
                 .metadata("litestream-timestamp", &meta)
                 .set_metadata(self.metadata(&meta))
-                .body(ByteStream::from(first))
+                .body(first)
                 .set_storage_class(self.storage_class.clone());
             req = with_sse_c!(req, self.sse_c);
             if let Some(k) = &self.sse_kms_key_id {
@@ -691,10 +690,10 @@ impl S3Client {
             customized.send().await.map_err(|e| explain(e, "s3:PutObject", &self.what(key), &self.endpoint))?;
             return Ok(len);
         }
-        self.multipart(key, &meta, first, data).await
+        self.multipart(key, &meta, (first, len), src).await
     }
 
-    async fn multipart(&self, key: &str, meta: &str, first: Vec<u8>, data: &mut dyn Read) -> Result<u64> {
+    async fn multipart(&self, key: &str, meta: &str, first: (ByteStream, u64), src: Source<'_>) -> Result<u64> {
         let mut req = self
             .client
             .create_multipart_upload()
@@ -708,7 +707,7 @@ impl S3Client {
         }
         let created = req.send().await.map_err(|e| explain(e, "s3:PutObject", &self.what(key), &self.endpoint))?;
         let upload_id = created.upload_id().ok_or_else(|| anyhow!("S3 returned no upload id for {key}"))?.to_string();
-        let result = self.upload_parts(key, &upload_id, first, data).await;
+        let result = self.upload_parts(key, &upload_id, first, src).await;
         match result {
             Ok((parts, total)) => {
                 let done = self
@@ -741,16 +740,16 @@ impl S3Client {
         &self,
         key: &str,
         upload_id: &str,
-        first: Vec<u8>,
-        data: &mut dyn Read,
+        first: (ByteStream, u64),
+        mut src: Source<'_>,
     ) -> Result<(Vec<CompletedPart>, u64)> {
         let mut tasks = tokio::task::JoinSet::new();
         let mut parts = Vec::new();
-        let mut chunk = first;
+        let (mut chunk, mut len) = first;
         let mut number = 1i32;
         let mut total = 0u64;
         loop {
-            total += chunk.len() as u64;
+            total += len;
             let mut req = self
                 .client
                 .upload_part()
@@ -758,8 +757,8 @@ impl S3Client {
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number)
-                .content_length(chunk.len() as i64)
-                .body(ByteStream::from(Bytes::from(chunk)));
+                .content_length(len as i64)
+                .body(chunk);
             req = with_sse_c!(req, self.sse_c);
             let sign = self.sign_payload;
             let what = self.what(key);
@@ -774,8 +773,8 @@ impl S3Client {
             if tasks.len() >= self.concurrency {
                 parts.push(tasks.join_next().await.expect("a task is running")??);
             }
-            chunk = read_chunk(data, self.part_size as usize)?;
-            if chunk.is_empty() {
+            (chunk, len) = src.next_part(self.part_size).await?;
+            if len == 0 {
                 break;
             }
             number += 1;
@@ -886,6 +885,42 @@ fn read_chunk(r: &mut dyn Read, n: usize) -> io::Result<Vec<u8>> {
     r.take(n as u64).read_to_end(&mut buf)?;
     buf.shrink_to_fit();
     Ok(buf)
+}
+
+/// What an upload sends: a stream, read part by part into memory, or a local file,
+/// each part of which the SDK reads from disk as it signs and sends it (and again on
+/// a retry), so that no part is held in memory.
+enum Source<'a> {
+    Stream(&'a mut dyn Read),
+    File { path: &'a std::path::Path, len: u64, at: u64 },
+}
+
+impl Source<'_> {
+    /// The next part of at most `n` bytes and its length (0 at the end).
+    async fn next_part(&mut self, n: u64) -> Result<(ByteStream, u64)> {
+        match self {
+            Source::Stream(r) => {
+                let chunk = read_chunk(&mut **r, n as usize)?;
+                let len = chunk.len() as u64;
+                Ok((ByteStream::from(Bytes::from(chunk)), len))
+            }
+            Source::File { path, len, at } => {
+                let part = n.min(*len - *at);
+                if part == 0 {
+                    return Ok((ByteStream::from_static(b""), 0));
+                }
+                let body = ByteStream::read_from()
+                    .path(*path)
+                    .offset(*at)
+                    .length(aws_smithy_types::byte_stream::Length::Exact(part))
+                    .build()
+                    .await
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                *at += part;
+                Ok((body, part))
+            }
+        }
+    }
 }
 
 async fn build_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3::Client> {
@@ -1063,7 +1098,22 @@ impl ReplicaClient for S3Client {
         data: &mut dyn Read,
     ) -> Result<FileInfo> {
         let key = self.new_key(level, min_txid, max_txid, timestamp_ms)?;
-        let size = runtime().block_on(self.put_async(&key, timestamp_ms, data))?;
+        let size = runtime().block_on(self.put_async(&key, timestamp_ms, Source::Stream(data)))?;
+        let created_at = Utc.timestamp_millis_opt(timestamp_ms).single().unwrap_or_default();
+        Ok(FileInfo { level, min_txid, max_txid, size, created_at })
+    }
+
+    fn write_file(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+        path: &std::path::Path,
+    ) -> Result<FileInfo> {
+        let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+        let key = self.new_key(level, min_txid, max_txid, timestamp_ms)?;
+        let size = runtime().block_on(self.put_async(&key, timestamp_ms, Source::File { path, len, at: 0 }))?;
         let created_at = Utc.timestamp_millis_opt(timestamp_ms).single().unwrap_or_default();
         Ok(FileInfo { level, min_txid, max_txid, size, created_at })
     }
