@@ -19,6 +19,17 @@ impl Metered {
         Metered { inner }
     }
 
+    /// Times an upload and counts its bytes.
+    fn put(&self, upload: impl FnOnce() -> Result<FileInfo>) -> Result<FileInfo> {
+        let start = Instant::now();
+        let r = upload();
+        self.observe("PUT", start, &r);
+        if let Ok(f) = &r {
+            metrics().op_bytes.with_label_values(&[self.inner.kind(), "PUT"]).inc_by(f.size);
+        }
+        r
+    }
+
     fn observe<T>(&self, op: &str, start: Instant, r: &Result<T>) {
         let m = metrics();
         let l = [self.inner.kind(), op];
@@ -75,13 +86,7 @@ impl ReplicaClient for Metered {
         timestamp_ms: i64,
         path: &std::path::Path,
     ) -> Result<FileInfo> {
-        let start = Instant::now();
-        let r = self.inner.write_file(level, min_txid, max_txid, timestamp_ms, path);
-        self.observe("PUT", start, &r);
-        if let Ok(f) = &r {
-            metrics().op_bytes.with_label_values(&[self.inner.kind(), "PUT"]).inc_by(f.size);
-        }
-        r
+        self.put(|| self.inner.write_file(level, min_txid, max_txid, timestamp_ms, path))
     }
 
     fn list_with_timestamps(&self, level: u8) -> Result<Vec<FileInfo>> {
@@ -106,13 +111,7 @@ impl ReplicaClient for Metered {
         timestamp_ms: i64,
         data: &mut dyn Read,
     ) -> Result<FileInfo> {
-        let start = Instant::now();
-        let r = self.inner.write(level, min_txid, max_txid, timestamp_ms, data);
-        self.observe("PUT", start, &r);
-        if let Ok(f) = &r {
-            metrics().op_bytes.with_label_values(&[self.inner.kind(), "PUT"]).inc_by(f.size);
-        }
-        r
+        self.put(|| self.inner.write(level, min_txid, max_txid, timestamp_ms, data))
     }
 
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {

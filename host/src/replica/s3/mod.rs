@@ -1097,10 +1097,7 @@ impl ReplicaClient for S3Client {
         timestamp_ms: i64,
         data: &mut dyn Read,
     ) -> Result<FileInfo> {
-        let key = self.new_key(level, min_txid, max_txid, timestamp_ms)?;
-        let size = runtime().block_on(self.put_async(&key, timestamp_ms, Source::Stream(data)))?;
-        let created_at = Utc.timestamp_millis_opt(timestamp_ms).single().unwrap_or_default();
-        Ok(FileInfo { level, min_txid, max_txid, size, created_at })
+        self.store(level, min_txid, max_txid, timestamp_ms, Source::Stream(data))
     }
 
     fn write_file(
@@ -1112,10 +1109,7 @@ impl ReplicaClient for S3Client {
         path: &std::path::Path,
     ) -> Result<FileInfo> {
         let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
-        let key = self.new_key(level, min_txid, max_txid, timestamp_ms)?;
-        let size = runtime().block_on(self.put_async(&key, timestamp_ms, Source::File { path, len, at: 0 }))?;
-        let created_at = Utc.timestamp_millis_opt(timestamp_ms).single().unwrap_or_default();
-        Ok(FileInfo { level, min_txid, max_txid, size, created_at })
+        self.store(level, min_txid, max_txid, timestamp_ms, Source::File { path, len, at: 0 })
     }
 
     fn list_keys(&self, prefix: &str) -> Result<Vec<Object>> {
@@ -1250,6 +1244,14 @@ impl ReplicaClient for S3Client {
 }
 
 impl S3Client {
+    /// Uploads `src` as a new file of `level` (see `ReplicaClient::write`).
+    fn store(&self, level: u8, min_txid: u64, max_txid: u64, timestamp_ms: i64, src: Source<'_>) -> Result<FileInfo> {
+        let key = self.new_key(level, min_txid, max_txid, timestamp_ms)?;
+        let size = runtime().block_on(self.put_async(&key, timestamp_ms, src))?;
+        let created_at = Utc.timestamp_millis_opt(timestamp_ms).single().unwrap_or_default();
+        Ok(FileInfo { level, min_txid, max_txid, size, created_at })
+    }
+
     /// Reads an object from its start (see [`reader::ObjectReader`]).
     fn reader(&self, key: String) -> Result<Box<dyn Read + Send>> {
         let (body, first, len) = runtime().block_on(self.get_first(&key))?;
