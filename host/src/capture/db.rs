@@ -885,11 +885,6 @@ impl Db {
             (false, None) => self.live_sums(&wal_file, hdr, end, commit)?,
         };
         let mut buf = vec![0u8; page_size as usize];
-        for (&pgno, &off) in &pages {
-            read_page(&h.db_file, &wal_file, pgno, (off != FROM_DB).then_some(off), &mut buf, &self.path)?;
-            sums.set(pgno, &buf);
-        }
-        sums.truncate(commit);
 
         let txid = self.txid() + 1;
         let header = Header {
@@ -903,30 +898,37 @@ impl Db {
             wal_size: (end - start) as i64,
             wal_salt1: hdr.salt1,
             wal_salt2: hdr.salt2,
-            db_checksum: sums.total(),
+            // Filled in below, once every page has been read.
+            db_checksum: 0,
             ..Default::default()
         };
         let path = self.l0_path(txid);
         let tmp = path.with_extension("ltx.tmp");
-        let written = (|| -> Result<u64> {
+        // Each page is read once, for the running database checksum and the file.
+        let written = (|| -> Result<(u64, u64)> {
             let out = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
             let mut enc = ltx::Encoder::new(out, header.clone())?;
             for (&pgno, &off) in &pages {
                 read_page(&h.db_file, &wal_file, pgno, (off != FROM_DB).then_some(off), &mut buf, &self.path)?;
+                sums.set(pgno, &buf);
                 enc.write_page(pgno, &buf)?;
             }
-            let (w, size) = enc.finish()?;
+            sums.truncate(commit);
+            let total = sums.total();
+            enc.set_db_checksum(total);
+            let (w, size) = enc.finish_rewriting_header()?;
             let f = w.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
-            Ok(size)
+            Ok((size, total))
         })();
-        let size = match written {
+        let (size, db_checksum) = match written {
             Ok(s) => s,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 return Err(e.context(format!("cannot write local LTX file {}", path.display())));
             }
         };
+        let header = Header { db_checksum, ..header };
         crate::failpoint::hit("l0-written");
         fs::rename(&tmp, &path)?;
         fsync_dir(&self.l0_dir())?;

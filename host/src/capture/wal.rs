@@ -126,13 +126,23 @@ pub fn read_frame_header_at(f: &File, offset: u64) -> io::Result<Option<FrameHea
 }
 
 /// Walks valid frames forward from a starting offset, checking salts and checksums.
+/// It reads the log a window of frames at a time (one system call per
+/// [`WINDOW_BYTES`], not per frame); frames past the window are read again on the
+/// next refill, so a log being appended to is seen as it grows.
 pub struct FrameReader<'a> {
     file: &'a File,
     header: WalHeader,
     offset: u64,
     checksum: (u32, u32),
-    buf: Vec<u8>,
+    /// Bytes of the log from `win_at` on, as read by the last refill.
+    win: Vec<u8>,
+    win_at: u64,
+    /// Where the current frame starts in `win`.
+    cur: usize,
 }
+
+/// About how much of the log one read brings in (at least one frame).
+pub const WINDOW_BYTES: u64 = 256 * 1024;
 
 impl<'a> FrameReader<'a> {
     /// Reads from the first frame; the chain is seeded by the header checksum.
@@ -142,7 +152,9 @@ impl<'a> FrameReader<'a> {
             header,
             offset: HEADER_SIZE,
             checksum: (header.checksum1, header.checksum2),
-            buf: vec![0; header.frame_size() as usize],
+            win: Vec::new(),
+            win_at: HEADER_SIZE,
+            cur: 0,
         }
     }
 
@@ -168,7 +180,9 @@ impl<'a> FrameReader<'a> {
             header,
             offset,
             checksum: (prev.checksum1, prev.checksum2),
-            buf: vec![0; fs as usize],
+            win: Vec::new(),
+            win_at: offset,
+            cur: 0,
         }))
     }
 
@@ -180,28 +194,52 @@ impl<'a> FrameReader<'a> {
     /// Reads and validates the next frame; `None` at the end of the valid log.
     /// On success the frame's page data is available from [`FrameReader::page`].
     pub fn next_frame(&mut self) -> io::Result<Option<(u64, FrameHeader)>> {
-        match self.file.read_exact_at(&mut self.buf, self.offset) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e),
+        let fs = self.header.frame_size();
+        if self.offset + fs > self.win_at + self.win.len() as u64 && !self.refill()? {
+            return Ok(None);
         }
-        let fh = FrameHeader::parse(&self.buf[..FRAME_HEADER_SIZE as usize]);
+        let cur = (self.offset - self.win_at) as usize;
+        let frame = &self.win[cur..cur + fs as usize];
+        let fh = FrameHeader::parse(&frame[..FRAME_HEADER_SIZE as usize]);
         if (fh.salt1, fh.salt2) != self.header.salts() || fh.pgno == 0 {
             return Ok(None);
         }
-        let c = wal_checksum(self.header.big_endian, self.checksum, &self.buf[..8]);
-        let c = wal_checksum(self.header.big_endian, c, &self.buf[FRAME_HEADER_SIZE as usize..]);
+        let c = wal_checksum(self.header.big_endian, self.checksum, &frame[..8]);
+        let c = wal_checksum(self.header.big_endian, c, &frame[FRAME_HEADER_SIZE as usize..]);
         if c != (fh.checksum1, fh.checksum2) {
             return Ok(None);
         }
         self.checksum = c;
+        self.cur = cur;
         let at = self.offset;
-        self.offset += self.header.frame_size();
+        self.offset += fs;
         Ok(Some((at, fh)))
     }
 
+    /// Reads a new window starting at the next frame; false if not even one whole
+    /// frame is there.
+    fn refill(&mut self) -> io::Result<bool> {
+        let fs = self.header.frame_size();
+        let want = (WINDOW_BYTES / fs).max(1) * fs;
+        self.win.resize(want as usize, 0);
+        let mut got = 0;
+        while got < self.win.len() {
+            match self.file.read_at(&mut self.win[got..], self.offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.win.truncate(got);
+        self.win_at = self.offset;
+        Ok(got as u64 >= fs)
+    }
+
+    /// The page of the frame last returned by [`FrameReader::next_frame`].
     pub fn page(&self) -> &[u8] {
-        &self.buf[FRAME_HEADER_SIZE as usize..]
+        let start = self.cur + FRAME_HEADER_SIZE as usize;
+        &self.win[start..start + self.header.page_size as usize]
     }
 }
 
@@ -240,5 +278,54 @@ mod tests {
         let mut r = FrameReader::from_start(&f, h);
         assert!(r.next_frame().unwrap().is_some());
         assert!(r.next_frame().unwrap().is_none());
+    }
+
+    /// A log spanning many windows reads the same frames, with the same pages, as
+    /// one read per frame; a log cut inside a frame ends at the last whole frame, and
+    /// frames appended after a read are seen by the next `next_frame`.
+    #[test]
+    fn windows_read_every_frame_and_see_the_log_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA page_size=4096; PRAGMA journal_mode=wal; PRAGMA wal_autocheckpoint=0;").unwrap();
+        conn.execute_batch("CREATE TABLE t(x);").unwrap();
+        for i in 0..200 {
+            conn.execute("INSERT INTO t VALUES (randomblob(3000 + ?1))", [i]).unwrap();
+        }
+        let wal_path = dir.path().join("t.db-wal");
+        let h = read_header(&wal_path).unwrap().unwrap();
+        let bytes = std::fs::read(&wal_path).unwrap();
+        let fs = h.frame_size();
+        let n = (bytes.len() as u64 - HEADER_SIZE) / fs;
+        assert!(n * fs > 3 * WINDOW_BYTES, "the log spans several windows");
+        let f = File::open(&wal_path).unwrap();
+        let mut r = FrameReader::from_start(&f, h);
+        let mut seen = 0;
+        while let Some((off, fh)) = r.next_frame().unwrap() {
+            assert_eq!(off, HEADER_SIZE + seen * fs);
+            let at = off as usize;
+            assert_eq!(fh, FrameHeader::parse(&bytes[at..at + FRAME_HEADER_SIZE as usize]));
+            assert_eq!(r.page(), &bytes[at + FRAME_HEADER_SIZE as usize..at + fs as usize]);
+            seen += 1;
+        }
+        assert_eq!(seen, n);
+
+        // Cut inside frame 100; then the rest of the log arrives.
+        let grow = dir.path().join("grow-wal");
+        let cut = (HEADER_SIZE + 100 * fs + 50) as usize;
+        std::fs::write(&grow, &bytes[..cut]).unwrap();
+        let f = std::fs::OpenOptions::new().append(true).read(true).open(&grow).unwrap();
+        let mut r = FrameReader::from_start(&f, h);
+        let mut seen = 0;
+        while r.next_frame().unwrap().is_some() {
+            seen += 1;
+        }
+        assert_eq!(seen, 100);
+        std::io::Write::write_all(&mut &f, &bytes[cut..]).unwrap();
+        while r.next_frame().unwrap().is_some() {
+            seen += 1;
+        }
+        assert_eq!(seen, n);
     }
 }

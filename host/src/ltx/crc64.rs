@@ -30,6 +30,12 @@ impl Crc64 {
     }
 }
 
+/// The checksum of `a ++ b` from the checksum of `a`, the checksum of `b`, and the
+/// length of `b`: lets a writer checksum a header it only fills in at the end.
+pub fn combine(sum_a: u64, sum_b: u64, len_b: u64) -> u64 {
+    crc_fast::checksum_combine(crc_fast::CrcAlgorithm::Crc64GoIso, sum_a, sum_b, len_b)
+}
+
 /// One-shot checksum of `data`.
 pub fn checksum(data: &[u8]) -> u64 {
     let mut c = Crc64::new();
@@ -44,6 +50,15 @@ mod tests {
     #[test]
     fn check_value_matches_go_iso() {
         assert_eq!(checksum(b"123456789"), 0xB909_56C7_75A4_1001);
+    }
+
+    #[test]
+    fn combine_equals_checksum_of_concatenation() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 31 + 11) as u8).collect();
+        for cut in [0, 1, 100, 4096, 4999, 5000] {
+            let (a, b) = data.split_at(cut);
+            assert_eq!(combine(checksum(a), checksum(b), b.len() as u64), checksum(&data), "cut at {cut}");
+        }
     }
 
     #[test]

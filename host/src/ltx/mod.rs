@@ -277,10 +277,20 @@ impl PageOrder {
 
 /// Streams an LTX file: header first, then pages in ascending order, then `finish`.
 /// Memory use is one compressed page plus a few bytes of index per page.
+///
+/// The header's database checksum may be filled in after the pages
+/// ([`Encoder::set_db_checksum`]), when the writer can seek back to rewrite the header
+/// ([`Encoder::finish_rewriting_header`]): capture then reads each page once, for its
+/// checksum and its encoding together. The file checksum allows it because the
+/// header's and the body's checksums are kept apart and combined at the end.
 pub struct Encoder<W: Write> {
     w: W,
     header: Header,
+    /// The header bytes as written at the start.
+    written: [u8; HEADER_SIZE],
+    /// Checksum of everything after the header, and how many bytes it covers.
     crc: Crc64,
+    crc_len: u64,
     offset: u64,
     index: Vec<u8>,
     order: PageOrder,
@@ -290,17 +300,36 @@ pub struct Encoder<W: Write> {
 impl<W: Write> Encoder<W> {
     pub fn new(mut w: W, header: Header) -> io::Result<Self> {
         header.validate().map_err(|f| invalid(f.to_string()))?;
-        let bytes = header.encode();
-        let mut crc = Crc64::new();
-        crc.update(&bytes);
-        w.write_all(&bytes)?;
+        let written = header.encode();
+        w.write_all(&written)?;
         let order = PageOrder::new(&header);
         let bound = lz4_flex::block::get_maximum_output_size(header.page_size as usize);
-        Ok(Encoder { w, header, crc, offset: HEADER_SIZE as u64, index: Vec::new(), order, buf: vec![0; bound] })
+        Ok(Encoder {
+            w,
+            header,
+            written,
+            crc: Crc64::new(),
+            crc_len: 0,
+            offset: HEADER_SIZE as u64,
+            index: Vec::new(),
+            order,
+            buf: vec![0; bound],
+        })
     }
 
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// Sets the header's database checksum after the pages are known; finish with
+    /// [`Encoder::finish_rewriting_header`].
+    pub fn set_db_checksum(&mut self, sum: u64) {
+        self.header.db_checksum = sum;
+    }
+
+    fn checksummed(&mut self, bytes: &[u8]) {
+        self.crc.update(bytes);
+        self.crc_len += bytes.len() as u64;
     }
 
     pub fn write_page(&mut self, pgno: u32, data: &[u8]) -> io::Result<()> {
@@ -313,8 +342,8 @@ impl<W: Write> Encoder<W> {
         hdr[0..4].copy_from_slice(&pgno.to_be_bytes());
         hdr[4..6].copy_from_slice(&PAGE_FLAG_SIZE.to_be_bytes());
         hdr[6..10].copy_from_slice(&(csize as u32).to_be_bytes());
-        self.crc.update(&hdr);
-        self.crc.update(data);
+        self.checksummed(&hdr);
+        self.checksummed(data);
         self.w.write_all(&hdr)?;
         self.w.write_all(&self.buf[..csize])?;
         let size = (hdr.len() + csize) as u64;
@@ -326,7 +355,35 @@ impl<W: Write> Encoder<W> {
     }
 
     /// Writes the end marker, index and trailer; returns the writer and the file size.
+    /// The header must be as written at the start.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
+        if self.header.encode() != self.written {
+            return Err(invalid(
+                "the LTX header changed after it was written: finish with finish_rewriting_header".to_string(),
+            ));
+        }
+        let size = self.write_tail()?;
+        Ok((self.w, size))
+    }
+
+    /// Like [`Encoder::finish`], then writes the header again over the first bytes,
+    /// with what changed since (the database checksum).
+    pub fn finish_rewriting_header(mut self) -> io::Result<(W, u64)>
+    where
+        W: io::Seek,
+    {
+        let size = self.write_tail()?;
+        let bytes = self.header.encode();
+        if bytes != self.written {
+            self.w.seek(io::SeekFrom::Start(0))?;
+            self.w.write_all(&bytes)?;
+            self.w.seek(io::SeekFrom::End(0))?;
+            self.w.flush()?;
+        }
+        Ok((self.w, size))
+    }
+
+    fn write_tail(&mut self) -> io::Result<u64> {
         if !self.order.complete() {
             return Err(invalid(format!(
                 "snapshot ends at page {} but the database has {} pages",
@@ -334,22 +391,23 @@ impl<W: Write> Encoder<W> {
             )));
         }
         let end = [0u8; PAGE_HEADER_SIZE];
-        self.crc.update(&end);
+        self.checksummed(&end);
         self.w.write_all(&end)?;
         self.index.push(0);
         let idx_len = (self.index.len() as u64).to_be_bytes();
-        self.crc.update(&self.index);
-        self.crc.update(&idx_len);
-        self.w.write_all(&self.index)?;
+        let index = std::mem::take(&mut self.index);
+        self.checksummed(&index);
+        self.checksummed(&idx_len);
+        self.w.write_all(&index)?;
         self.w.write_all(&idx_len)?;
         let post = 0u64.to_be_bytes();
-        self.crc.update(&post);
-        let file_checksum = self.crc.finish() | CHECKSUM_FLAG;
+        self.checksummed(&post);
+        let head = crc64::checksum(&self.header.encode());
+        let file_checksum = crc64::combine(head, self.crc.finish(), self.crc_len) | CHECKSUM_FLAG;
         self.w.write_all(&post)?;
         self.w.write_all(&file_checksum.to_be_bytes())?;
         self.w.flush()?;
-        let size = self.offset + PAGE_HEADER_SIZE as u64 + self.index.len() as u64 + 8 + TRAILER_SIZE as u64;
-        Ok((self.w, size))
+        Ok(self.offset + PAGE_HEADER_SIZE as u64 + index.len() as u64 + 8 + TRAILER_SIZE as u64)
     }
 }
 
@@ -634,6 +692,28 @@ mod tests {
     }
 
     type Pages = Vec<(u32, Vec<u8>)>;
+
+    /// A database checksum set after the pages lands in the header, the file checksum
+    /// covers it, and the bytes equal those of a file encoded with it from the start.
+    #[test]
+    fn db_checksum_set_at_the_end_equals_one_set_at_the_start() {
+        let h = header(2, 2, 9, 512);
+        let sum = 0x8000_1234_5678_9abc;
+        let mut late = Encoder::new(io::Cursor::new(Vec::new()), h.clone()).unwrap();
+        for p in [1, 4, 9] {
+            late.write_page(p, &page(p, 512)).unwrap();
+        }
+        late.set_db_checksum(sum);
+        let late = late.finish_rewriting_header().unwrap().0.into_inner();
+        let early = encode(Header { db_checksum: sum, ..h.clone() }, &[1, 4, 9]);
+        assert_eq!(late, early);
+        assert_eq!(decode_all(&late).unwrap().0.db_checksum, sum);
+        // Without a seekable writer a changed header is an error, not a wrong file.
+        let mut enc = Encoder::new(Vec::new(), h).unwrap();
+        enc.write_page(1, &page(1, 512)).unwrap();
+        enc.set_db_checksum(sum);
+        assert!(enc.finish().is_err());
+    }
 
     fn decode_all(bytes: &[u8]) -> Result<(Header, Pages), Error> {
         let mut d = Decoder::new(bytes, "test.ltx")?;

@@ -887,6 +887,11 @@ fn read_chunk(r: &mut dyn Read, n: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A part up to this size is read from its file into memory in one go.
+const SMALL_PART: u64 = 1 << 20;
+/// Larger parts stream from the file in reads of this size.
+const FILE_READ_BUFFER: usize = 256 * 1024;
+
 /// What an upload sends: a stream, read part by part into memory, or a local file,
 /// each part of which the SDK reads from disk as it signs and sends it (and again on
 /// a retry), so that no part is held in memory.
@@ -909,13 +914,26 @@ impl Source<'_> {
                 if part == 0 {
                     return Ok((ByteStream::from_static(b""), 0));
                 }
-                let body = ByteStream::read_from()
-                    .path(*path)
-                    .offset(*at)
-                    .length(aws_smithy_types::byte_stream::Length::Exact(part))
-                    .build()
-                    .await
-                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let body = if part <= SMALL_PART {
+                    // One read of a file we just wrote (in the page cache): cheaper than
+                    // a chain of reads handed to the blocking pool, and as small as a buffer.
+                    let mut buf = vec![0u8; part as usize];
+                    std::fs::File::open(&*path)
+                        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, *at))
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    ByteStream::from(Bytes::from(buf))
+                } else {
+                    ByteStream::read_from()
+                        .path(*path)
+                        .offset(*at)
+                        .length(aws_smithy_types::byte_stream::Length::Exact(part))
+                        // The SDK's default reads 4 KiB at a time, each a round trip
+                        // through tokio's blocking pool.
+                        .buffer_size(FILE_READ_BUFFER)
+                        .build()
+                        .await
+                        .with_context(|| format!("cannot read {}", path.display()))?
+                };
                 *at += part;
                 Ok((body, part))
             }
