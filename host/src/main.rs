@@ -2,6 +2,7 @@ use clap::Parser;
 
 fn main() {
     sluice::capture::db::configure_sqlite();
+    sluice::daemon::memory::configure();
     let args = sluice::cli::normalize_args(std::env::args().collect());
     let cli = match sluice::cli::Cli::try_parse_from(args) {
         Ok(c) => c,

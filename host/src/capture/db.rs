@@ -263,6 +263,8 @@ pub struct Db {
     checkpointing: bool,
     last_checkpoint: Instant,
     written_since_checkpoint: bool,
+    /// Whether [`Db::open`] ran before (a reopen after parking is not news).
+    opened_before: bool,
     /// When the database file was last compared with our position in full; `None`
     /// after every open, so the first complete checkpoint of a run always checks.
     last_file_check: Option<Instant>,
@@ -355,6 +357,10 @@ fn newest_l0(dir: &Path, remove_partial: bool) -> io::Result<Option<(u64, PathBu
     Ok(newest)
 }
 
+/// The largest database that closes its files when idle although descriptors are
+/// plentiful ([`Db::parks_when_idle`]).
+pub const PARK_WHEN_IDLE_MAX_BYTES: u64 = 64 << 20;
+
 /// Process-wide SQLite settings; call before any connection opens. Each SQLite
 /// connection's page cache otherwise starts with one bulk allocation (about 85 KiB
 /// at 4 KiB pages, sized before `cache_size` can be set): most of what an open,
@@ -409,6 +415,7 @@ impl Db {
             checkpointing: false,
             last_checkpoint: Instant::now(),
             written_since_checkpoint: false,
+            opened_before: false,
             last_file_check: None,
         }
     }
@@ -530,7 +537,11 @@ impl Db {
         // Back from parking: the checksums still describe our position.
         let txid = self.txid();
         self.sums = self.parked_sums.take().filter(|(t, _)| *t == txid && txid != 0).map(|(_, s)| s);
-        info!(db = %self.path.display(), page_size, txid = %ltx::format_txid(self.txid()), "database opened for replication");
+        if std::mem::replace(&mut self.opened_before, true) {
+            debug!(db = %self.path.display(), txid = %ltx::format_txid(self.txid()), "database reopened");
+        } else {
+            info!(db = %self.path.display(), page_size, txid = %ltx::format_txid(self.txid()), "database opened for replication");
+        }
         Ok(())
     }
 
@@ -623,6 +634,17 @@ impl Db {
         }
         self.checkpoint_if_needed()?;
         Ok(result)
+    }
+
+    /// Whether this database may close its files while idle even when every
+    /// database can stay open (see `daemon::scheduler`): no time-based checkpoint
+    /// is pending, and it is small enough that reopening it costs little even when
+    /// the application restarted the WAL meanwhile (then the whole file is read to
+    /// check it against our position).
+    pub fn parks_when_idle(&self) -> bool {
+        self.pos.is_some()
+            && self.next_checkpoint_due().is_none()
+            && fs::metadata(&self.path).is_ok_and(|m| m.len() <= PARK_WHEN_IDLE_MAX_BYTES)
     }
 
     /// Captures everything committed, without checkpointing (the final sync at shutdown).

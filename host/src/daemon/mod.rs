@@ -9,6 +9,7 @@
 
 pub mod heartbeat;
 pub mod mcp;
+pub mod memory;
 pub mod scheduler;
 pub mod server;
 pub mod spec;

@@ -15,11 +15,14 @@
 //! idle database costs no CPU and no requests.
 //!
 //! Open files are the one resource that does grow: an open database holds about
-//! [`FDS_PER_OPEN_DATABASE`] descriptors. When the open-files limit cannot hold
-//! every database open at once, a database that has been idle for [`PARK_AFTER`]
-//! *parks*: it closes its files ([`Db::park`]) and gives its slot to one that
-//! waits, and it reopens on its next change, verifying the WAL against its
-//! position in full, as at start-up.
+//! [`FDS_PER_OPEN_DATABASE`] descriptors, two SQLite connections and a mapping of
+//! its `-shm` file. A database that has been idle for [`PARK_AFTER`] *parks*: it
+//! closes its files ([`Db::park`]) and it reopens on its next change, verifying the
+//! WAL against its position in full, as at start-up. It parks when the open-files
+//! limit cannot hold every database open at once (then it gives its slot to one
+//! that waits), and otherwise when [`Db::parks_when_idle`] says reopening it is
+//! cheap: small, with no time-based checkpoint pending, and woken by file
+//! notifications.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -55,13 +58,15 @@ fn cores() -> usize {
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cores())
             .max_blocking_threads(8 * cores())
             .thread_name("sluice")
             .enable_all()
             .build()
-            .expect("cannot start the replication runtime")
+            .expect("cannot start the replication runtime");
+        rt.spawn(super::memory::trimmer());
+        rt
     })
 }
 
@@ -70,8 +75,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 /// room for the WAL and LTX files a sync opens.
 pub const FDS_PER_OPEN_DATABASE: u64 = 8;
 
-/// How long a database stays open after its last change when not every database
-/// can be open at once.
+/// How long an idle database stays open after its last change before it parks.
 pub const PARK_AFTER: Duration = Duration::from_secs(5);
 
 struct Slots {
@@ -288,7 +292,7 @@ pub(super) async fn capture_task(
             parked = None;
         }
         let c = clients.clone();
-        let (d, (synced, checkpoint_due)) = on_pool(db, move |db| {
+        let (d, (synced, checkpoint_due, parks_when_idle)) = on_pool(db, move |db| {
             let shared = db.shared();
             if shared.reset_requested.swap(false, Ordering::SeqCst)
                 && let Err(e) = db.reset_local_state().and_then(|_| reconcile(db, &c))
@@ -296,7 +300,7 @@ pub(super) async fn capture_task(
                 error!(db = %db.path().display(), "cannot reset local state: {e:#}");
                 shared.reset_requested.store(true, Ordering::SeqCst);
             }
-            (db.sync(), db.next_checkpoint_due())
+            (db.sync(), db.next_checkpoint_due(), db.parks_when_idle())
         })
         .await?;
         db = d;
@@ -356,8 +360,13 @@ pub(super) async fn capture_task(
                     .min()
                     .map(|t| t.max(floor)),
             };
-            let park_at =
-                (slot.is_some() && backoff.is_none() && !changed && parking()).then(|| last_active + PARK_AFTER);
+            // Parks when descriptors are short, or, with file notifications to wake
+            // it (a polling database would reopen at every poll), when it is small
+            // and checkpointed: an idle database then holds no SQLite connection,
+            // shared-memory mapping or descriptor at all.
+            let idle_park = parks_when_idle && poll.is_none();
+            let park_at = (slot.is_some() && backoff.is_none() && !changed && (parking() || idle_park))
+                .then(|| last_active + PARK_AFTER);
             tokio::select! {
                 m = rx.recv() => match m {
                     None | Some(ToCapture::Stop) => break 'running,
@@ -382,6 +391,7 @@ pub(super) async fn capture_task(
                     slot = None;
                     parked = Some(print);
                     debug!(db = %db.path().display(), "idle: files closed until the next change");
+                    super::memory::release_soon();
                 }
             }
         }
