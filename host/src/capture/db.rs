@@ -357,6 +357,9 @@ fn newest_l0(dir: &Path, remove_partial: bool) -> io::Result<Option<(u64, PathBu
     Ok(newest)
 }
 
+/// How much of the log a sync keeps in memory, as read, for the pages it writes.
+const KEEP_WAL_BYTES: u64 = 4 << 20;
+
 /// The largest database that closes its files when idle although descriptors are
 /// plentiful ([`Db::parks_when_idle`]).
 pub const PARK_WHEN_IDLE_MAX_BYTES: u64 = 64 << 20;
@@ -836,7 +839,7 @@ impl Db {
         };
         let wal_file = File::open(&self.wal_path)?;
         let resumed = matches!(plan, Plan::Resume(_));
-        let (mut reader, snapshot_reason) = match plan {
+        let (reader, snapshot_reason) = match plan {
             Plan::Resume(off) => match FrameReader::resume_at(&wal_file, hdr, off)? {
                 Some(r) => (r, None),
                 None => (FrameReader::from_start(&wal_file, hdr), Some("WAL does not continue from our position")),
@@ -846,6 +849,9 @@ impl Db {
         };
         let snapshot = snapshot_reason.is_some();
         let start = reader.offset();
+        // The log read to verify it is kept (up to KEEP_WAL_BYTES) for the pages
+        // below, instead of reading each page a second time.
+        let mut reader = reader.keeping(KEEP_WAL_BYTES);
 
         // Committed pages: pgno -> offset of its newest frame.
         let mut pages: BTreeMap<u32, u64> = BTreeMap::new();
@@ -931,9 +937,15 @@ impl Db {
             let out = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
             let mut enc = ltx::Encoder::new(out, header.clone())?;
             for (&pgno, &off) in &pages {
-                read_page(&h.db_file, &wal_file, pgno, (off != FROM_DB).then_some(off), &mut buf, &self.path)?;
-                sums.set(pgno, &buf);
-                enc.write_page(pgno, &buf)?;
+                let page = match (off != FROM_DB).then(|| reader.page_at(off)).flatten() {
+                    Some(p) => p,
+                    None => {
+                        read_page(&h.db_file, &wal_file, pgno, (off != FROM_DB).then_some(off), &mut buf, &self.path)?;
+                        &buf[..]
+                    }
+                };
+                sums.set(pgno, page);
+                enc.write_page(pgno, page)?;
             }
             sums.truncate(commit);
             let total = sums.total();

@@ -128,15 +128,23 @@ pub fn read_frame_header_at(f: &File, offset: u64) -> io::Result<Option<FrameHea
 /// Walks valid frames forward from a starting offset, checking salts and checksums.
 /// It reads the log a window of frames at a time (one system call per
 /// [`WINDOW_BYTES`], not per frame); frames past the window are read again on the
-/// next refill, so a log being appended to is seen as it grows.
+/// next refill, so a log being appended to is seen as it grows. With a budget
+/// ([`FrameReader::keeping`]) it keeps the windows it read, so that a caller that
+/// wants the pages again takes them from memory ([`FrameReader::page_at`]).
 pub struct FrameReader<'a> {
     file: &'a File,
     header: WalHeader,
     offset: u64,
     checksum: (u32, u32),
-    /// Bytes of the log from `win_at` on, as read by the last refill.
+    /// The buffer of the last refill; its first `filled` bytes are the log from
+    /// `win_at` on.
     win: Vec<u8>,
+    filled: usize,
     win_at: u64,
+    /// Earlier windows, kept while within `budget` bytes: (offset, bytes).
+    kept: Vec<(u64, Vec<u8>)>,
+    kept_bytes: u64,
+    budget: u64,
     /// Where the current frame starts in `win`.
     cur: usize,
 }
@@ -153,7 +161,11 @@ impl<'a> FrameReader<'a> {
             offset: HEADER_SIZE,
             checksum: (header.checksum1, header.checksum2),
             win: Vec::new(),
+            filled: 0,
             win_at: HEADER_SIZE,
+            kept: Vec::new(),
+            kept_bytes: 0,
+            budget: 0,
             cur: 0,
         }
     }
@@ -181,7 +193,11 @@ impl<'a> FrameReader<'a> {
             offset,
             checksum: (prev.checksum1, prev.checksum2),
             win: Vec::new(),
+            filled: 0,
             win_at: offset,
+            kept: Vec::new(),
+            kept_bytes: 0,
+            budget: 0,
             cur: 0,
         }))
     }
@@ -195,7 +211,7 @@ impl<'a> FrameReader<'a> {
     /// On success the frame's page data is available from [`FrameReader::page`].
     pub fn next_frame(&mut self) -> io::Result<Option<(u64, FrameHeader)>> {
         let fs = self.header.frame_size();
-        if self.offset + fs > self.win_at + self.win.len() as u64 && !self.refill()? {
+        if self.offset + fs > self.win_at + self.filled as u64 && !self.refill()? {
             return Ok(None);
         }
         let cur = (self.offset - self.win_at) as usize;
@@ -220,10 +236,24 @@ impl<'a> FrameReader<'a> {
     /// frame is there.
     fn refill(&mut self) -> io::Result<bool> {
         let fs = self.header.frame_size();
-        let want = (WINDOW_BYTES / fs).max(1) * fs;
-        self.win.resize(want as usize, 0);
+        // At the end of the log, keep what the window holds (its pages may still be
+        // wanted) unless a frame of this log follows.
+        match read_frame_header_at(self.file, self.offset)? {
+            Some(fh) if (fh.salt1, fh.salt2) == self.header.salts() => {}
+            _ => return Ok(false),
+        }
+        let want = ((WINDOW_BYTES / fs).max(1) * fs) as usize;
+        if self.filled > 0 && self.kept_bytes + (self.filled + want) as u64 <= self.budget {
+            let mut old = std::mem::take(&mut self.win);
+            old.truncate(self.filled);
+            self.kept_bytes += old.len() as u64;
+            self.kept.push((self.win_at, old));
+        }
+        if self.win.len() != want {
+            self.win = vec![0; want];
+        }
         let mut got = 0;
-        while got < self.win.len() {
+        while got < want {
             match self.file.read_at(&mut self.win[got..], self.offset + got as u64) {
                 Ok(0) => break,
                 Ok(n) => got += n,
@@ -231,9 +261,38 @@ impl<'a> FrameReader<'a> {
                 Err(e) => return Err(e),
             }
         }
-        self.win.truncate(got);
+        self.filled = got;
         self.win_at = self.offset;
         Ok(got as u64 >= fs)
+    }
+
+    /// Keeps the windows read, up to `budget` bytes in all, for [`FrameReader::page_at`].
+    pub fn keeping(mut self, budget: u64) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The page of the frame at `offset`, if that frame was returned by
+    /// [`FrameReader::next_frame`] (so its checksum held) and its window is still
+    /// in memory.
+    pub fn page_at(&self, offset: u64) -> Option<&[u8]> {
+        let fs = self.header.frame_size();
+        if offset + fs > self.offset {
+            return None;
+        }
+        let current = (self.win_at, &self.win[..self.filled]);
+        let at = self.kept.partition_point(|(at, _)| *at <= offset);
+        let (base, bytes) = match at.checked_sub(1).map(|i| (self.kept[i].0, &self.kept[i].1[..])) {
+            _ if offset >= current.0 => current,
+            Some(k) => k,
+            None => return None,
+        };
+        let start = (offset - base) as usize;
+        if offset < base || start + fs as usize > bytes.len() {
+            return None;
+        }
+        let start = start + FRAME_HEADER_SIZE as usize;
+        Some(&bytes[start..start + self.header.page_size as usize])
     }
 
     /// The page of the frame last returned by [`FrameReader::next_frame`].
@@ -310,6 +369,29 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, n);
+
+        // Kept within a budget of the whole log, every frame's page stays available.
+        let mut r = FrameReader::from_start(&f, h).keeping(bytes.len() as u64 + WINDOW_BYTES);
+        let first = HEADER_SIZE;
+        assert!(r.page_at(first).is_none(), "not read yet");
+        let mut offsets = Vec::new();
+        while let Some((off, _)) = r.next_frame().unwrap() {
+            offsets.push(off);
+        }
+        for off in offsets {
+            let at = off as usize;
+            assert_eq!(r.page_at(off).unwrap(), &bytes[at + FRAME_HEADER_SIZE as usize..at + fs as usize]);
+        }
+        assert!(r.page_at(HEADER_SIZE + n * fs).is_none(), "past the log");
+        // Within a budget of two windows, the first frames are gone, the last are not.
+        let mut r = FrameReader::from_start(&f, h).keeping(2 * WINDOW_BYTES);
+        let mut last = 0;
+        while let Some((off, _)) = r.next_frame().unwrap() {
+            last = off;
+        }
+        assert!(r.page_at(HEADER_SIZE).is_some(), "the first window is kept");
+        assert!(r.page_at(HEADER_SIZE + 2 * WINDOW_BYTES + fs).is_none(), "past the budget nothing more is kept");
+        assert_eq!(r.page_at(last).unwrap(), &bytes[(last + FRAME_HEADER_SIZE) as usize..(last + fs) as usize]);
 
         // Cut inside frame 100; then the rest of the log arrives.
         let grow = dir.path().join("grow-wal");

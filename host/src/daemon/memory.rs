@@ -1,23 +1,24 @@
-//! Handing freed memory back to the operating system.
+//! Handing freed memory back to the operating system, at the right time.
 //!
-//! The daemon's memory comes in bursts: opening and syncing a database allocates
-//! read windows, write buffers and SQLite's caches, and parking it frees them. With
-//! glibc's defaults those frees often stay in the process: a large buffer freed once
-//! raises the size above which buffers get their own mapping, so later ones come from
-//! the heap, and freed heap pages stay resident until something trims them. Spread
-//! over the arenas of the runtime's threads, that was most of the resident memory
-//! of 200 idle databases.
+//! The daemon's memory comes in bursts: a sync allocates read windows, write
+//! buffers and SQLite's caches and frees them when it ends; parking a database
+//! frees the rest. glibc moves the size above which a buffer gets its own mapping
+//! (it rises to the size of any such buffer freed), and what is freed on the heap
+//! stays resident in the arenas of the runtime's threads until something trims
+//! them: most of the resident memory of 200 idle databases. A threshold fixed low
+//! (every large buffer unmapped when freed) cost a fifth of the CPU under a load of
+//! 200 transactions a second, every sync faulting fresh pages in.
 //!
-//! So large buffers always get their own mapping (returned whole on free), and a
-//! short while after databases park the heap is trimmed once.
+//! So the threshold is fixed high: buffers come from the heap, where the next sync
+//! finds them, and a short while after databases park the heap is trimmed, once.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-/// Buffers of this size or more are mapped on their own and unmapped when freed.
-const OWN_MAPPING_BYTES: i32 = 128 * 1024;
+/// Only buffers this large get their own mapping (fixed: glibc no longer moves it).
+const OWN_MAPPING_BYTES: i32 = 32 << 20;
 
 /// How long the trim waits after the last park that asked for one, so that many
 /// databases parking together cost one trim.
