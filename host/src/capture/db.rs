@@ -358,7 +358,7 @@ fn newest_l0(dir: &Path, remove_partial: bool) -> io::Result<Option<(u64, PathBu
 }
 
 /// How much of the log a sync keeps in memory, as read, for the pages it writes.
-const KEEP_WAL_BYTES: u64 = 4 << 20;
+const KEEP_WAL_BYTES: u64 = 1 << 20;
 
 /// The largest database that closes its files when idle although descriptors are
 /// plentiful ([`Db::parks_when_idle`]).
