@@ -639,15 +639,13 @@ impl Db {
         Ok(result)
     }
 
-    /// Whether this database may close its files while idle even when every
-    /// database can stay open (see `daemon::scheduler`): no time-based checkpoint
-    /// is pending, and it is small enough that reopening it costs little even when
-    /// the application restarted the WAL meanwhile (then the whole file is read to
-    /// check it against our position).
+    /// Whether this database is small enough to close its files while idle even
+    /// when every database can stay open (see `daemon::scheduler`, which also waits
+    /// for no time-based checkpoint to be pending): reopening it costs little even
+    /// when the application restarted the WAL meanwhile (then the whole file is read
+    /// to check it against our position).
     pub fn parks_when_idle(&self) -> bool {
-        self.pos.is_some()
-            && self.next_checkpoint_due().is_none()
-            && fs::metadata(&self.path).is_ok_and(|m| m.len() <= PARK_WHEN_IDLE_MAX_BYTES)
+        self.pos.is_some() && fs::metadata(&self.path).is_ok_and(|m| m.len() <= PARK_WHEN_IDLE_MAX_BYTES)
     }
 
     /// Captures everything committed, without checkpointing (the final sync at shutdown).

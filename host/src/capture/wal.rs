@@ -236,11 +236,13 @@ impl<'a> FrameReader<'a> {
     /// frame is there.
     fn refill(&mut self) -> io::Result<bool> {
         let fs = self.header.frame_size();
-        // At the end of the log, keep what the window holds (its pages may still be
-        // wanted) unless a frame of this log follows.
-        match read_frame_header_at(self.file, self.offset)? {
-            Some(fh) if (fh.salt1, fh.salt2) == self.header.salts() => {}
-            _ => return Ok(false),
+        // At the end of the log, a reader that keeps pages keeps what the window
+        // holds (they may still be wanted) unless a frame of this log follows.
+        if self.budget > 0 {
+            match read_frame_header_at(self.file, self.offset)? {
+                Some(fh) if (fh.salt1, fh.salt2) == self.header.salts() => {}
+                _ => return Ok(false),
+            }
         }
         let want = ((WINDOW_BYTES / fs).max(1) * fs) as usize;
         if self.filled > 0 && self.kept_bytes + (self.filled + want) as u64 <= self.budget {
@@ -306,14 +308,23 @@ impl<'a> FrameReader<'a> {
 mod tests {
     use super::*;
 
+    /// A database in WAL mode without auto-checkpoints, with `sql` run on it; its
+    /// connection (kept open, so the WAL stays) and the WAL's path.
+    fn wal_of(dir: &Path, page_size: u32, sql: &str) -> (rusqlite::Connection, std::path::PathBuf) {
+        let conn = rusqlite::Connection::open(dir.join("t.db")).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA page_size={page_size}; PRAGMA journal_mode=wal; PRAGMA wal_autocheckpoint=0;"
+        ))
+        .unwrap();
+        conn.execute_batch(sql).unwrap();
+        (conn, dir.join("t.db-wal"))
+    }
+
     #[test]
     fn reads_frames_written_by_sqlite_and_stops_at_bad_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("t.db");
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch("PRAGMA page_size=1024; PRAGMA journal_mode=wal; PRAGMA wal_autocheckpoint=0;").unwrap();
-        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);").unwrap();
-        let wal_path = dir.path().join("t.db-wal");
+        let (conn, wal_path) =
+            wal_of(dir.path(), 1024, "CREATE TABLE t(x); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);");
         let h = read_header(&wal_path).unwrap().expect("a WAL header");
         assert_eq!(h.page_size, 1024);
         let f = File::open(&wal_path).unwrap();
@@ -345,14 +356,10 @@ mod tests {
     #[test]
     fn windows_read_every_frame_and_see_the_log_grow() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("t.db");
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch("PRAGMA page_size=4096; PRAGMA journal_mode=wal; PRAGMA wal_autocheckpoint=0;").unwrap();
-        conn.execute_batch("CREATE TABLE t(x);").unwrap();
+        let (conn, wal_path) = wal_of(dir.path(), 4096, "CREATE TABLE t(x);");
         for i in 0..200 {
             conn.execute("INSERT INTO t VALUES (randomblob(3000 + ?1))", [i]).unwrap();
         }
-        let wal_path = dir.path().join("t.db-wal");
         let h = read_header(&wal_path).unwrap().unwrap();
         let bytes = std::fs::read(&wal_path).unwrap();
         let fs = h.frame_size();

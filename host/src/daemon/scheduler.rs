@@ -364,7 +364,7 @@ pub(super) async fn capture_task(
             // it (a polling database would reopen at every poll), when it is small
             // and checkpointed: an idle database then holds no SQLite connection,
             // shared-memory mapping or descriptor at all.
-            let idle_park = parks_when_idle && poll.is_none();
+            let idle_park = parks_when_idle && checkpoint_due.is_none() && poll.is_none();
             let park_at = (slot.is_some() && backoff.is_none() && !changed && (parking() || idle_park))
                 .then(|| last_active + PARK_AFTER);
             tokio::select! {
