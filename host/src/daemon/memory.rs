@@ -27,6 +27,12 @@ const OWN_MAPPING_BYTES: i32 = 1 << 20;
 /// databases parking together cost one trim.
 const TRIM_AFTER: Duration = Duration::from_secs(2);
 
+/// When the trim runs again: once the idle threads of the runtimes' blocking pools
+/// have exited (tokio's default keep-alive is 10 s). A thread's cache of freed
+/// chunks (glibc's tcache) returns to the heap only when the thread exits, and
+/// until then those chunks keep their neighbours from being released.
+const TRIM_AGAIN_AFTER: Duration = Duration::from_secs(11);
+
 /// Process-wide allocator settings; call before the threads start.
 pub fn configure() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -48,12 +54,19 @@ pub fn release_soon() {
 }
 
 /// Runs for the daemon's life on its runtime: trims the heap [`TRIM_AFTER`] after
-/// a request, at most once per request burst.
+/// a request, at most once per request burst, and again [`TRIM_AGAIN_AFTER`] it
+/// unless another request came meanwhile (that one's trims follow).
 pub async fn trimmer() {
     loop {
         wanted().notified().await;
         tokio::time::sleep(TRIM_AFTER).await;
         let _ = tokio::task::spawn_blocking(trim).await;
+        tokio::select! {
+            _ = tokio::time::sleep(TRIM_AGAIN_AFTER - TRIM_AFTER) => {
+                let _ = tokio::task::spawn_blocking(trim).await;
+            }
+            _ = wanted().notified() => wanted().notify_one(),
+        }
     }
 }
 

@@ -54,13 +54,42 @@ mod linux {
     use super::COALESCE;
     use crate::fsutil::with_suffix;
 
-    #[derive(Default)]
+    /// What a directory watch reports: files appearing, going or being replaced
+    /// (and closed after writing), never their writes, so that the pages our own
+    /// checkpoints write into a database file raise no event.
+    fn dir_mask() -> WatchMask {
+        WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::MOVED_FROM
+            | WatchMask::MOVED_TO
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::DELETE_SELF
+            | WatchMask::MOVE_SELF
+    }
+
+    enum Watched {
+        Dir(PathBuf),
+        /// One WAL file (its inode: a new WAL needs a new watch).
+        Wal(PathBuf),
+    }
+
+    struct Dir {
+        watch: WatchDescriptor,
+        /// Subscriptions that need it.
+        users: usize,
+        /// Whether it also reports writes: after a WAL in it could not get a watch
+        /// of its own (the watch limit), so that its writes are still seen.
+        writes: bool,
+    }
+
     struct Routes {
+        watches: Watches,
         /// Watched file path -> the wake-ups of those who watch it.
         files: HashMap<PathBuf, Vec<Arc<Notify>>>,
-        /// Watched directory -> its watch and how many subscriptions need it.
-        dirs: HashMap<PathBuf, (WatchDescriptor, usize)>,
-        by_watch: HashMap<WatchDescriptor, PathBuf>,
+        dirs: HashMap<PathBuf, Dir>,
+        /// WAL path -> the watch on its current file, while it exists.
+        wals: HashMap<PathBuf, WatchDescriptor>,
+        by_watch: HashMap<WatchDescriptor, Watched>,
     }
 
     impl Routes {
@@ -79,10 +108,41 @@ mod linux {
                 }
             }
         }
+
+        /// Watches the writes to WAL `wal`'s current file, if it exists. When the
+        /// watch limit refuses, its directory reports writes instead.
+        fn watch_wal(&mut self, wal: &Path) {
+            match self.watches.add(wal, WatchMask::MODIFY) {
+                Ok(wd) => {
+                    if let Some(old) = self.wals.insert(wal.to_path_buf(), wd.clone())
+                        && old != wd
+                    {
+                        // The file it watched is gone (or going): its IGNORED event
+                        // ends it.
+                        self.by_watch.remove(&old);
+                    }
+                    self.by_watch.insert(wd, Watched::Wal(wal.to_path_buf()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let Some(parent) = wal.parent() else { return };
+                    let Some(dir) = self.dirs.get_mut(parent) else { return };
+                    if !dir.writes {
+                        warn!(wal = %wal.display(), "cannot watch the WAL ({e}); watching every write in its directory instead");
+                        if self.watches.add(parent, dir_mask() | WatchMask::MODIFY).is_ok() {
+                            dir.writes = true;
+                        }
+                    }
+                }
+            }
+        }
+
+        fn is_wal(&self, path: &Path) -> bool {
+            path.to_str().is_some_and(|p| p.ends_with("-wal")) && self.files.contains_key(path)
+        }
     }
 
     struct Hub {
-        watches: Mutex<Watches>,
         routes: Arc<Mutex<Routes>>,
     }
 
@@ -90,11 +150,16 @@ mod linux {
         static HUB: OnceLock<Option<Hub>> = OnceLock::new();
         HUB.get_or_init(|| {
             let started = Inotify::init().and_then(|inotify| {
-                let watches = inotify.watches();
-                let routes: Arc<Mutex<Routes>> = Default::default();
+                let routes = Arc::new(Mutex::new(Routes {
+                    watches: inotify.watches(),
+                    files: HashMap::new(),
+                    dirs: HashMap::new(),
+                    wals: HashMap::new(),
+                    by_watch: HashMap::new(),
+                }));
                 let r = routes.clone();
                 std::thread::Builder::new().name("inotify".into()).spawn(move || read_events(inotify, &r))?;
-                Ok(Hub { watches: Mutex::new(watches), routes })
+                Ok(Hub { routes })
             });
             match started {
                 Ok(hub) => Some(hub),
@@ -122,17 +187,40 @@ mod linux {
                     continue;
                 }
             };
-            let routes = routes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut routes = routes.lock().unwrap_or_else(|e| e.into_inner());
             for event in events {
                 if event.mask.contains(EventMask::Q_OVERFLOW) {
                     routes.wake_all(None);
                     continue;
                 }
-                let Some(dir) = routes.by_watch.get(&event.wd) else { continue };
-                match event.name {
-                    Some(name) => routes.wake(&dir.join(name)),
-                    None => routes.wake_all(Some(dir)),
+                let file = match routes.by_watch.get(&event.wd) {
+                    None => continue,
+                    Some(Watched::Wal(wal)) => {
+                        let wal = wal.clone();
+                        if event.mask.contains(EventMask::IGNORED) {
+                            // The file is gone; its directory reported that.
+                            routes.by_watch.remove(&event.wd);
+                            if routes.wals.get(&wal) == Some(&event.wd) {
+                                routes.wals.remove(&wal);
+                            }
+                            continue;
+                        }
+                        wal
+                    }
+                    Some(Watched::Dir(dir)) => match event.name {
+                        Some(name) => dir.join(name),
+                        None => {
+                            let dir = dir.clone();
+                            routes.wake_all(Some(&dir));
+                            continue;
+                        }
+                    },
+                };
+                // A WAL created (or renamed into place) is a new file: watch it.
+                if event.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) && routes.is_wal(&file) {
+                    routes.watch_wal(&file);
                 }
+                routes.wake(&file);
             }
             drop(routes);
             std::thread::sleep(COALESCE);
@@ -153,8 +241,9 @@ mod linux {
         }
     }
 
-    /// Subscribes to changes of database `db` (and its `-wal`). None when the
-    /// directory cannot be watched: the caller polls instead.
+    /// Subscribes to changes of database `db`: its WAL written, either file
+    /// created, removed or replaced. None when the directory cannot be watched: the
+    /// caller polls instead.
     pub fn subscribe(db: &Path) -> Option<Subscription> {
         let hub = hub()?;
         let dir = match db.parent() {
@@ -162,22 +251,14 @@ mod linux {
             _ => PathBuf::from("."),
         };
         let wake = Arc::new(Notify::new());
-        let files = [db.to_path_buf(), with_suffix(db, "-wal")];
-        // Lock order: routes, then watches (the reader takes only routes).
+        let wal = with_suffix(db, "-wal");
+        let files = [db.to_path_buf(), wal.clone()];
         let mut routes = hub.routes.lock().unwrap_or_else(|e| e.into_inner());
         if !routes.dirs.contains_key(&dir) {
-            let mask = WatchMask::MODIFY
-                | WatchMask::CREATE
-                | WatchMask::DELETE
-                | WatchMask::MOVED_FROM
-                | WatchMask::MOVED_TO
-                | WatchMask::CLOSE_WRITE
-                | WatchMask::DELETE_SELF
-                | WatchMask::MOVE_SELF;
-            match hub.watches.lock().unwrap_or_else(|e| e.into_inner()).add(&dir, mask) {
-                Ok(wd) => {
-                    routes.by_watch.insert(wd.clone(), dir.clone());
-                    routes.dirs.insert(dir.clone(), (wd, 0));
+            match routes.watches.add(&dir, dir_mask()) {
+                Ok(watch) => {
+                    routes.by_watch.insert(watch.clone(), Watched::Dir(dir.clone()));
+                    routes.dirs.insert(dir.clone(), Dir { watch, users: 0, writes: false });
                 }
                 Err(e) => {
                     warn!(dir = %dir.display(), "cannot watch for changes ({e}); polling at monitor-interval instead");
@@ -185,9 +266,12 @@ mod linux {
                 }
             }
         }
-        routes.dirs.get_mut(&dir).expect("watched above").1 += 1;
+        routes.dirs.get_mut(&dir).expect("watched above").users += 1;
         for f in &files {
             routes.files.entry(f.clone()).or_default().push(wake.clone());
+        }
+        if !routes.wals.contains_key(&wal) {
+            routes.watch_wal(&wal);
         }
         Some(Subscription { files, dir, wake })
     }
@@ -201,26 +285,34 @@ mod linux {
                     v.retain(|w| !Arc::ptr_eq(w, &self.wake));
                     if v.is_empty() {
                         routes.files.remove(f);
+                        if let Some(wd) = routes.wals.remove(f) {
+                            routes.by_watch.remove(&wd);
+                            let _ = routes.watches.remove(wd);
+                        }
                     }
                 }
             }
             let last = match routes.dirs.get_mut(&self.dir) {
-                Some((_, n)) => {
-                    *n -= 1;
-                    *n == 0
+                Some(d) => {
+                    d.users -= 1;
+                    d.users == 0
                 }
                 None => false,
             };
-            if last && let Some((wd, _)) = routes.dirs.remove(&self.dir) {
-                routes.by_watch.remove(&wd);
-                let _ = hub.watches.lock().unwrap_or_else(|e| e.into_inner()).remove(wd);
+            if last && let Some(d) = routes.dirs.remove(&self.dir) {
+                routes.by_watch.remove(&d.watch);
+                let _ = routes.watches.remove(d.watch);
             }
         }
     }
 
     #[cfg(test)]
-    pub(super) fn watched_dirs() -> usize {
-        hub().map_or(0, |h| h.routes.lock().unwrap().dirs.len())
+    /// Whether directory `dir` is watched, and how many WALs in it are.
+    pub(super) fn watched(dir: &Path) -> (bool, usize) {
+        hub().map_or((false, 0), |h| {
+            let r = h.routes.lock().unwrap();
+            (r.dirs.contains_key(dir), r.wals.keys().filter(|w| w.parent() == Some(dir)).count())
+        })
     }
 }
 
@@ -245,7 +337,7 @@ mod tests {
         });
         drop(a);
         drop(b);
-        assert_eq!(linux::watched_dirs(), 0, "the directory is unwatched when no one needs it");
+        assert_eq!(linux::watched(dir.path()), (false, 0), "the directory and WAL are unwatched when no one needs them");
     }
 
     /// Writes keep coming while the reader pauses: each pause ends with a wake-up,
@@ -265,5 +357,42 @@ mod tests {
                     .unwrap_or_else(|_| panic!("write {round} woke the database"));
             }
         });
+    }
+
+    /// The WAL's writes wake its database through a watch on the file, which must
+    /// follow the WAL when the application removes it and starts a new one; writes
+    /// to the database file itself (our own checkpoints) wake no one.
+    #[test]
+    fn a_new_wal_is_watched_and_database_writes_are_not() {
+        use std::io::Write;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("d.db");
+        let wal = dir.path().join("d.db-wal");
+        let mut db_file = std::fs::File::create(&db).unwrap();
+        let d = subscribe(&db).expect("inotify works here");
+        let woken = |what: &str| {
+            rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(10), d.wake().notified())
+                    .await
+                    .unwrap_or_else(|_| panic!("{what} woke the database"))
+            })
+        };
+        for generation in 0..3 {
+            let mut f = std::fs::File::create(&wal).unwrap();
+            woken("creating the WAL");
+            for write in 0..3 {
+                // An append only (no create, no close): seen through the file's watch.
+                f.write_all(&[write; 64]).unwrap();
+                woken(&format!("append {write} to WAL generation {generation}"));
+            }
+            drop(f);
+            woken("closing the WAL");
+            std::fs::remove_file(&wal).unwrap();
+            woken("removing the WAL");
+        }
+        db_file.write_all(&[1; 4096]).unwrap();
+        let woke = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_millis(300), d.wake().notified()).await });
+        assert!(woke.is_err(), "a write to the database file woke its capture");
     }
 }
