@@ -209,6 +209,50 @@ time.sleep(60)
     assert!(err.contains("cannot be used with"), "{err}");
 }
 
+/// The daemon runs with glibc's thread caches off (it executes itself again with
+/// `GLIBC_TUNABLES` set, see `daemon::memory`), yet the application it starts with
+/// `-exec` gets the environment sluice was given: no variable added, the caller's
+/// own `GLIBC_TUNABLES` as it was, or none.
+#[test]
+fn the_daemon_runs_without_thread_caches_and_its_application_gets_the_callers_environment() {
+    let s = Setup::new();
+    let dbs = s.db.to_str().unwrap();
+    // The application writes what its parent (sluice) started with, and its own.
+    let script = s.path("env.py");
+    let env_py = r#"import os, sys
+parent = open(f"/proc/{os.getppid()}/environ", "rb").read().replace(b"\0", b"\n")
+open(sys.argv[1], "wb").write(parent)
+open(sys.argv[2], "w").write("".join(f"{k}={v}\n" for k, v in os.environ.items()))
+"#;
+    fs::write(&script, env_py).unwrap();
+    let app = format!(
+        "python3 '{}' '{}' '{}'",
+        script.display(),
+        s.path("parent.env").display(),
+        s.path("child.env").display()
+    );
+    for callers in [None, Some("glibc.malloc.mxfast=64")] {
+        let env: Vec<(&str, &str)> = callers.map(|t| ("GLIBC_TUNABLES", t)).into_iter().collect();
+        let o = sluice_with(&["replicate", "-exec", &app, dbs, &s.url], &env);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let parent = fs::read_to_string(s.path("parent.env")).unwrap();
+        let child = fs::read_to_string(s.path("child.env")).unwrap();
+        let tunables = |env: &str| env.lines().find_map(|l| l.strip_prefix("GLIBC_TUNABLES=")).map(str::to_string);
+        // The setting as the daemon started with it (glibc writes a NUL after each
+        // value it reads, so a setting after the caller's shows on a line of its own).
+        assert!(parent.contains("glibc.malloc.tcache_count=0"), "the daemon's own environment:\n{parent}");
+        if let Some(t) = callers {
+            assert_eq!(tunables(&parent).as_deref(), Some(t), "the caller's settings, kept:\n{parent}");
+        }
+        assert_eq!(tunables(&child).as_deref(), callers, "the application's environment:\n{child}");
+        assert!(
+            !child.contains("SLUICE_CALLERS_GLIBC_TUNABLES"),
+            "sluice's own variable leaked to the application:\n{child}"
+        );
+    }
+    restore_and_check(&[&s.url], &s.path("r.db"), digest(&s.db));
+}
+
 /// `mcp-addr:` serves MCP over HTTP: `initialize`, `tools/list` with Litestream's
 /// tool names, and tools that run sluice's commands with the daemon's config: the
 /// databases, and a restore that equals the source. Bad calls get JSON-RPC errors or

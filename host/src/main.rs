@@ -1,13 +1,18 @@
 use clap::Parser;
 
 fn main() {
-    sluice::capture::db::configure_sqlite();
-    sluice::daemon::memory::configure();
     let args = sluice::cli::normalize_args(std::env::args().collect());
     let cli = match sluice::cli::Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    if matches!(cli.command, sluice::cli::Command::Replicate(_)) {
+        // A long-lived process: trade glibc's thread caches for memory it can hand
+        // back (this may execute the process again, with the same arguments).
+        sluice::daemon::memory::without_thread_caches();
+    }
+    sluice::capture::db::configure_sqlite();
+    sluice::daemon::memory::configure();
     if let Err(e) = sluice::cli::run(cli) {
         // One line: the cause chain joined with ": ", inner line breaks flattened.
         let text = format!("{e:#}");

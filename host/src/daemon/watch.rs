@@ -337,7 +337,11 @@ mod tests {
         });
         drop(a);
         drop(b);
-        assert_eq!(linux::watched(dir.path()), (false, 0), "the directory and WAL are unwatched when no one needs them");
+        assert_eq!(
+            linux::watched(dir.path()),
+            (false, 0),
+            "the directory and WAL are unwatched when no one needs them"
+        );
     }
 
     /// Writes keep coming while the reader pauses: each pause ends with a wake-up,
@@ -392,7 +396,8 @@ mod tests {
             woken("removing the WAL");
         }
         db_file.write_all(&[1; 4096]).unwrap();
-        let woke = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_millis(300), d.wake().notified()).await });
+        let woke = rt
+            .block_on(async { tokio::time::timeout(std::time::Duration::from_millis(300), d.wake().notified()).await });
         assert!(woke.is_err(), "a write to the database file woke its capture");
     }
 }
