@@ -13,7 +13,7 @@ use crate::config::factory::client_from_url;
 use crate::config::{Config, default_config_path};
 use crate::fsutil::clean_db_path;
 use crate::replica::ReplicaClient;
-use crate::restore::{self, IntegrityCheck, NoBackups, Target};
+use crate::restore::{self, IntegrityCheck, NoBackups, Source, Target};
 use crate::{daemon, ltx};
 
 mod progress;
@@ -567,22 +567,23 @@ fn resolve_replicas(
 }
 
 /// The one replica to restore `want` from: the only one, or (with several) the one
-/// whose restore reaches the newest TXID.
+/// whose restore reaches the newest TXID, with what to restore from it (its plan,
+/// made while choosing; None with one replica, or when none could be planned).
 fn resolve_target(
     target: &str,
     config: &ConfigArgs,
     choice: &ReplicaChoice,
     want: Target,
-) -> Result<(Box<dyn ReplicaClient>, Option<PathBuf>)> {
+) -> Result<(Box<dyn ReplicaClient>, Option<PathBuf>, Option<Source>)> {
     let (mut replicas, path) = resolve_replicas(target, config, choice)?;
     if replicas.len() == 1 {
-        return Ok((replicas.remove(0).1, path));
+        return Ok((replicas.remove(0).1, path, None));
     }
     let clients: Vec<&dyn ReplicaClient> = replicas.iter().map(|r| r.1.as_ref()).collect();
     // When none can be restored, the first one's error is the restore's.
-    let i = restore::choose_replica(&clients, want).map_or(0, |(i, _)| i);
+    let (i, source) = restore::choose_replica(&clients, want).map_or((0, None), |(i, s)| (i, Some(s)));
     tracing::info!(replica = %replicas[i].0, location = %replicas[i].1.location(), "using the replica with the newest TXID");
-    Ok((replicas.swap_remove(i).1, path))
+    Ok((replicas.swap_remove(i).1, path, source))
 }
 
 fn parse_txid(s: &str) -> Result<u64> {
@@ -607,7 +608,7 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
         txid: a.txid.as_deref().map(parse_txid).transpose()?,
         timestamp: a.timestamp.as_deref().map(parse_timestamp).transpose()?,
     };
-    let (client, db_path) = resolve_target(&a.target, &a.config, &a.replica, target)?;
+    let (client, db_path, chosen) = resolve_target(&a.target, &a.config, &a.replica, target)?;
     let output = match (a.output.clone(), db_path) {
         (Some(o), _) => o,
         (None, Some(p)) => p,
@@ -634,7 +635,10 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
             );
         }
     }
-    let source = match restore::choose(client.as_ref(), target, a.follow) {
+    // A plan made while choosing among replicas serves, unless following (which
+    // never restores a Litestream 0.3 backup).
+    let chosen = chosen.filter(|_| !a.follow).map(Ok);
+    let source = match chosen.unwrap_or_else(|| restore::choose(client.as_ref(), target, a.follow)) {
         Ok(s) => s,
         Err(e) if a.if_replica_exists && e.downcast_ref::<NoBackups>().is_some() => {
             eprintln!("no backups found in {}, skipping restore", client.location());

@@ -53,12 +53,13 @@ pub fn verify_cmd(a: VerifyArgs) -> Result<()> {
         txid: a.txid.as_deref().map(parse_txid).transpose()?,
         timestamp: a.timestamp.as_deref().map(parse_timestamp).transpose()?,
     };
-    let (client, _) = resolve_target(&a.target, &a.config, &a.replica, target)?;
+    let (client, _, chosen) = resolve_target(&a.target, &a.config, &a.replica, target)?;
     let started = Instant::now();
     let mut o = Outcome { replica: client.location(), passed: Default::default(), error: None };
     let result = drill::run(
         client.as_ref(),
         target,
+        chosen,
         &a.sql,
         a.parallelism,
         |source| super::progress::bar(source, "verifying", a.json),

@@ -495,6 +495,7 @@ async fn drill_task(replicas: Vec<(String, Arc<dyn ReplicaClient>)>, shared: Arc
                 let r = drill::run(
                     c.as_ref(),
                     Default::default(),
+                    None,
                     &sql,
                     crate::restore::DEFAULT_PARALLELISM,
                     |_| None::<crate::restore::Quiet>,

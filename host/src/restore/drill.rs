@@ -40,12 +40,14 @@ impl Drop for Scratch {
     }
 }
 
-/// Runs one drill of `target` from `client`. `progress` is asked for a listener
-/// once the restore's plan is known (the CLI's progress bar). On failure, the
-/// error says what failed; `assertions` counts those that held before it.
+/// Runs one drill of `target` from `client`, from `chosen` when the caller already
+/// planned it. `progress` is asked for a listener once the restore's plan is known
+/// (the CLI's progress bar). On failure, the error says what failed; `assertions`
+/// counts those that held before it.
 pub fn run<P: Progress>(
     client: &dyn ReplicaClient,
     target: Target,
+    chosen: Option<Source>,
     sql: &[String],
     parallelism: usize,
     progress: impl FnOnce(&Source) -> Option<P>,
@@ -53,7 +55,10 @@ pub fn run<P: Progress>(
 ) -> Result<()> {
     let scratch = Scratch::new()?;
     let out = scratch.0.join("verify.db");
-    let source = choose(client, target, false)?;
+    let source = match chosen {
+        Some(s) => s,
+        None => choose(client, target, false)?,
+    };
     let listener = progress(&source);
     let quiet = crate::restore::Quiet;
     let l: &dyn Progress = match &listener {
