@@ -13,7 +13,10 @@
 //! come from the heap, where the next sync finds them, while upload parts and
 //! other large buffers are mapped and unmapped whole (fixed at 32 MiB, those piled
 //! up in the threads' arenas: peak RSS under that load went from 30 to 35 MiB). A
-//! short while after databases park, the heap is trimmed, once.
+//! short while after databases park, the heap is trimmed, and once more after the
+//! idle blocking threads have exited. The daemon runs without glibc's per-thread
+//! caches, whose chunks would keep pages from being trimmed
+//! ([`without_thread_caches`]).
 
 use std::sync::OnceLock;
 use std::time::Duration;
