@@ -125,11 +125,11 @@ mod linux {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    let Some(parent) = wal.parent() else { return };
-                    let Some(dir) = self.dirs.get_mut(parent) else { return };
+                    let parent = dir_of(wal);
+                    let Some(dir) = self.dirs.get_mut(&parent) else { return };
                     if !dir.writes {
                         warn!(wal = %wal.display(), "cannot watch the WAL ({e}); watching every write in its directory instead");
-                        if self.watches.add(parent, dir_mask() | WatchMask::MODIFY).is_ok() {
+                        if self.watches.add(&parent, dir_mask() | WatchMask::MODIFY).is_ok() {
                             dir.writes = true;
                         }
                     }
@@ -139,6 +139,14 @@ mod linux {
 
         fn is_wal(&self, path: &Path) -> bool {
             path.to_str().is_some_and(|p| p.ends_with("-wal")) && self.files.contains_key(path)
+        }
+    }
+
+    /// The directory watched for `file`.
+    fn dir_of(file: &Path) -> PathBuf {
+        match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
         }
     }
 
@@ -246,10 +254,7 @@ mod linux {
     /// caller polls instead.
     pub fn subscribe(db: &Path) -> Option<Subscription> {
         let hub = hub()?;
-        let dir = match db.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = dir_of(db);
         let wake = Arc::new(Notify::new());
         let wal = with_suffix(db, "-wal");
         let files = [db.to_path_buf(), wal.clone()];
