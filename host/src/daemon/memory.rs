@@ -30,11 +30,15 @@ const OWN_MAPPING_BYTES: i32 = 1 << 20;
 /// databases parking together cost one trim.
 const TRIM_AFTER: Duration = Duration::from_secs(2);
 
-/// When the trim runs again: once the idle threads of the runtimes' blocking pools
-/// have exited (tokio's default keep-alive is 10 s). A thread's cache of freed
-/// chunks (glibc's tcache) returns to the heap only when the thread exits, and
-/// until then those chunks keep their neighbours from being released.
-const TRIM_AGAIN_AFTER: Duration = Duration::from_secs(11);
+/// How long an idle blocking thread of the daemon's runtime lives (tokio's
+/// default, which the S3 client's runtime keeps too).
+pub const IDLE_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// When the trim runs again: once the idle blocking threads have exited. Where
+/// glibc's thread caches are on (the caller set them, or the re-execution in
+/// [`without_thread_caches`] failed), a thread's cached chunks return to the heap
+/// only when it exits, and until then keep their neighbours from being released.
+const TRIM_AGAIN_AFTER: Duration = Duration::from_secs(IDLE_THREAD_KEEP_ALIVE.as_secs() + 1);
 
 /// glibc's per-thread caches of freed chunks off, in the form glibc reads at start.
 const NO_THREAD_CACHES: &str = "glibc.malloc.tcache_count=0";

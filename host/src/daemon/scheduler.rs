@@ -61,6 +61,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cores())
             .max_blocking_threads(8 * cores())
+            .thread_keep_alive(super::memory::IDLE_THREAD_KEEP_ALIVE)
             .thread_name("sluice")
             .enable_all()
             .build()
