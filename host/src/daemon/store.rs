@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tracing::{debug, error, info, warn};
 
 use crate::capture::db::{Shared, write_snapshot};
-use crate::ltx::merge::{PipeReader, merge};
+use crate::ltx::merge::{PipeReader, merge, splice};
+use crate::ltx::pieces::Pieces;
 use crate::ltx::{self, Decoder};
 use crate::plugin::{Plugin, PluginFile, Settings};
 use crate::replica::{FileInfo, ReplicaClient, SNAPSHOT_LEVEL};
@@ -317,8 +319,8 @@ impl Store {
         for txid in remote + 1..=last {
             let path = self.shared.l0_path(txid);
             // Opened first to tell a file retention took from one that cannot be read.
-            match File::open(&path) {
-                Ok(_) => {}
+            let data = match Pieces::file(&path) {
+                Ok(data) => data,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && self.has_peers() => {
                     // The others' retention took it (this replica fell too far behind,
                     // or start-up took the position from a replica ahead of this one).
@@ -337,7 +339,7 @@ impl Store {
                 Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
             };
             let header = ltx::read_header_file(&path)?;
-            let info = self.client.write_file(0, txid, txid, header.timestamp, &path).with_context(|| {
+            let info = self.client.write_local(0, txid, txid, header.timestamp, &data).with_context(|| {
                 format!("cannot upload L0 file {} to {}", ltx::format_txid(txid), self.client.location())
             })?;
             crate::failpoint::hit("upload-stored");
@@ -457,13 +459,36 @@ impl Store {
     }
 
     fn open_input(&self, info: &FileInfo) -> Result<Decoder<Box<dyn Read + Send>>> {
-        let local = self.shared.l0_path(info.max_txid);
-        let reader: Box<dyn Read + Send> = if info.level == 0 && info.min_txid == info.max_txid && local.exists() {
-            Box::new(File::open(&local)?)
-        } else {
-            self.client.open(info.level, info.min_txid, info.max_txid)?
+        let reader: Box<dyn Read + Send> = match self.local_l0(info) {
+            Some(local) => Box::new(File::open(&local)?),
+            None => self.client.open(info.level, info.min_txid, info.max_txid)?,
         };
         Ok(Decoder::new(reader, format!("{} (level {})", info.name(), info.level))?)
+    }
+
+    /// The local copy of a level-0 file, if it is still here.
+    fn local_l0(&self, info: &FileInfo) -> Option<PathBuf> {
+        let local = self.shared.l0_path(info.max_txid);
+        (info.level == 0 && info.min_txid == info.max_txid && local.exists()).then_some(local)
+    }
+
+    /// Merges `inputs` (some of them only in the replica) into a local file, then
+    /// stores it: the upload sends it from disk part by part rather than holding
+    /// parts of a large merge in memory. Its name ends in `.ltx.tmp`: if the
+    /// process dies here, the next start removes it.
+    fn merge_through_file(&self, level: u8, inputs: &[FileInfo]) -> Result<FileInfo> {
+        let decoders = inputs.iter().map(|f| self.open_input(f)).collect::<Result<Vec<_>>>()?;
+        let tmp = self.shared.l0_dir.join(format!("compacting-{level}-{}.ltx.tmp", self.index));
+        let stored = (|| -> Result<FileInfo> {
+            let mut w = std::io::BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+            let header = merge(decoders, &mut w)?.0;
+            w.flush()?;
+            drop(w);
+            let data = Pieces::file(&tmp)?;
+            self.client.write_local(level, header.min_txid, header.max_txid, header.timestamp, &data)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        stored
     }
 
     /// Merges the files of `level - 1` newer than `level`'s newest into one file at
@@ -488,26 +513,20 @@ impl Store {
         if inputs.is_empty() {
             return Ok(false);
         }
-        let decoders = inputs.iter().map(|f| self.open_input(f)).collect::<Result<Vec<_>>>()?;
-        let header =
-            crate::ltx::merge::merged_header(&decoders.iter().map(|d| d.header().clone()).collect::<Vec<_>>())?;
-        // Merged into a local file first, so that the upload sends it from disk part
-        // by part rather than holding parts of a large merge in memory. Its name
-        // ends in `.ltx.tmp`: if the process dies here, the next start removes it.
-        let tmp = self.shared.l0_dir.join(format!("compacting-{level}-{}.ltx.tmp", self.index));
-        let merged = (|| -> Result<()> {
-            let mut w = std::io::BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
-            merge(decoders, &mut w)?;
-            w.flush()?;
-            Ok(())
-        })();
-        let written = merged.and_then(|()| {
-            self.client
-                .write_file(level, header.min_txid, header.max_txid, header.timestamp, &tmp)
-                .with_context(|| format!("cannot write compacted file to level {level}"))
-        });
-        let _ = std::fs::remove_file(&tmp);
-        let info = written?;
+        // Local level-0 inputs are spliced: sent from their own files, never written
+        // again (see `ltx::merge::splice`).
+        let local: Option<Vec<PathBuf>> = inputs.iter().map(|f| self.local_l0(f)).collect();
+        let spliced = match local {
+            Some(paths) => splice(&paths)?,
+            None => None,
+        };
+        let info = match spliced {
+            Some((header, data)) => {
+                self.client.write_local(level, header.min_txid, header.max_txid, header.timestamp, &data)
+            }
+            None => self.merge_through_file(level, &inputs),
+        }
+        .with_context(|| format!("cannot write compacted file to level {level}"))?;
         crate::failpoint::hit("compaction-stored");
         info!(db = %self.shared.path.display(), level, file = %info.name(), inputs = inputs.len(), "compacted");
         self.files()?[level as usize].push(info);

@@ -15,6 +15,7 @@
 pub mod checksum;
 pub mod crc64;
 pub mod merge;
+pub mod pieces;
 
 use std::fmt;
 use std::io::{self, BufReader, Read, Write};
@@ -333,11 +334,28 @@ impl<W: Write> Encoder<W> {
     }
 
     pub fn write_page(&mut self, pgno: u32, data: &[u8]) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = lz4_flex::block::compress_into(data, &mut buf)
+            .map_err(|e| invalid(e.to_string()))
+            .and_then(|csize| self.write_stored_page(pgno, data, csize, |w| w.write_all(&buf[..csize])));
+        self.buf = buf;
+        r
+    }
+
+    /// Writes page `pgno` (uncompressed: `data`) whose LZ4 block of `csize` bytes
+    /// already exists: `copy` writes exactly that block. A merge uses it to keep
+    /// its inputs' blocks as they are.
+    pub fn write_stored_page(
+        &mut self,
+        pgno: u32,
+        data: &[u8],
+        csize: usize,
+        copy: impl FnOnce(&mut W) -> io::Result<()>,
+    ) -> io::Result<()> {
         if data.len() != self.header.page_size as usize {
             return Err(invalid(format!("page {pgno} has {} bytes, expected {}", data.len(), self.header.page_size)));
         }
         self.order.check(pgno).map_err(invalid)?;
-        let csize = lz4_flex::block::compress_into(data, &mut self.buf).map_err(|e| invalid(e.to_string()))?;
         let mut hdr = [0u8; PAGE_HEADER_SIZE + 4];
         hdr[0..4].copy_from_slice(&pgno.to_be_bytes());
         hdr[4..6].copy_from_slice(&PAGE_FLAG_SIZE.to_be_bytes());
@@ -345,7 +363,7 @@ impl<W: Write> Encoder<W> {
         self.checksummed(&hdr);
         self.checksummed(data);
         self.w.write_all(&hdr)?;
-        self.w.write_all(&self.buf[..csize])?;
+        copy(&mut self.w)?;
         let size = (hdr.len() + csize) as u64;
         put_uvarint(&mut self.index, pgno as u64);
         put_uvarint(&mut self.index, self.offset);
@@ -422,6 +440,9 @@ pub struct Decoder<R: Read> {
     order: PageOrder,
     index: Vec<u8>,
     compressed: Vec<u8>,
+    /// Where the last page's LZ4 block lies in the file (offset, length), when it
+    /// is stored in the current form.
+    block: Option<(u64, u64)>,
     done: bool,
 }
 
@@ -454,6 +475,7 @@ impl<R: Read> Decoder<R> {
             order,
             index: Vec::new(),
             compressed: Vec::new(),
+            block: None,
             done: false,
         })
     }
@@ -512,9 +534,11 @@ impl<R: Read> Decoder<R> {
                         return Err(self.err(Fault::BadPage(format!("page {pgno}: lz4: {e}"))));
                     }
                 }
+                self.block = Some((self.offset + (PAGE_HEADER_SIZE + 4) as u64, csize as u64));
                 (PAGE_HEADER_SIZE + 4 + csize) as u64
             }
             0 => {
+                self.block = None;
                 let n = self.read_lz4_frame(pgno, buf)?;
                 (PAGE_HEADER_SIZE as u64) + n
             }
@@ -528,6 +552,12 @@ impl<R: Read> Decoder<R> {
         put_uvarint(&mut self.index, frame_size);
         self.offset += frame_size;
         Ok(Some(pgno))
+    }
+
+    /// Where the LZ4 block of the page [`Decoder::next_page`] returned last lies in
+    /// the file (offset, length); `None` for the legacy form, which has no block.
+    pub fn last_block(&self) -> Option<(u64, u64)> {
+        self.block
     }
 
     /// Legacy page payload (Litestream <= 0.5.15): one LZ4 frame. Returns its length.

@@ -332,16 +332,16 @@ impl ReplicaClient for Leased {
         self.ensure()?;
         self.inner.write(level, min_txid, max_txid, timestamp_ms, data)
     }
-    fn write_file(
+    fn write_local(
         &self,
         level: u8,
         min_txid: u64,
         max_txid: u64,
         timestamp_ms: i64,
-        path: &std::path::Path,
+        data: &crate::ltx::pieces::Pieces,
     ) -> Result<FileInfo> {
         self.ensure()?;
-        self.inner.write_file(level, min_txid, max_txid, timestamp_ms, path)
+        self.inner.write_local(level, min_txid, max_txid, timestamp_ms, data)
     }
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
         self.ensure()?;

@@ -78,15 +78,15 @@ impl ReplicaClient for Metered {
         r
     }
 
-    fn write_file(
+    fn write_local(
         &self,
         level: u8,
         min_txid: u64,
         max_txid: u64,
         timestamp_ms: i64,
-        path: &std::path::Path,
+        data: &crate::ltx::pieces::Pieces,
     ) -> Result<FileInfo> {
-        self.put(|| self.inner.write_file(level, min_txid, max_txid, timestamp_ms, path))
+        self.put(|| self.inner.write_local(level, min_txid, max_txid, timestamp_ms, data))
     }
 
     fn list_with_timestamps(&self, level: u8) -> Result<Vec<FileInfo>> {

@@ -12,8 +12,10 @@ pub mod transform;
 use std::fmt;
 use std::io::Read;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
+
+use crate::ltx::pieces::Pieces;
 
 /// The level full snapshots live at.
 pub const SNAPSHOT_LEVEL: u8 = 9;
@@ -90,20 +92,21 @@ pub trait ReplicaClient: Send + Sync {
         data: &mut dyn Read,
     ) -> Result<FileInfo>;
 
-    /// Stores the local file at `path`, as [`ReplicaClient::write`] does. A backend
-    /// that can send a file without holding it in memory (S3: each part is read
-    /// from disk as it goes out) overrides this; a decorator that changes the bytes
-    /// (a transform) keeps this default, which streams the file through `write`.
-    fn write_file(
+    /// Stores a file made of local pieces (see [`Pieces`]), as
+    /// [`ReplicaClient::write`] does. A backend that can send it without holding it
+    /// in memory (S3: each part is read from the pieces as it goes out) overrides
+    /// this; a decorator that changes the bytes (a transform) keeps this default,
+    /// which streams the pieces through `write`.
+    fn write_local(
         &self,
         level: u8,
         min_txid: u64,
         max_txid: u64,
         timestamp_ms: i64,
-        path: &std::path::Path,
+        data: &Pieces,
     ) -> Result<FileInfo> {
-        let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        self.write(level, min_txid, max_txid, timestamp_ms, &mut std::io::BufReader::with_capacity(256 * 1024, f))
+        let mut r = std::io::BufReader::with_capacity(256 * 1024, data.reader());
+        self.write(level, min_txid, max_txid, timestamp_ms, &mut r)
     }
 
     /// Deletes files of one level; missing files are not an error.

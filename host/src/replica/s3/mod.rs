@@ -40,6 +40,7 @@ use md5::{Digest, Md5};
 use tracing::{debug, warn};
 
 use crate::ltx;
+use crate::ltx::pieces::Pieces;
 use crate::replica::layout::{Layout, LayoutSpec};
 use crate::replica::lease::{Conditional, LEASE_NAME};
 use crate::replica::{FileInfo, Object, ReplicaClient, SNAPSHOT_LEVEL};
@@ -388,6 +389,7 @@ macro_rules! with_sse_c {
     }};
 }
 
+mod body;
 mod reader;
 use reader::{ObjectReader, ReadHandle};
 
@@ -887,17 +889,16 @@ fn read_chunk(r: &mut dyn Read, n: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// A part up to this size is read from its file into memory in one go.
+/// A part up to this size is read from its pieces into memory in one go; larger
+/// parts stream from them (see [`body`]).
 const SMALL_PART: u64 = 1 << 20;
-/// Larger parts stream from the file in reads of this size.
-const FILE_READ_BUFFER: usize = 256 * 1024;
 
-/// What an upload sends: a stream, read part by part into memory, or a local file,
-/// each part of which the SDK reads from disk as it signs and sends it (and again on
-/// a retry), so that no part is held in memory.
+/// What an upload sends: a stream, read part by part into memory, or local pieces,
+/// each part of which is read from them as the SDK signs and sends it (and again on
+/// a retry), so that no large part is held in memory.
 enum Source<'a> {
     Stream(&'a mut dyn Read),
-    File { path: &'a std::path::Path, len: u64, at: u64 },
+    Local { data: &'a Pieces, at: u64 },
 }
 
 impl Source<'_> {
@@ -909,30 +910,22 @@ impl Source<'_> {
                 let len = chunk.len() as u64;
                 Ok((ByteStream::from(Bytes::from(chunk)), len))
             }
-            Source::File { path, len, at } => {
-                let part = n.min(*len - *at);
+            Source::Local { data, at } => {
+                let part = n.min(data.len() - *at);
                 if part == 0 {
                     return Ok((ByteStream::from_static(b""), 0));
                 }
                 let body = if part <= SMALL_PART {
-                    // One read of a file we just wrote (in the page cache): cheaper than
-                    // a chain of reads handed to the blocking pool, and as small as a buffer.
+                    // One read of files we just wrote or read (in the page cache): as
+                    // cheap as a buffer this small.
                     let mut buf = vec![0u8; part as usize];
-                    std::fs::File::open(&*path)
-                        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, *at))
-                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let got = data.read_at(*at, &mut buf).context("cannot read a local LTX file")?;
+                    if got != buf.len() {
+                        bail!("a local LTX file ended early");
+                    }
                     ByteStream::from(Bytes::from(buf))
                 } else {
-                    ByteStream::read_from()
-                        .path(*path)
-                        .offset(*at)
-                        .length(aws_smithy_types::byte_stream::Length::Exact(part))
-                        // The SDK's default reads 4 KiB at a time, each a round trip
-                        // through tokio's blocking pool.
-                        .buffer_size(FILE_READ_BUFFER)
-                        .build()
-                        .await
-                        .with_context(|| format!("cannot read {}", path.display()))?
+                    body::pieces(data, *at, part)
                 };
                 *at += part;
                 Ok((body, part))
@@ -1118,16 +1111,15 @@ impl ReplicaClient for S3Client {
         self.store(level, min_txid, max_txid, timestamp_ms, Source::Stream(data))
     }
 
-    fn write_file(
+    fn write_local(
         &self,
         level: u8,
         min_txid: u64,
         max_txid: u64,
         timestamp_ms: i64,
-        path: &std::path::Path,
+        data: &Pieces,
     ) -> Result<FileInfo> {
-        let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
-        self.store(level, min_txid, max_txid, timestamp_ms, Source::File { path, len, at: 0 })
+        self.store(level, min_txid, max_txid, timestamp_ms, Source::Local { data, at: 0 })
     }
 
     fn list_keys(&self, prefix: &str) -> Result<Vec<Object>> {
