@@ -247,8 +247,10 @@ fn one_writer_per_replica_path() {
     c.wait_for_log("waiting for its lease to end", Duration::from_secs(30));
     write(&blue, &["steps", "3", "5"]);
     wait_until_caught_up(|| replica_caught_up(&blue, &replica), "the replica");
-    a.stop();
+    // Checked while the first still holds the lease: once it stops, the waiting one
+    // may take over at any moment, and a restore could then find its files.
     restore_and_check(&[&url], &dir.path().join("blue-restored.db"), digest(&blue));
+    a.stop();
 
     // The first is gone: the waiting one takes the replica over from where it is.
     c.wait_for_log(" replicating db=", Duration::from_secs(60));

@@ -68,11 +68,13 @@ pub(super) struct ObjectReader {
     body: Option<ByteStream>,
     first_end: u64,
     chunk: Bytes,
-    /// Keeps the part in `chunk` counted against the process's bound.
+    /// The rest of the part `chunk` comes from, as received.
+    rest: VecDeque<Bytes>,
+    /// Keeps the part in `chunk` and `rest` counted against the process's bound.
     _part: Option<OwnedSemaphorePermit>,
     offset: u64,
     len: u64,
-    ahead: VecDeque<JoinHandle<io::Result<(Bytes, OwnedSemaphorePermit)>>>,
+    ahead: VecDeque<JoinHandle<io::Result<(VecDeque<Bytes>, OwnedSemaphorePermit)>>>,
     /// The first byte no part has been asked for yet.
     requested: u64,
 }
@@ -87,6 +89,7 @@ impl ObjectReader {
             body: Some(body),
             first_end,
             chunk: Bytes::new(),
+            rest: VecDeque::new(),
             _part: None,
             offset: 0,
             len,
@@ -147,7 +150,9 @@ impl Read for ObjectReader {
             if self.offset >= self.len {
                 return Ok(0);
             }
-            if self.offset < self.first_end {
+            if let Some(c) = self.rest.pop_front() {
+                self.chunk = c;
+            } else if self.offset < self.first_end {
                 self.chunk = self.next_of_first()?;
             } else {
                 self.body = None;
@@ -158,8 +163,8 @@ impl Read for ObjectReader {
                         self.key, self.offset
                     )));
                 };
-                let (bytes, permit) = runtime().block_on(part).map_err(io::Error::other)??;
-                self.chunk = bytes;
+                let (chunks, permit) = runtime().block_on(part).map_err(io::Error::other)??;
+                self.rest = chunks;
                 self._part = Some(permit);
                 self.ask_ahead();
             }
@@ -181,31 +186,38 @@ impl Drop for ObjectReader {
 }
 
 /// Fetches bytes `start..=end` whole, resuming from the byte reached if the
-/// response breaks, once a slot under the process's bound is free.
+/// response breaks, once a slot under the process's bound is free. The part is
+/// kept as the chunks the connection delivered: gathering them into one buffer
+/// would copy every byte once more, into memory fresh for each part.
 async fn fetch_part(
     client: Arc<ReadHandle>,
     key: String,
     start: u64,
     end: u64,
-) -> io::Result<(Bytes, OwnedSemaphorePermit)> {
+) -> io::Result<(VecDeque<Bytes>, OwnedSemaphorePermit)> {
     let permit = PARTS.clone().acquire_owned().await.map_err(io::Error::other)?;
-    let mut buf = Vec::with_capacity((end + 1 - start) as usize);
+    let want = end + 1 - start;
+    let mut chunks = VecDeque::new();
+    let mut got = 0u64;
     let mut resumes = 0;
     loop {
-        let from = start + buf.len() as u64;
+        let from = start + got;
         if from > end {
-            return Ok((Bytes::from(buf), permit));
+            return Ok((chunks, permit));
         }
         let failure = match client.get(&key, from, Some(end)).await {
             Ok(mut body) => loop {
                 match body.try_next().await {
                     Ok(Some(c)) => {
-                        if buf.len() + c.len() > buf.capacity() {
+                        if got + c.len() as u64 > want {
                             break "the server sent more than the range asked for".to_string();
                         }
-                        buf.extend_from_slice(&c);
+                        got += c.len() as u64;
+                        if !c.is_empty() {
+                            chunks.push_back(c);
+                        }
                     }
-                    Ok(None) if start + buf.len() as u64 > end => break String::new(),
+                    Ok(None) if start + got > end => break String::new(),
                     Ok(None) => break "the object ended early".to_string(),
                     Err(e) => break e.to_string(),
                 }
