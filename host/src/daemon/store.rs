@@ -23,7 +23,7 @@ use crate::ltx::merge::{PipeReader, merge, splice};
 use crate::ltx::pieces::Pieces;
 use crate::ltx::{self, Decoder};
 use crate::plugin::{Plugin, PluginFile, Settings};
-use crate::replica::{FileInfo, ReplicaClient, SNAPSHOT_LEVEL};
+use crate::replica::{FileInfo, NewFile, ReplicaClient, SNAPSHOT_LEVEL};
 use crate::restore::{Target, pinned_files, plan_from_listing};
 
 /// Most L0 files uploaded in one pass by default (Litestream's `max-sync-ltx-files`).
@@ -339,9 +339,15 @@ impl Store {
                 Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
             };
             let header = ltx::read_header_file(&path)?;
-            let info = self.client.write_local(0, txid, txid, header.timestamp, &data).with_context(|| {
-                format!("cannot upload L0 file {} to {}", ltx::format_txid(txid), self.client.location())
-            })?;
+            let info = self
+                .client
+                .write_local(
+                    &NewFile { level: 0, min_txid: txid, max_txid: txid, timestamp_ms: header.timestamp },
+                    &data,
+                )
+                .with_context(|| {
+                    format!("cannot upload L0 file {} to {}", ltx::format_txid(txid), self.client.location())
+                })?;
             crate::failpoint::hit("upload-stored");
             self.files()?[0].push(info);
             n += 1;
@@ -485,7 +491,7 @@ impl Store {
             w.flush()?;
             drop(w);
             let data = Pieces::file(&tmp)?;
-            self.client.write_local(level, header.min_txid, header.max_txid, header.timestamp, &data)
+            self.client.write_local(&merged_file(level, &header), &data)
         })();
         let _ = std::fs::remove_file(&tmp);
         stored
@@ -521,9 +527,7 @@ impl Store {
             None => None,
         };
         let info = match spliced {
-            Some((header, data)) => {
-                self.client.write_local(level, header.min_txid, header.max_txid, header.timestamp, &data)
-            }
+            Some((header, data)) => self.client.write_local(&merged_file(level, &header), &data),
             None => self.merge_through_file(level, &inputs),
         }
         .with_context(|| format!("cannot write compacted file to level {level}"))?;
@@ -570,7 +574,10 @@ impl Store {
         let Ok((pos, timestamp)) = told.recv() else { return Ok(false) };
         let info = self
             .client
-            .write(SNAPSHOT_LEVEL, 1, pos.max_txid, timestamp, &mut pipe)
+            .write(
+                &NewFile { level: SNAPSHOT_LEVEL, min_txid: 1, max_txid: pos.max_txid, timestamp_ms: timestamp },
+                &mut pipe,
+            )
             .context("cannot write snapshot")?;
         crate::failpoint::hit("snapshot-stored");
         info!(db = %self.shared.path.display(), file = %info.name(), size = info.size, "snapshot written");
@@ -723,6 +730,11 @@ impl Store {
         }
         self.delete_safely(victims, "l0 retention")
     }
+}
+
+/// Where a merged file with this header goes, at `level`.
+fn merged_file(level: u8, header: &ltx::Header) -> NewFile {
+    NewFile { level, min_txid: header.min_txid, max_txid: header.max_txid, timestamp_ms: header.timestamp }
 }
 
 #[cfg(test)]

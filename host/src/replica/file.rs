@@ -16,7 +16,7 @@ use crate::fsutil::fsync_dir;
 use crate::ltx;
 use crate::replica::layout::{Layout, LayoutSpec};
 use crate::replica::lease::{Conditional, LEASE_NAME};
-use crate::replica::{FileInfo, Object, ReplicaClient};
+use crate::replica::{FileInfo, NewFile, Object, ReplicaClient};
 
 /// A lease object's version: a checksum of its content (which changes with every
 /// write: each renewal moves `expires_at`).
@@ -184,15 +184,8 @@ impl ReplicaClient for FileClient {
         Ok(Box::new(f))
     }
 
-    fn write(
-        &self,
-        level: u8,
-        min_txid: u64,
-        max_txid: u64,
-        timestamp_ms: i64,
-        data: &mut dyn Read,
-    ) -> Result<FileInfo> {
-        let path = self.new_file_path(level, min_txid, max_txid, timestamp_ms)?;
+    fn write(&self, file: &NewFile, data: &mut dyn Read) -> Result<FileInfo> {
+        let path = self.new_file_path(file.level, file.min_txid, file.max_txid, file.timestamp_ms)?;
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).with_context(|| format!("cannot create replica directory {}", dir.display()))?;
         let tmp = PathBuf::from(format!("{}.tmp", path.display()));
@@ -202,7 +195,7 @@ impl ReplicaClient for FileClient {
             w.flush()?;
             let f = w.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
-            f.set_modified(to_system_time(timestamp_ms))?;
+            f.set_modified(to_system_time(file.timestamp_ms))?;
             drop(f);
             fs::rename(&tmp, &path)?;
             fsync_dir(&dir)?;
@@ -215,8 +208,7 @@ impl ReplicaClient for FileClient {
                 return Err(e).with_context(|| format!("cannot write replica file {}", path.display()));
             }
         };
-        let created_at = DateTime::<Utc>::from(to_system_time(timestamp_ms));
-        Ok(FileInfo { level, min_txid, max_txid, size, created_at })
+        Ok(file.stored(size))
     }
 
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {

@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::replica::{FileInfo, Object, ReplicaClient};
+use crate::replica::{FileInfo, NewFile, Object, ReplicaClient};
 
 /// The lease object's name under the replica's path.
 pub const LEASE_NAME: &str = "lock.json";
@@ -321,27 +321,13 @@ impl ReplicaClient for Leased {
     fn open(&self, level: u8, min_txid: u64, max_txid: u64) -> Result<Box<dyn Read + Send>> {
         self.inner.open(level, min_txid, max_txid)
     }
-    fn write(
-        &self,
-        level: u8,
-        min_txid: u64,
-        max_txid: u64,
-        timestamp_ms: i64,
-        data: &mut dyn Read,
-    ) -> Result<FileInfo> {
+    fn write(&self, file: &NewFile, data: &mut dyn Read) -> Result<FileInfo> {
         self.ensure()?;
-        self.inner.write(level, min_txid, max_txid, timestamp_ms, data)
+        self.inner.write(file, data)
     }
-    fn write_local(
-        &self,
-        level: u8,
-        min_txid: u64,
-        max_txid: u64,
-        timestamp_ms: i64,
-        data: &crate::ltx::pieces::Pieces,
-    ) -> Result<FileInfo> {
+    fn write_local(&self, file: &NewFile, data: &crate::ltx::pieces::Pieces) -> Result<FileInfo> {
         self.ensure()?;
-        self.inner.write_local(level, min_txid, max_txid, timestamp_ms, data)
+        self.inner.write_local(file, data)
     }
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
         self.ensure()?;

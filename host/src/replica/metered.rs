@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::metrics::metrics;
-use crate::replica::{FileInfo, Object, ReplicaClient};
+use crate::replica::{FileInfo, NewFile, Object, ReplicaClient};
 
 /// A replica client that counts its operations (GET, PUT, DELETE, LIST).
 pub struct Metered {
@@ -78,15 +78,8 @@ impl ReplicaClient for Metered {
         r
     }
 
-    fn write_local(
-        &self,
-        level: u8,
-        min_txid: u64,
-        max_txid: u64,
-        timestamp_ms: i64,
-        data: &crate::ltx::pieces::Pieces,
-    ) -> Result<FileInfo> {
-        self.put(|| self.inner.write_local(level, min_txid, max_txid, timestamp_ms, data))
+    fn write_local(&self, file: &NewFile, data: &crate::ltx::pieces::Pieces) -> Result<FileInfo> {
+        self.put(|| self.inner.write_local(file, data))
     }
 
     fn list_with_timestamps(&self, level: u8) -> Result<Vec<FileInfo>> {
@@ -103,15 +96,8 @@ impl ReplicaClient for Metered {
         Ok(Box::new(CountingReader { inner: r?, kind: self.inner.kind() }))
     }
 
-    fn write(
-        &self,
-        level: u8,
-        min_txid: u64,
-        max_txid: u64,
-        timestamp_ms: i64,
-        data: &mut dyn Read,
-    ) -> Result<FileInfo> {
-        self.put(|| self.inner.write(level, min_txid, max_txid, timestamp_ms, data))
+    fn write(&self, file: &NewFile, data: &mut dyn Read) -> Result<FileInfo> {
+        self.put(|| self.inner.write(file, data))
     }
 
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {

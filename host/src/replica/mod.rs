@@ -43,6 +43,24 @@ impl fmt::Display for FileInfo {
     }
 }
 
+/// A file about to be stored: where it goes (its level and TXID range) and its
+/// LTX header timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewFile {
+    pub level: u8,
+    pub min_txid: u64,
+    pub max_txid: u64,
+    pub timestamp_ms: i64,
+}
+
+impl NewFile {
+    /// The file as the replica lists it once its `size` bytes are stored.
+    pub fn stored(&self, size: u64) -> FileInfo {
+        let created_at = DateTime::from_timestamp_millis(self.timestamp_ms).unwrap_or_default();
+        FileInfo { level: self.level, min_txid: self.min_txid, max_txid: self.max_txid, size, created_at }
+    }
+}
+
 /// An object found by [`ReplicaClient::list_keys`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Object {
@@ -82,31 +100,17 @@ pub trait ReplicaClient: Send + Sync {
     fn open(&self, level: u8, min_txid: u64, max_txid: u64) -> Result<Box<dyn Read + Send>>;
 
     /// Stores a complete file atomically: either the whole file becomes visible under
-    /// its final name or nothing does. `timestamp_ms` is the LTX header timestamp.
-    fn write(
-        &self,
-        level: u8,
-        min_txid: u64,
-        max_txid: u64,
-        timestamp_ms: i64,
-        data: &mut dyn Read,
-    ) -> Result<FileInfo>;
+    /// its final name or nothing does.
+    fn write(&self, file: &NewFile, data: &mut dyn Read) -> Result<FileInfo>;
 
     /// Stores a file made of local pieces (see [`Pieces`]), as
     /// [`ReplicaClient::write`] does. A backend that can send it without holding it
     /// in memory (S3: each part is read from the pieces as it goes out) overrides
     /// this; a decorator that changes the bytes (a transform) keeps this default,
     /// which streams the pieces through `write`.
-    fn write_local(
-        &self,
-        level: u8,
-        min_txid: u64,
-        max_txid: u64,
-        timestamp_ms: i64,
-        data: &Pieces,
-    ) -> Result<FileInfo> {
+    fn write_local(&self, file: &NewFile, data: &Pieces) -> Result<FileInfo> {
         let mut r = std::io::BufReader::with_capacity(256 * 1024, data.reader());
-        self.write(level, min_txid, max_txid, timestamp_ms, &mut r)
+        self.write(file, &mut r)
     }
 
     /// Deletes files of one level; missing files are not an error.

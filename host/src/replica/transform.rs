@@ -11,7 +11,7 @@ use anyhow::{Result, anyhow};
 
 use crate::ltx::merge::PipeReader;
 use crate::plugin::{Plugin, Settings};
-use crate::replica::{FileInfo, Object, ReplicaClient};
+use crate::replica::{FileInfo, NewFile, Object, ReplicaClient};
 
 /// Chunk size fed to the plugin: what it holds in memory is a small multiple of this.
 const CHUNK: usize = 256 * 1024;
@@ -86,20 +86,13 @@ impl ReplicaClient for TransformClient {
         Ok(Box::new(reader))
     }
 
-    fn write(
-        &self,
-        level: u8,
-        min_txid: u64,
-        max_txid: u64,
-        timestamp_ms: i64,
-        data: &mut dyn Read,
-    ) -> Result<FileInfo> {
+    fn write(&self, file: &NewFile, data: &mut dyn Read) -> Result<FileInfo> {
         let (pipe, writer) = io::pipe()?;
         let (tx, verdict) = mpsc::channel();
         std::thread::scope(|scope| {
             let upload = scope.spawn(|| {
                 let mut r = GatedReader { pipe, verdict };
-                self.inner.write(level, min_txid, max_txid, timestamp_ms, &mut r)
+                self.inner.write(file, &mut r)
             });
             let mut w = BufWriter::with_capacity(CHUNK, writer);
             let encoded = self

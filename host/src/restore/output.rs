@@ -72,7 +72,7 @@ impl<'a> Output<'a> {
             return Ok(());
         }
         let run = &self.buf[self.start..self.start + self.run_len];
-        let aligned = self.run_at % ALIGN as u64 == 0 && run.len() % ALIGN == 0;
+        let aligned = self.run_at.is_multiple_of(ALIGN as u64) && run.len().is_multiple_of(ALIGN);
         let mut buffered = true;
         if let Some(direct) = self.direct.as_ref().filter(|_| aligned) {
             match direct.write_all_at(run, self.run_at) {
@@ -132,7 +132,8 @@ mod tests {
     #[test]
     fn runs_and_scattered_pages_land_where_they_belong() {
         let dir = tempfile::tempdir().unwrap();
-        let file = File::options().read(true).write(true).create(true).open(dir.path().join("f")).unwrap();
+        let file =
+            File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("f")).unwrap();
         let mut out = Output::new(&file);
         // A long run (crossing RUN_BYTES), then a page back near the start, then a gap.
         let page = |i: u64| vec![(i % 251) as u8; 4096];
@@ -159,7 +160,8 @@ mod tests {
         // system allows it), then single pages land inside its blocks and past them,
         // through the page cache.
         let dir = tempfile::tempdir().unwrap();
-        let file = File::options().read(true).write(true).create(true).open(dir.path().join("f")).unwrap();
+        let file =
+            File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("f")).unwrap();
         let mut out = Output::new(&file);
         let page = |i: u64| vec![(i % 251) as u8 + 1; 512];
         for i in 0..4096u64 {

@@ -43,7 +43,7 @@ use crate::ltx;
 use crate::ltx::pieces::Pieces;
 use crate::replica::layout::{Layout, LayoutSpec};
 use crate::replica::lease::{Conditional, LEASE_NAME};
-use crate::replica::{FileInfo, Object, ReplicaClient, SNAPSHOT_LEVEL};
+use crate::replica::{FileInfo, NewFile, Object, ReplicaClient, SNAPSHOT_LEVEL};
 
 const MIN_PART_SIZE: u64 = 5 << 20;
 const DEFAULT_CONCURRENCY: usize = 5;
@@ -1100,26 +1100,12 @@ impl ReplicaClient for S3Client {
         self.reader(self.key(level, min_txid, max_txid)?)
     }
 
-    fn write(
-        &self,
-        level: u8,
-        min_txid: u64,
-        max_txid: u64,
-        timestamp_ms: i64,
-        data: &mut dyn Read,
-    ) -> Result<FileInfo> {
-        self.store(level, min_txid, max_txid, timestamp_ms, Source::Stream(data))
+    fn write(&self, file: &NewFile, data: &mut dyn Read) -> Result<FileInfo> {
+        self.store(file, Source::Stream(data))
     }
 
-    fn write_local(
-        &self,
-        level: u8,
-        min_txid: u64,
-        max_txid: u64,
-        timestamp_ms: i64,
-        data: &Pieces,
-    ) -> Result<FileInfo> {
-        self.store(level, min_txid, max_txid, timestamp_ms, Source::Local { data, at: 0 })
+    fn write_local(&self, file: &NewFile, data: &Pieces) -> Result<FileInfo> {
+        self.store(file, Source::Local { data, at: 0 })
     }
 
     fn list_keys(&self, prefix: &str) -> Result<Vec<Object>> {
@@ -1255,11 +1241,10 @@ impl ReplicaClient for S3Client {
 
 impl S3Client {
     /// Uploads `src` as a new file of `level` (see `ReplicaClient::write`).
-    fn store(&self, level: u8, min_txid: u64, max_txid: u64, timestamp_ms: i64, src: Source<'_>) -> Result<FileInfo> {
-        let key = self.new_key(level, min_txid, max_txid, timestamp_ms)?;
-        let size = runtime().block_on(self.put_async(&key, timestamp_ms, src))?;
-        let created_at = Utc.timestamp_millis_opt(timestamp_ms).single().unwrap_or_default();
-        Ok(FileInfo { level, min_txid, max_txid, size, created_at })
+    fn store(&self, file: &NewFile, src: Source<'_>) -> Result<FileInfo> {
+        let key = self.new_key(file.level, file.min_txid, file.max_txid, file.timestamp_ms)?;
+        let size = runtime().block_on(self.put_async(&key, file.timestamp_ms, src))?;
+        Ok(file.stored(size))
     }
 
     /// Reads an object from its start (see [`reader::ObjectReader`]).

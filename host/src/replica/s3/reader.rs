@@ -60,6 +60,9 @@ pub(super) fn total_size(content_range: Option<&str>) -> Option<u64> {
     content_range?.rsplit_once('/')?.1.parse().ok()
 }
 
+/// A fetched part: the chunks as received, and its place under the process's bound.
+type Part = (VecDeque<Bytes>, OwnedSemaphorePermit);
+
 /// Streams an object from its first response on; see the module's description.
 pub(super) struct ObjectReader {
     client: Arc<ReadHandle>,
@@ -74,7 +77,7 @@ pub(super) struct ObjectReader {
     _part: Option<OwnedSemaphorePermit>,
     offset: u64,
     len: u64,
-    ahead: VecDeque<JoinHandle<io::Result<(VecDeque<Bytes>, OwnedSemaphorePermit)>>>,
+    ahead: VecDeque<JoinHandle<io::Result<Part>>>,
     /// The first byte no part has been asked for yet.
     requested: u64,
 }
@@ -189,12 +192,7 @@ impl Drop for ObjectReader {
 /// response breaks, once a slot under the process's bound is free. The part is
 /// kept as the chunks the connection delivered: gathering them into one buffer
 /// would copy every byte once more, into memory fresh for each part.
-async fn fetch_part(
-    client: Arc<ReadHandle>,
-    key: String,
-    start: u64,
-    end: u64,
-) -> io::Result<(VecDeque<Bytes>, OwnedSemaphorePermit)> {
+async fn fetch_part(client: Arc<ReadHandle>, key: String, start: u64, end: u64) -> io::Result<Part> {
     let permit = PARTS.clone().acquire_owned().await.map_err(io::Error::other)?;
     let want = end + 1 - start;
     let mut chunks = VecDeque::new();
