@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_types::body::SdkBody;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 
 use crate::ltx::pieces::Pieces;
@@ -20,7 +20,7 @@ const WINDOW: u64 = 256 * 1024;
 pub(super) fn pieces(data: &Pieces, start: u64, len: u64) -> ByteStream {
     let data = data.clone();
     ByteStream::new(SdkBody::retryable(move || {
-        SdkBody::from_body_1_x(PiecesBody { data: data.clone(), at: start, end: start + len })
+        SdkBody::from_body_1_x(PiecesBody { data: data.clone(), at: start, end: start + len, buf: BytesMut::new() })
     }))
 }
 
@@ -28,6 +28,9 @@ struct PiecesBody {
     data: Pieces,
     at: u64,
     end: u64,
+    /// The window: once the connection has sent (and dropped) the bytes handed
+    /// out, the next window reuses its memory instead of faulting in fresh pages.
+    buf: BytesMut,
 }
 
 impl http_body::Body for PiecesBody {
@@ -39,16 +42,18 @@ impl http_body::Body for PiecesBody {
         if n == 0 {
             return Poll::Ready(None);
         }
-        let mut buf = vec![0u8; n];
-        let got = match self.data.read_at(self.at, &mut buf) {
+        let this = &mut *self;
+        this.buf.reserve(n);
+        this.buf.resize(n, 0);
+        let got = match this.data.read_at(this.at, &mut this.buf[..n]) {
             Ok(got) => got,
             Err(e) => return Poll::Ready(Some(Err(e))),
         };
         if got != n {
             return Poll::Ready(Some(Err(std::io::Error::other("a local LTX file ended early"))));
         }
-        self.at += n as u64;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
+        this.at += n as u64;
+        Poll::Ready(Some(Ok(Frame::data(this.buf.split_to(n).freeze()))))
     }
 
     fn is_end_stream(&self) -> bool {
