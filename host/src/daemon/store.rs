@@ -338,7 +338,8 @@ impl Store {
                 }
                 Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
             };
-            let header = ltx::read_header_file(&path)?;
+            // The header from the file already open, and only its bytes.
+            let header = ltx::read_header(data.reader(), &path.display().to_string())?;
             let info = self
                 .client
                 .write_local(

@@ -451,18 +451,7 @@ impl<R: Read> Decoder<R> {
     pub fn new(r: R, name: impl Into<String>) -> Result<Self, Error> {
         let name = name.into();
         let mut r = BufReader::with_capacity(128 * 1024, r);
-        let mut bytes = [0u8; HEADER_SIZE];
-        read_exact(&mut r, &mut bytes).map_err(|fault| Error { file: name.clone(), fault })?;
-        if bytes.starts_with(b"age-encryption.org/") {
-            return Err(Error {
-                file: name,
-                fault: Fault::BadHeader(
-                    "the file is age-encrypted; configure the age transform plugin with an identity to read it".into(),
-                ),
-            });
-        }
-        let header = Header::decode(&bytes).and_then(|h| h.validate().map(|_| h));
-        let header = header.map_err(|fault| Error { file: name.clone(), fault })?;
+        let (header, bytes) = header_from(&mut r, &name)?;
         let mut crc = Crc64::new();
         crc.update(&bytes);
         let order = PageOrder::new(&header);
@@ -689,7 +678,30 @@ fn read_exact<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), Fault> {
 pub fn read_header_file(path: &std::path::Path) -> Result<Header, Error> {
     let f = std::fs::File::open(path)
         .map_err(|e| Error { file: path.display().to_string(), fault: Fault::Io(e.to_string()) })?;
-    Ok(Decoder::new(f, path.display().to_string())?.header)
+    read_header(f, &path.display().to_string())
+}
+
+/// Reads and validates the header at the start of `r`, reading nothing past it.
+/// `name` identifies the file in errors.
+pub fn read_header<R: Read>(mut r: R, name: &str) -> Result<Header, Error> {
+    Ok(header_from(&mut r, name)?.0)
+}
+
+/// The header at the start of `r`, validated, and its bytes.
+fn header_from<R: Read>(r: &mut R, name: &str) -> Result<(Header, [u8; HEADER_SIZE]), Error> {
+    let mut bytes = [0u8; HEADER_SIZE];
+    read_exact(r, &mut bytes).map_err(|fault| Error { file: name.to_string(), fault })?;
+    if bytes.starts_with(b"age-encryption.org/") {
+        return Err(Error {
+            file: name.to_string(),
+            fault: Fault::BadHeader(
+                "the file is age-encrypted; configure the age transform plugin with an identity to read it".into(),
+            ),
+        });
+    }
+    let header = Header::decode(&bytes).and_then(|h| h.validate().map(|_| h));
+    let header = header.map_err(|fault| Error { file: name.to_string(), fault })?;
+    Ok((header, bytes))
 }
 
 #[cfg(test)]

@@ -84,6 +84,14 @@ impl Pieces {
         Ok(done)
     }
 
+    /// Fills all of `buf` from `offset`: reading past the end is an error.
+    pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if self.read_at(offset, buf)? != buf.len() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of a local LTX file"));
+        }
+        Ok(())
+    }
+
     /// Reads the pieces from the start, in order.
     pub fn reader(&self) -> PiecesReader {
         PiecesReader { pieces: self.clone(), at: 0 }

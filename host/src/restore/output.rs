@@ -129,11 +129,22 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    #[test]
-    fn runs_and_scattered_pages_land_where_they_belong() {
+    fn new_file() -> (tempfile::TempDir, File) {
         let dir = tempfile::tempdir().unwrap();
         let file =
             File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("f")).unwrap();
+        (dir, file)
+    }
+
+    fn read_all(mut file: &File) -> Vec<u8> {
+        let mut all = Vec::new();
+        file.read_to_end(&mut all).unwrap();
+        all
+    }
+
+    #[test]
+    fn runs_and_scattered_pages_land_where_they_belong() {
+        let (_dir, file) = new_file();
         let mut out = Output::new(&file);
         // A long run (crossing RUN_BYTES), then a page back near the start, then a gap.
         let page = |i: u64| vec![(i % 251) as u8; 4096];
@@ -143,8 +154,7 @@ mod tests {
         out.write_at(&page(7), 3 * 4096).unwrap();
         out.write_at(&page(400), 400 * 4096).unwrap();
         out.flush().unwrap();
-        let mut all = Vec::new();
-        (&file).read_to_end(&mut all).unwrap();
+        let all = read_all(&file);
         assert_eq!(all.len(), 401 * 4096);
         for i in 0..300u64 {
             let want = if i == 3 { 7 } else { i % 251 } as u8;
@@ -159,9 +169,7 @@ mod tests {
         // 512-byte pages: a long aligned run goes straight to disk (where the file
         // system allows it), then single pages land inside its blocks and past them,
         // through the page cache.
-        let dir = tempfile::tempdir().unwrap();
-        let file =
-            File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("f")).unwrap();
+        let (_dir, file) = new_file();
         let mut out = Output::new(&file);
         let page = |i: u64| vec![(i % 251) as u8 + 1; 512];
         for i in 0..4096u64 {
@@ -172,8 +180,7 @@ mod tests {
             out.write_at(&page(i + 100), i * 512).unwrap();
             out.flush().unwrap();
         }
-        let mut all = Vec::new();
-        (&file).read_to_end(&mut all).unwrap();
+        let all = read_all(&file);
         assert_eq!(all.len(), 4098 * 512);
         for i in 0..4098u64 {
             let want = if [1, 9, 2049, 4097].contains(&i) {

@@ -45,12 +45,8 @@ impl http_body::Body for PiecesBody {
         let this = &mut *self;
         this.buf.reserve(n);
         this.buf.resize(n, 0);
-        let got = match this.data.read_at(this.at, &mut this.buf[..n]) {
-            Ok(got) => got,
-            Err(e) => return Poll::Ready(Some(Err(e))),
-        };
-        if got != n {
-            return Poll::Ready(Some(Err(std::io::Error::other("a local LTX file ended early"))));
+        if let Err(e) = this.data.read_exact_at(this.at, &mut this.buf[..n]) {
+            return Poll::Ready(Some(Err(e)));
         }
         this.at += n as u64;
         Poll::Ready(Some(Ok(Frame::data(this.buf.split_to(n).freeze()))))

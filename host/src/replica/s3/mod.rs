@@ -919,10 +919,7 @@ impl Source<'_> {
                     // One read of files we just wrote or read (in the page cache): as
                     // cheap as a buffer this small.
                     let mut buf = vec![0u8; part as usize];
-                    let got = data.read_at(*at, &mut buf).context("cannot read a local LTX file")?;
-                    if got != buf.len() {
-                        bail!("a local LTX file ended early");
-                    }
+                    data.read_exact_at(*at, &mut buf).context("cannot read a local LTX file")?;
                     ByteStream::from(Bytes::from(buf))
                 } else {
                     body::pieces(data, *at, part)
