@@ -165,6 +165,32 @@ fn wrong_secret_missing_bucket_and_unreachable_endpoint_are_explained() {
     assert_one_line_error(&o, "cannot reach S3");
 }
 
+/// A server that takes connections and never answers (a stuck proxy, a dead load
+/// balancer): each request is given up on after a while and retried, and then the
+/// command fails with one line naming the endpoint. It never hangs.
+#[test]
+fn a_server_that_never_answers_is_named_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ep = format!("http://{}", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        // Accept and keep every connection open, reading nothing and saying nothing.
+        let mut open = Vec::new();
+        for c in silent.incoming() {
+            match c {
+                Ok(c) => open.push(c),
+                Err(_) => break,
+            }
+        }
+    });
+    let env = [("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY), ("AWS_ENDPOINT_URL_S3", &ep)];
+    let out = dir.path().join("x.db");
+    let o = sluice_with(&["restore", "-o", out.to_str().unwrap(), &format!("s3://{BUCKET}/db")], &env);
+    let err = assert_one_line_error(&o, "did not answer");
+    assert!(err.contains(&ep) && err.contains("check the endpoint"), "names the endpoint and the fix: {err}");
+    assert!(!out.exists(), "no output is left");
+}
+
 /// Point-in-time over S3: `-timestamp` uses the `litestream-timestamp` metadata.
 #[test]
 fn point_in_time_over_s3() {

@@ -18,8 +18,10 @@
 
 use std::io::{self, Read};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
@@ -438,6 +440,11 @@ where
                 root_cause(&err)
             );
         }
+        SdkError::DispatchFailure(f) if f.is_timeout() => {
+            return anyhow!(
+                "S3 at {endpoint} did not answer {action} on {what} in time, {ATTEMPTS} tries; check the endpoint and the network"
+            );
+        }
         SdkError::DispatchFailure(_) => {
             return anyhow!(
                 "cannot reach S3 at {endpoint} for {what}: {}; check the endpoint and the network",
@@ -687,7 +694,8 @@ impl S3Client {
             if let Some(k) = &self.sse_kms_key_id {
                 req = req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(k);
             }
-            let customized = req.customize();
+            let customized =
+                req.customize().config_override(aws_sdk_s3::config::Builder::new().timeout_config(upload_wait(len)));
             let customized = if self.sign_payload { customized } else { customized.disable_payload_signing() };
             customized.send().await.map_err(|e| explain(e, "s3:PutObject", &self.what(key), &self.endpoint))?;
             return Ok(len);
@@ -766,7 +774,7 @@ impl S3Client {
             let what = self.what(key);
             let endpoint = self.endpoint.clone();
             tasks.spawn(async move {
-                let c = req.customize();
+                let c = req.customize().config_override(aws_sdk_s3::config::Builder::new().timeout_config(upload_wait(len)));
                 let c = if sign { c } else { c.disable_payload_signing() };
                 let r = c.send().await.map_err(|e| explain(e, "s3:PutObject", &what, &endpoint))?;
                 let etag = r.e_tag().unwrap_or_default().to_string();
@@ -931,6 +939,24 @@ impl Source<'_> {
     }
 }
 
+/// How long a request waits for the first byte of its answer. A server that takes
+/// the connection and then says nothing is given up on, and the request retried,
+/// rather than waited on for ever.
+const ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// Tries of each request, the first included, before its failure is reported.
+const ATTEMPTS: u32 = 5;
+
+/// An upload's wait also covers sending its body, at this rate or better.
+const SLOWEST_UPLOAD_BYTES_PER_SEC: u64 = 32 << 10;
+
+/// The wait for the answer to an upload of `len` bytes.
+fn upload_wait(len: u64) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .read_timeout(ANSWER_WAIT + Duration::from_secs(len / SLOWEST_UPLOAD_BYTES_PER_SEC))
+        .build()
+}
+
 async fn build_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3::Client> {
     // Litestream's order: replica keys, then global keys (merged by the config),
     // then LITESTREAM_ACCESS_KEY_ID / LITESTREAM_SECRET_ACCESS_KEY, then the AWS chain.
@@ -962,8 +988,14 @@ async fn build_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3:
         }
     };
     let sdk = loader().region(Region::new(region)).load().await;
+    let timeouts = match sdk.timeout_config() {
+        Some(t) => t.to_builder(),
+        None => TimeoutConfig::builder(),
+    };
+    let timeouts = timeouts.read_timeout(ANSWER_WAIT).build();
     let mut b = aws_sdk_s3::config::Builder::from(&sdk)
-        .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
+        .timeout_config(timeouts)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(ATTEMPTS))
         .retry_classifier(ExtraRetries);
     if let Some(ep) = &s.endpoint {
         b = b
