@@ -191,6 +191,31 @@ fn a_server_that_never_answers_is_named_not_waited_on() {
     assert!(!out.exists(), "no output is left");
 }
 
+/// Answers that stall mid-way (every connection goes silent after 300 KB): each
+/// stalled stream is cut off within seconds and resumed from the byte it reached;
+/// a part that cannot be had in a few tries fails the restore with one line naming
+/// the cause, and no output is left. It never hangs.
+#[test]
+fn answers_that_stall_are_cut_off_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = bucket_server(dir.path());
+    let env = guide_env(&server);
+    let db = new_db(dir.path());
+    write(&db, &["randomfill", "6"]); // a 6 MiB snapshot: three ranged parts of 2 MiB
+    let url = format!("s3://{BUCKET}/stall");
+    let o = sluice_with(&["replicate", "-once", db.to_str().unwrap(), &url], &env_refs(&env));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let proxy = StallingProxy::start(server.port, 300 << 10);
+    let via_proxy = credentials_env(proxy.endpoint());
+    let out = dir.path().join("x.db");
+    let o = sluice_with(&["restore", "-o", out.to_str().unwrap(), &url], &env_refs(&via_proxy));
+    let err = assert_one_line_error(&o, "throughput");
+    assert!(err.contains("download of") && err.contains("check the endpoint and the network"), "{err}");
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("resuming"), "stalled streams were resumed first: {log}");
+    assert!(!out.exists(), "no output is left");
+}
+
 /// Point-in-time over S3: `-timestamp` uses the `litestream-timestamp` metadata.
 #[test]
 fn point_in_time_over_s3() {

@@ -21,7 +21,8 @@ pub fn writer_script() -> PathBuf {
 
 /// Runs the writer to completion in its own process.
 pub fn write(db: &Path, args: &[&str]) {
-    let out = bounded_output(Command::new("python3").arg(writer_script()).arg(db).args(args), &format!("writer {args:?}"));
+    let out =
+        bounded_output(Command::new("python3").arg(writer_script()).arg(db).args(args), &format!("writer {args:?}"));
     assert!(out.status.success(), "writer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -93,7 +94,11 @@ pub fn bounded_output(cmd: &mut Command, what: &str) -> Output {
     let out = child.wait_with_output().unwrap();
     let _ = done.send(());
     let hung = watchdog.join().unwrap();
-    assert!(!hung, "`{what}` hung: still running after {COMMAND_LIMIT:?}, killed; stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !hung,
+        "`{what}` hung: still running after {COMMAND_LIMIT:?}, killed; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 

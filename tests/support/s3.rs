@@ -111,6 +111,45 @@ pub fn wait_s3_settled(server: &S3Server, bucket: &str, path: &str, quiet: Durat
     super::support::wait_settled(|| s3_l0_max(server, bucket, path), quiet)
 }
 
+/// A TCP proxy in front of a server whose answers stall: on every connection it
+/// passes the first `answer_bytes` bytes of the server's answers, then goes silent
+/// and keeps the connection open (a stuck middlebox).
+pub struct StallingProxy {
+    pub port: u16,
+}
+
+impl StallingProxy {
+    pub fn start(upstream_port: u16, answer_bytes: usize) -> StallingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
+                held.push(client.try_clone().unwrap());
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                });
+                let (mut from, mut to) = (server, client);
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut (&mut from).take(answer_bytes as u64), &mut to);
+                    // Silent from here on: `to` stays open, nothing more is sent.
+                    let mut sink = [0u8; 65536];
+                    while matches!(from.read(&mut sink), Ok(n) if n > 0) {}
+                    drop(to);
+                });
+            }
+        });
+        StallingProxy { port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 /// A TCP proxy in front of a server. While `faulty` is set, it answers every new
 /// connection with `503 Service Unavailable` or drops it, and it cuts the
 /// connections that were open when the fault began.

@@ -774,7 +774,9 @@ impl S3Client {
             let what = self.what(key);
             let endpoint = self.endpoint.clone();
             tasks.spawn(async move {
-                let c = req.customize().config_override(aws_sdk_s3::config::Builder::new().timeout_config(upload_wait(len)));
+                let c = req
+                    .customize()
+                    .config_override(aws_sdk_s3::config::Builder::new().timeout_config(upload_wait(len)));
                 let c = if sign { c } else { c.disable_payload_signing() };
                 let r = c.send().await.map_err(|e| explain(e, "s3:PutObject", &what, &endpoint))?;
                 let etag = r.e_tag().unwrap_or_default().to_string();
@@ -952,9 +954,7 @@ const SLOWEST_UPLOAD_BYTES_PER_SEC: u64 = 32 << 10;
 
 /// The wait for the answer to an upload of `len` bytes.
 fn upload_wait(len: u64) -> TimeoutConfig {
-    TimeoutConfig::builder()
-        .read_timeout(ANSWER_WAIT + Duration::from_secs(len / SLOWEST_UPLOAD_BYTES_PER_SEC))
-        .build()
+    TimeoutConfig::builder().read_timeout(ANSWER_WAIT + Duration::from_secs(len / SLOWEST_UPLOAD_BYTES_PER_SEC)).build()
 }
 
 async fn build_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3::Client> {

@@ -146,12 +146,15 @@ impl ObjectReader {
                     Ok(Some(c)) if !c.is_empty() => return Ok(c),
                     Ok(Some(_)) => continue,
                     Ok(None) => "the object ended early".to_string(),
-                    Err(e) => e.to_string(),
+                    Err(e) => with_causes(&e),
                 },
             };
             resumes += 1;
             if resumes > READ_RESUMES {
-                return Err(io::Error::other(format!("download of {} failed: {failure}", self.key)));
+                return Err(io::Error::other(format!(
+                    "download of {} failed: {failure}; check the endpoint and the network",
+                    self.key
+                )));
             }
             warn!(key = %self.key, offset = self.offset, "download interrupted, resuming: {failure}");
             self.body = None;
@@ -242,7 +245,7 @@ async fn fetch_part(
                     }
                     Ok(None) if start + got > end => break String::new(),
                     Ok(None) => break "the object ended early".to_string(),
-                    Err(e) => break e.to_string(),
+                    Err(e) => break with_causes(&e),
                 }
             },
             Err(e) => e.to_string(),
@@ -252,11 +255,29 @@ async fn fetch_part(
         }
         resumes += 1;
         if resumes > READ_RESUMES {
-            return Err(io::Error::other(format!("download of {key} (bytes {start}-{end}) failed: {failure}")));
+            return Err(io::Error::other(format!(
+                "download of {key} (bytes {start}-{end}) failed: {failure}; check the endpoint and the network"
+            )));
         }
         warn!(key = %key, offset = from, "download interrupted, resuming: {failure}");
         tokio::time::sleep(Duration::from_millis(200 * resumes as u64)).await;
     }
+}
+
+/// An error and its causes, as one line: a stream's own message ("streaming
+/// error") says little without the cause under it (a stall, a reset).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !line.contains(&c_text) {
+            line.push_str(": ");
+            line.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    line
 }
 
 #[cfg(test)]
