@@ -8,8 +8,8 @@
 //! No reader can wait for a slot while holding one, so readers sharing the bound
 //! never wait on each other in a circle: a part takes its slot before it is
 //! requested (a reader never queues a part that could wait behind another
-//! reader's), and a reader that has nothing on the way gives up the slot of the
-//! part it has finished before it waits for the next.
+//! reader's), and a reader gives up the slot of the part it has finished before
+//! it waits for the next.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -175,10 +175,10 @@ impl Read for ObjectReader {
                 self.chunk = self.next_of_first()?;
             } else {
                 self.body = None;
+                // The part read so far is finished: its slot is free for any reader.
+                self._part = None;
                 if self.ahead.is_empty() && self.requested < self.len {
-                    // Nothing on the way: give up the finished part's slot, then wait
-                    // for one, holding none.
-                    self._part = None;
+                    // Nothing on the way: wait for a slot, holding none.
                     let slot = runtime().block_on(PARTS.clone().acquire_owned()).map_err(io::Error::other)?;
                     self.fetch_next(slot);
                 }
