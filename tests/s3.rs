@@ -183,12 +183,8 @@ fn a_server_that_never_answers_is_named_not_waited_on() {
             }
         }
     });
-    let env = [("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY), ("AWS_ENDPOINT_URL_S3", &ep)];
-    let out = dir.path().join("x.db");
-    let o = sluice_with(&["restore", "-o", out.to_str().unwrap(), &format!("s3://{BUCKET}/db")], &env);
-    let err = assert_one_line_error(&o, "did not answer");
+    let (err, _) = restore_fails(dir.path(), &format!("s3://{BUCKET}/db"), ep.clone(), "did not answer");
     assert!(err.contains(&ep) && err.contains("check the endpoint"), "names the endpoint and the fix: {err}");
-    assert!(!out.exists(), "no output is left");
 }
 
 /// Answers that stall mid-way (every connection goes silent after 300 KB): each
@@ -206,14 +202,20 @@ fn answers_that_stall_are_cut_off_not_waited_on() {
     let o = sluice_with(&["replicate", "-once", db.to_str().unwrap(), &url], &env_refs(&env));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let proxy = StallingProxy::start(server.port, 300 << 10);
-    let via_proxy = credentials_env(proxy.endpoint());
-    let out = dir.path().join("x.db");
-    let o = sluice_with(&["restore", "-o", out.to_str().unwrap(), &url], &env_refs(&via_proxy));
-    let err = assert_one_line_error(&o, "throughput");
+    let (err, log) = restore_fails(dir.path(), &url, proxy.endpoint(), "throughput");
     assert!(err.contains("download of") && err.contains("check the endpoint and the network"), "{err}");
-    let log = String::from_utf8_lossy(&o.stderr);
     assert!(log.contains("resuming"), "stalled streams were resumed first: {log}");
+}
+
+/// Restores `url` through `endpoint`, which must fail with one line containing
+/// `needle` and leave no output; returns that line and the whole log.
+fn restore_fails(dir: &Path, url: &str, endpoint: String, needle: &str) -> (String, String) {
+    let env = credentials_env(endpoint);
+    let out = dir.join("x.db");
+    let o = sluice_with(&["restore", "-o", out.to_str().unwrap(), url], &env_refs(&env));
+    let err = assert_one_line_error(&o, needle);
     assert!(!out.exists(), "no output is left");
+    (err, String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 /// Point-in-time over S3: `-timestamp` uses the `litestream-timestamp` metadata.

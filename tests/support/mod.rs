@@ -82,14 +82,14 @@ pub fn bounded_output(cmd: &mut Command, what: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start `{what}`: {e} (.ci/run installs what the tests need)"));
-    let pid = child.id();
+    let pid = child.id() as i32;
     let (done, finished) = mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        if finished.recv_timeout(COMMAND_LIMIT) == Err(mpsc::RecvTimeoutError::Timeout) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            return true;
+        let hung = finished.recv_timeout(COMMAND_LIMIT) == Err(mpsc::RecvTimeoutError::Timeout);
+        if hung {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        false
+        hung
     });
     let out = child.wait_with_output().unwrap();
     let _ = done.send(());

@@ -694,8 +694,7 @@ impl S3Client {
             if let Some(k) = &self.sse_kms_key_id {
                 req = req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms).ssekms_key_id(k);
             }
-            let customized =
-                req.customize().config_override(aws_sdk_s3::config::Builder::new().timeout_config(upload_wait(len)));
+            let customized = req.customize().config_override(upload_wait(len));
             let customized = if self.sign_payload { customized } else { customized.disable_payload_signing() };
             customized.send().await.map_err(|e| explain(e, "s3:PutObject", &self.what(key), &self.endpoint))?;
             return Ok(len);
@@ -774,9 +773,7 @@ impl S3Client {
             let what = self.what(key);
             let endpoint = self.endpoint.clone();
             tasks.spawn(async move {
-                let c = req
-                    .customize()
-                    .config_override(aws_sdk_s3::config::Builder::new().timeout_config(upload_wait(len)));
+                let c = req.customize().config_override(upload_wait(len));
                 let c = if sign { c } else { c.disable_payload_signing() };
                 let r = c.send().await.map_err(|e| explain(e, "s3:PutObject", &what, &endpoint))?;
                 let etag = r.e_tag().unwrap_or_default().to_string();
@@ -952,9 +949,10 @@ const ATTEMPTS: u32 = 5;
 /// An upload's wait also covers sending its body, at this rate or better.
 const SLOWEST_UPLOAD_BYTES_PER_SEC: u64 = 32 << 10;
 
-/// The wait for the answer to an upload of `len` bytes.
-fn upload_wait(len: u64) -> TimeoutConfig {
-    TimeoutConfig::builder().read_timeout(ANSWER_WAIT + Duration::from_secs(len / SLOWEST_UPLOAD_BYTES_PER_SEC)).build()
+/// The per-request setting for an upload of `len` bytes: its wait for the answer.
+fn upload_wait(len: u64) -> aws_sdk_s3::config::Builder {
+    let wait = ANSWER_WAIT + Duration::from_secs(len / SLOWEST_UPLOAD_BYTES_PER_SEC);
+    aws_sdk_s3::config::Builder::new().timeout_config(TimeoutConfig::builder().read_timeout(wait).build())
 }
 
 async fn build_client(s: &S3Settings, provider: &Provider) -> Result<aws_sdk_s3::Client> {

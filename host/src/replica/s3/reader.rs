@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use super::{READ_RESUMES, SseC, explain, runtime};
+use super::{READ_RESUMES, SseC, explain, root_cause, runtime};
 
 /// The size of each ranged GET.
 pub(super) const PART_BYTES: u64 = 2 << 20;
@@ -146,7 +146,7 @@ impl ObjectReader {
                     Ok(Some(c)) if !c.is_empty() => return Ok(c),
                     Ok(Some(_)) => continue,
                     Ok(None) => "the object ended early".to_string(),
-                    Err(e) => with_causes(&e),
+                    Err(e) => root_cause(&e),
                 },
             };
             resumes += 1;
@@ -245,7 +245,7 @@ async fn fetch_part(
                     }
                     Ok(None) if start + got > end => break String::new(),
                     Ok(None) => break "the object ended early".to_string(),
-                    Err(e) => break with_causes(&e),
+                    Err(e) => break root_cause(&e),
                 }
             },
             Err(e) => e.to_string(),
@@ -262,22 +262,6 @@ async fn fetch_part(
         warn!(key = %key, offset = from, "download interrupted, resuming: {failure}");
         tokio::time::sleep(Duration::from_millis(200 * resumes as u64)).await;
     }
-}
-
-/// An error and its causes, as one line: a stream's own message ("streaming
-/// error") says little without the cause under it (a stall, a reset).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !line.contains(&c_text) {
-            line.push_str(": ");
-            line.push_str(&c_text);
-        }
-        cause = c.source();
-    }
-    line
 }
 
 #[cfg(test)]
