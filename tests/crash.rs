@@ -372,6 +372,91 @@ fn killed_at_every_crash_point() {
     }
 }
 
+/// The newest local L0 file of a state directory.
+fn newest_local_l0(db: &Path) -> PathBuf {
+    let dir = db.with_file_name(format!(".{}-litestream/ltx/0", db.file_name().unwrap().to_string_lossy()));
+    fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| sluice::ltx::parse_filename(&e.file_name().to_string_lossy()).map(|(_, max)| (max, e.path())))
+        .max()
+        .expect("no local L0 file")
+        .1
+}
+
+/// A local LTX file damaged while Sluice is down (a disk fault, a stray edit, a copy
+/// cut short) is never uploaded and never taken as the position: the next start
+/// names it, resets local state, continues from the replica (Litestream's
+/// `auto-recover`, which Sluice always does), and every TXID restores to a state the
+/// source had. The damaged file is one Sluice wrote and was killed before uploading
+/// (with a flipped page byte, cut short, or a zeroed header), or one already uploaded.
+#[test]
+fn damaged_local_ltx_files_are_never_shipped() {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::process::ExitStatusExt;
+    type Damage = fn(&Path);
+    let flip: Damage = |p| {
+        let f = fs::OpenOptions::new().read(true).write(true).open(p).unwrap();
+        let at = f.metadata().unwrap().len() / 2;
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+    };
+    let cut: Damage = |p| {
+        let f = fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+    };
+    let zero_header: Damage =
+        |p| fs::OpenOptions::new().write(true).open(p).unwrap().write_all_at(&[0; 100], 0).unwrap();
+    let cases: [(&str, Damage, bool, &str); 4] = [
+        ("a page byte flipped in a file not yet uploaded", flip, false, "PASSIVE"),
+        ("a file not yet uploaded cut short", cut, false, "TRUNCATE"),
+        ("a zeroed header in a file not yet uploaded", zero_header, false, ""),
+        ("a page byte flipped in a file already uploaded", flip, true, "RESTART"),
+    ];
+    for (what, damage, uploaded, mode) in cases {
+        let mut c = Case::new(4096);
+        c.app.run("insert a 20");
+        c.replicate_once();
+        c.app.run("insert b 20");
+        let target = if uploaded {
+            c.replicate_once();
+            // The oldest local file, long since in the replica.
+            let dir = newest_local_l0(&c.db).parent().unwrap().to_path_buf();
+            let mut files: Vec<PathBuf> = fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
+            files.sort();
+            files.remove(0)
+        } else {
+            let url = file_url(&c.replica);
+            let o = sluice_with(
+                &["replicate", "-once", c.db.to_str().unwrap(), &url],
+                &[("SLUICE_FAILPOINT", "l0-renamed")],
+            );
+            assert_eq!(o.status.signal(), Some(9), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+            let newest = newest_local_l0(&c.db);
+            let name = newest.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!c.replica.join("ltx/0").join(&name).exists(), "{what}: {name} was uploaded before the kill");
+            newest
+        };
+        damage(&target);
+        if !mode.is_empty() {
+            c.app.run(&format!("checkpoint {mode}"));
+        }
+        c.app.run("insert c 5");
+        let o = sluice(&["replicate", "-once", c.db.to_str().unwrap(), &file_url(&c.replica)]);
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{what}: the next start failed: {log}");
+        let name = target.file_name().unwrap().to_string_lossy();
+        assert!(
+            log.lines().any(|l| l.contains("local LTX file is damaged") && l.contains(&*name)),
+            "{what}: the log does not name {name}:\n{log}"
+        );
+        c.app.run("insert d 3");
+        c.replicate_once();
+        c.check_every_txid();
+    }
+}
+
 /// Something changes the database file behind SQLite's back (a rogue process, a disk
 /// fault) while Sluice runs. At a complete checkpoint within one checkpoint interval
 /// Sluice finds that the file no longer matches the checksum of what it captured: it

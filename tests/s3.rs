@@ -141,6 +141,34 @@ fn guide_config_per_replica_keys_with_env_expansion() {
     );
 }
 
+/// `sign-accept-encoding` (Litestream's fix for Garage, and for Google Cloud
+/// Storage's interoperability API, both of which reject a signed `Accept-Encoding`):
+/// Sluice's S3 client sends no `Accept-Encoding` header at all, so none is ever
+/// signed, with the key at its default, `false` in the config, or `true` in the URL.
+#[test]
+fn accept_encoding_is_never_signed() {
+    for (url_query, key) in [("", ""), ("", "      sign-accept-encoding: false\n"), ("?signAcceptEncoding=true", "")] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = bucket_server(dir.path());
+        let env = guide_env(&server);
+        let cfg = dir.path().join("sluice.yml");
+        let url = format!("s3://{BUCKET}/PATHNAME{url_query}");
+        replicate_and_restore(
+            dir.path(),
+            &server,
+            "PATHNAME",
+            |db| {
+                fs::write(&cfg, format!("dbs:\n  - path: {}\n    replica:\n      url: {url}\n{key}", db.display()))
+                    .unwrap();
+                Daemon::start_with(&["-config", cfg.to_str().unwrap()], &dir.path().join("log"), &env_refs(&env))
+            },
+            &env_refs(&env),
+        );
+        assert!(server.requests() > 0);
+        assert_eq!(server.accept_encoding_requests(), 0, "{url} {key:?}: a request sent or signed Accept-Encoding");
+    }
+}
+
 #[test]
 fn wrong_secret_missing_bucket_and_unreachable_endpoint_are_explained() {
     let dir = tempfile::tempdir().unwrap();

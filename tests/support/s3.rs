@@ -33,6 +33,7 @@ pub struct S3Server {
     pub port: u16,
     pub root: PathBuf,
     requests: Arc<AtomicU64>,
+    accept_encoding: Arc<AtomicU64>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -41,22 +42,31 @@ impl S3Server {
         std::fs::create_dir_all(root).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let requests = Arc::new(AtomicU64::new(0));
+        let accept_encoding = Arc::new(AtomicU64::new(0));
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let port = listener.local_addr().unwrap().port();
         let fs = s3s_fs::FileSystem::new(root).unwrap();
         let mut b = s3s::service::S3ServiceBuilder::new(fs);
         b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = b.build();
-        let counter = requests.clone();
+        let (counter, ae_counter) = (requests.clone(), accept_encoding.clone());
         rt.spawn(async move {
             let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             loop {
                 let Ok((sock, _)) = listener.accept().await else { continue };
                 let _ = sock.set_nodelay(true);
-                let counter = counter.clone();
+                let (counter, ae_counter) = (counter.clone(), ae_counter.clone());
                 let svc = service.clone();
-                let counted = hyper::service::service_fn(move |req| {
+                let counted = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     counter.fetch_add(1, Ordering::SeqCst);
+                    let signed = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding"));
+                    if signed || req.headers().contains_key("accept-encoding") {
+                        ae_counter.fetch_add(1, Ordering::SeqCst);
+                    }
                     let svc = svc.clone();
                     async move { hyper::service::Service::call(&svc, req).await }
                 });
@@ -66,7 +76,7 @@ impl S3Server {
                 });
             }
         });
-        S3Server { port, root: root.to_path_buf(), requests, _rt: rt }
+        S3Server { port, root: root.to_path_buf(), requests, accept_encoding, _rt: rt }
     }
 
     pub fn endpoint(&self) -> String {
@@ -80,6 +90,11 @@ impl S3Server {
     /// Requests served so far (every request, whatever its outcome).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests that carried an `Accept-Encoding` header or signed one.
+    pub fn accept_encoding_requests(&self) -> u64 {
+        self.accept_encoding.load(Ordering::SeqCst)
     }
 
     /// Where s3s-fs keeps an object's bytes.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use rusqlite::{Connection, OpenFlags};
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use crate::capture::wal::{self, FrameReader, WalHeader};
 use crate::fsutil::fsync_dir;
@@ -534,7 +534,18 @@ impl Db {
         fs::create_dir_all(self.l0_dir())
             .with_context(|| format!("cannot create local state directory {}", self.l0_dir().display()))?;
         self.handles = Some(Handles { conn, rtx, db_file, page_size });
-        self.reload_position()?;
+        if !self.opened_before {
+            self.check_local_files()?;
+        }
+        if let Err(e) = self.reload_position() {
+            // The newest local file was damaged while the database was parked: start
+            // over from the replicas before capturing anything (see the scheduler).
+            error!(db = %self.path.display(), "cannot read the newest local LTX file ({e:#}); resetting local state");
+            self.close();
+            self.reset_local_state()?;
+            self.shared.reset_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(e.context("local state was damaged and has been reset; replication resumes from the replica"));
+        }
         self.verified = false;
         self.captured_generation = None;
         // Back from parking: the checksums still describe our position.
@@ -572,6 +583,38 @@ impl Db {
             self.parked_sums = Some((pos.max_txid, sums));
         }
         self.close();
+    }
+
+    /// Checks every local L0 file in full (header, pages, CRC-64) once per process,
+    /// before any of them is taken as our position or uploaded. Files Sluice writes
+    /// are fsynced before they are renamed into place, so a damaged one was damaged
+    /// from outside (a disk fault, a stray edit, a copy cut short). Then local state
+    /// is reset and start-up reconciliation takes the position from the replica, as
+    /// Litestream does with `auto-recover` (always on here): a damaged file is never
+    /// shipped, and the next capture is verified against the WAL as usual.
+    fn check_local_files(&mut self) -> Result<()> {
+        let dir = self.l0_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read local state directory {}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if ltx::parse_filename(&entry.file_name().to_string_lossy()).is_none() {
+                continue;
+            }
+            let path = entry.path();
+            let checked = File::open(&path).map_err(|e| anyhow!("cannot open {}: {e}", path.display())).and_then(|f| {
+                let r = io::BufReader::with_capacity(256 * 1024, f);
+                Ok(ltx::Decoder::new(r, path.display().to_string())?.verify()?)
+            });
+            if let Err(e) = checked {
+                error!(db = %self.path.display(), "local LTX file is damaged ({e:#}); resetting local state: the position comes from the replica, and the next file is a snapshot unless the WAL still holds everything after it");
+                return self.reset_local_state();
+            }
+        }
+        Ok(())
     }
 
     /// Re-reads the newest local L0 header; removes stale staging files.
