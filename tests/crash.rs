@@ -668,7 +668,7 @@ fn holds_files_of(pid: u32, db: &Path) -> bool {
 /// checkpoint is pending: no connection, no `-shm` mapping, no descriptor. While
 /// it is closed the application writes, checkpoints in every mode (restarting the
 /// WAL) and writes again; every change reaches the replica, and the restore equals
-/// the source.
+/// the source. Last, its newest local LTX file is damaged while it is closed.
 #[test]
 fn a_small_idle_database_holds_no_files_and_misses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -702,6 +702,23 @@ fn a_small_idle_database_holds_no_files_and_misses_nothing() {
         wait_until_caught_up(|| replica_caught_up(&db, &replica), mode);
         wait_for("the next park", || parked() > n);
         assert!(!holds_files_of(daemon.id(), &db), "a parked database still has open files");
+    }
+    // The newest local file is damaged while the database is parked: the reopen
+    // names it, resets local state, goes on from the replica, and misses nothing.
+    {
+        use std::os::unix::fs::FileExt;
+        let n = parked();
+        let newest = newest_local_l0(&db);
+        fs::OpenOptions::new().write(true).open(&newest).unwrap().write_all_at(&[0; 100], 0).unwrap();
+        app.run("insert e 4");
+        wait_until_caught_up(|| replica_caught_up(&db, &replica), "after the damage");
+        assert!(
+            log_count(&log, &db, "cannot read the newest local LTX file") > 0,
+            "the damaged {} went unnoticed:\n{}",
+            newest.display(),
+            fs::read_to_string(&log).unwrap()
+        );
+        wait_for("the next park", || parked() > n);
     }
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     assert!(daemon.wait().unwrap().success(), "{}", fs::read_to_string(&log).unwrap());
