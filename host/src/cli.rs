@@ -101,12 +101,12 @@ impl ConfigArgs {
     }
 
     /// Whether the config comes from standard input (`-config -`).
-    fn from_stdin(&self) -> bool {
+    fn reads_stdin(&self) -> bool {
         self.config.as_deref() == Some(std::path::Path::new("-"))
     }
 
     fn load(&self) -> Result<Config> {
-        if self.from_stdin() {
+        if self.reads_stdin() {
             let mut text = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
                 .map_err(|e| anyhow!("cannot read the config from standard input: {e}"))?;
@@ -487,7 +487,7 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
                 _ => {}
             }
             if let Some(addr) = cfg.mcp_addr.as_deref().filter(|addr| !addr.is_empty() && !a.once) {
-                if a.config.from_stdin() {
+                if a.config.reads_stdin() {
                     bail!(
                         "mcp-addr needs a config file its tools can read again; save the config to a file and pass -config PATH"
                     );
@@ -532,13 +532,20 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
     )
 }
 
+/// Replicas with their names.
+type NamedReplicas = Vec<(String, Box<dyn ReplicaClient>)>;
+
+/// The replica a command reads, the database path it came from (if any), and the
+/// restore source chosen while picking it among several.
+type Resolved = (Box<dyn ReplicaClient>, Option<PathBuf>, Option<Source>);
+
 /// The replicas a command reads: a replica URL's, or those of a database path in
 /// the config file (only the one `-replica NAME` names, when given).
 fn resolve_replicas(
     target: &str,
     config: &ConfigArgs,
     choice: &ReplicaChoice,
-) -> Result<(Vec<(String, Box<dyn ReplicaClient>)>, Option<PathBuf>)> {
+) -> Result<(NamedReplicas, Option<PathBuf>)> {
     if target.contains("://") && !target.starts_with("sqlite") {
         if choice.name.is_some() {
             bail!(
@@ -569,12 +576,7 @@ fn resolve_replicas(
 /// The one replica to restore `want` from: the only one, or (with several) the one
 /// whose restore reaches the newest TXID, with what to restore from it (its plan,
 /// made while choosing; None with one replica, or when none could be planned).
-fn resolve_target(
-    target: &str,
-    config: &ConfigArgs,
-    choice: &ReplicaChoice,
-    want: Target,
-) -> Result<(Box<dyn ReplicaClient>, Option<PathBuf>, Option<Source>)> {
+fn resolve_target(target: &str, config: &ConfigArgs, choice: &ReplicaChoice, want: Target) -> Result<Resolved> {
     let (mut replicas, path) = resolve_replicas(target, config, choice)?;
     if replicas.len() == 1 {
         return Ok((replicas.remove(0).1, path, None));

@@ -1146,10 +1146,11 @@ impl Db {
     /// a write that bypasses SQLite. A drift is still found within one interval.
     fn check_position_against_file(&mut self) -> Result<()> {
         let interval = self.opts.checkpoint_interval;
-        if let Some(t) = self.last_file_check {
-            if !interval.is_zero() && t.elapsed() < interval {
-                return Ok(());
-            }
+        if let Some(t) = self.last_file_check
+            && !interval.is_zero()
+            && t.elapsed() < interval
+        {
+            return Ok(());
         }
         let (Some(pos), Some(sums)) = (&self.pos, &self.sums) else { return Ok(()) };
         let (expected, commit) = (sums.total(), pos.commit);

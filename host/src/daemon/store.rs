@@ -364,12 +364,11 @@ impl Store {
         let local = self.shared.txid();
         let snap = self.files()?[SNAPSHOT_LEVEL as usize].last().map_or(0, |f| f.max_txid);
         self.restart_awaits_live = false;
-        if !(snap >= missing && (snap >= local || self.shared.l0_path(snap + 1).exists())) {
-            if !self.snapshot(true, Utc::now())? {
-                // The snapshot needs the database open under capture's read transaction.
-                self.restart_awaits_live = true;
-                return Ok(());
-            }
+        let covered = snap >= missing && (snap >= local || self.shared.l0_path(snap + 1).exists());
+        if !covered && !self.snapshot(true, Utc::now())? {
+            // The snapshot needs the database open under capture's read transaction.
+            self.restart_awaits_live = true;
+            return Ok(());
         }
         let floor = self.files()?[SNAPSHOT_LEVEL as usize].last().map_or(0, |f| f.max_txid);
         warn!(db = %self.shared.path.display(), replica = %self.name, missing = %ltx::format_txid(missing),
