@@ -1,8 +1,10 @@
 //! File notifications: one inotify instance (through the `inotify` crate) for the
 //! whole process, read by one thread. Each database subscribes with its path; a
-//! change to the database file or its `-wal` wakes that database's capture task.
-//! Directories are watched, not files, so a WAL that is deleted and created again
-//! is still seen, and one watch serves every database of a directory.
+//! change to its `-wal` wakes that database's capture task. Each WAL has a watch
+//! of its own for writes (moved to the new file when the application creates a
+//! WAL again), and each directory one watch, shared by all its databases, for
+//! files created, removed, renamed or closed after writing; the pages our own
+//! checkpoints write into a database file raise no event.
 //!
 //! After each batch of events the reading thread pauses for [`COALESCE`]. The
 //! kernel merges an event identical to the one before it while neither has been
