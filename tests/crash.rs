@@ -372,16 +372,12 @@ fn killed_at_every_crash_point() {
     }
 }
 
-/// The newest local L0 file of a state directory.
-fn newest_local_l0(db: &Path) -> PathBuf {
-    let dir = db.with_file_name(format!(".{}-litestream/ltx/0", db.file_name().unwrap().to_string_lossy()));
-    fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| sluice::ltx::parse_filename(&e.file_name().to_string_lossy()).map(|(_, max)| (max, e.path())))
-        .max()
-        .expect("no local L0 file")
-        .1
+/// The local L0 file of `txid` (newest: the position) in a database's default state directory.
+fn local_l0(db: &Path, txid: Option<u64>) -> PathBuf {
+    use sluice::capture::db::{default_meta_path, local_txid};
+    let meta = default_meta_path(db);
+    let txid = txid.unwrap_or_else(|| local_txid(&meta).unwrap().expect("no local L0 file"));
+    meta.join("ltx/0").join(sluice::ltx::format_filename(txid, txid))
 }
 
 /// A local LTX file damaged while Sluice is down (a disk fault, a stray edit, a copy
@@ -421,11 +417,8 @@ fn damaged_local_ltx_files_are_never_shipped() {
         c.app.run("insert b 20");
         let target = if uploaded {
             c.replicate_once();
-            // The oldest local file, long since in the replica.
-            let dir = newest_local_l0(&c.db).parent().unwrap().to_path_buf();
-            let mut files: Vec<PathBuf> = fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
-            files.sort();
-            files.remove(0)
+            // The first local file, long since in the replica.
+            local_l0(&c.db, Some(1))
         } else {
             let url = file_url(&c.replica);
             let o = sluice_with(
@@ -433,7 +426,7 @@ fn damaged_local_ltx_files_are_never_shipped() {
                 &[("SLUICE_FAILPOINT", "l0-renamed")],
             );
             assert_eq!(o.status.signal(), Some(9), "{what}: {}", String::from_utf8_lossy(&o.stderr));
-            let newest = newest_local_l0(&c.db);
+            let newest = local_l0(&c.db, None);
             let name = newest.file_name().unwrap().to_string_lossy().into_owned();
             assert!(!c.replica.join("ltx/0").join(&name).exists(), "{what}: {name} was uploaded before the kill");
             newest
@@ -708,7 +701,7 @@ fn a_small_idle_database_holds_no_files_and_misses_nothing() {
     {
         use std::os::unix::fs::FileExt;
         let n = parked();
-        let newest = newest_local_l0(&db);
+        let newest = local_l0(&db, None);
         fs::OpenOptions::new().write(true).open(&newest).unwrap().write_all_at(&[0; 100], 0).unwrap();
         app.run("insert e 4");
         wait_until_caught_up(|| replica_caught_up(&db, &replica), "after the damage");

@@ -538,13 +538,13 @@ impl Db {
             self.check_local_files()?;
         }
         if let Err(e) = self.reload_position() {
-            // The newest local file was damaged while the database was parked: start
-            // over from the replicas before capturing anything (see the scheduler).
+            // The newest local file was damaged while the database was parked: nothing
+            // is captured until the scheduler has reset local state and taken the
+            // position from the replicas, as for a local file found missing.
             error!(db = %self.path.display(), "cannot read the newest local LTX file ({e:#}); resetting local state");
             self.close();
-            self.reset_local_state()?;
             self.shared.reset_requested.store(true, std::sync::atomic::Ordering::SeqCst);
-            return Err(e.context("local state was damaged and has been reset; replication resumes from the replica"));
+            return Err(e.context("local state is damaged; replication resumes from the replica once it is reset"));
         }
         self.verified = false;
         self.captured_generation = None;
