@@ -280,6 +280,49 @@ fn verify_passes_a_good_replica_and_fails_a_damaged_one() {
     assert_one_line_error(&o, "verify of");
 }
 
+/// `verify` reads every LTX file in the replica, not only those a restore would:
+/// a flipped byte in the newest level-0 file fails it even when a snapshot covers
+/// that file (the restore plan is the snapshot alone). The output says how many
+/// files were checked; `-fast` checks only the plan's files, passes, and says so.
+#[test]
+fn verify_checks_files_outside_the_restore_plan() {
+    let (dir, db, replica) = make_replica();
+    let cfg = dir.path().join("sluice.yml");
+    for step in ["5", "6"] {
+        write(&db, &["step", step]);
+        let o = sluice(&["replicate", "-once", "-config", cfg.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = sluice(&["replicate", "-once", "-force-snapshot", "-config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let url = file_url(&replica);
+    let files: usize = ["0", "9"].iter().map(|l| fs::read_dir(replica.join("ltx").join(l)).map_or(0, |d| d.count())).sum();
+    let o = sluice(&["verify", &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line = String::from_utf8_lossy(&o.stdout);
+    assert!(line.contains(&format!("all {files} LTX files checked")), "{line}");
+
+    let newest = newest_file(&replica.join("ltx/0"));
+    let plan = sluice(&["restore", "-dry-run", "-o", dir.path().join("x.db").to_str().unwrap(), &url]);
+    let plan = String::from_utf8_lossy(&plan.stdout).to_string();
+    let name = newest.file_name().unwrap().to_string_lossy().to_string();
+    assert!(!plan.contains(&name), "the restore plan does not read the newest L0 file:\n{plan}");
+    let mut bytes = fs::read(&newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(&newest, bytes).unwrap();
+    let o = sluice(&["verify", &url]);
+    let err = assert_one_line_error(&o, "verify of");
+    assert!(err.contains(&name) && err.contains("1 of"), "names the damaged file {name}: {err}");
+    let o = sluice(&["verify", "-json", &url]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["ok"], false, "{j}");
+    let o = sluice(&["verify", "-fast", &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line = String::from_utf8_lossy(&o.stdout);
+    assert!(line.contains("-fast: only the restore plan"), "{line}");
+}
+
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     fs::create_dir_all(to).unwrap();
     for e in fs::read_dir(from).unwrap().flatten() {
@@ -318,4 +361,70 @@ fn unknown_config_keys_are_named_with_the_key_probably_meant() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("unknown config key `dbs[0].replica.sync-intervall`; did you mean `sync-interval`?"), "{err}");
     assert!(err.contains("unknown config key `dbs[0].monitor-intervall`; did you mean `monitor-interval`?"), "{err}");
+}
+
+/// An argument that is not UTF-8 (a file name in another encoding) is one error
+/// line naming it, never a panic.
+#[test]
+fn a_non_utf8_argument_is_one_line() {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.db");
+    let o = bounded_output(
+        std::process::Command::new(sluice_bin()).arg("replicate").arg(name).arg("file:///tmp/r"),
+        "sluice replicate <non-UTF-8>",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = assert_one_line_error(&o, "not valid UTF-8");
+    assert!(err.contains("caf\u{fffd}.db"), "names the argument: {err}");
+}
+
+/// Values too large for any clock or size: one line naming the key, never a panic.
+#[test]
+fn huge_durations_and_sizes_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let cfg = dir.path().join("sluice.yml");
+    for (key, needle) in [
+        ("    monitor-interval: 99999999999999999h\n", "too long"),
+        ("    checkpoint-interval: 1e999s\n", "invalid duration"),
+        ("    replica:\n      url: s3://b/p\n      part-size: 99999999TiB\n", "size"),
+        ("    replica:\n      url: s3://b/p?partSize=99999999999999999999999\n", "positive whole number"),
+    ] {
+        let replica = if key.contains("replica:") { String::new() } else { format!("    replica:\n      url: {}\n", file_url(&dir.path().join("r"))) };
+        fs::write(&cfg, format!("dbs:\n  - path: {}\n{key}{replica}", db.display())).unwrap();
+        let o = sluice(&["replicate", "-once", "-config", cfg.to_str().unwrap()]);
+        assert_one_line_error(&o, needle);
+    }
+}
+
+/// A local state directory that cannot be read (here it is not a directory; as
+/// root, permissions would not stop us) is an error, not an empty state: taken as
+/// empty, TXIDs would restart at 1 and fork the replica's history. The replica is
+/// left exactly as it was.
+#[test]
+fn an_unreadable_state_directory_is_an_error_not_a_fresh_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let replica = dir.path().join("replica");
+    let url = file_url(&replica);
+    for step in ["0", "1"] {
+        write(&db, &["step", step]);
+        let o = sluice(&["replicate", "-once", db.to_str().unwrap(), &url]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let listing = || {
+        let mut v: Vec<String> =
+            fs::read_dir(replica.join("ltx/0")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        v.sort();
+        v
+    };
+    let before = listing();
+    let l0 = dir.path().join(".app.db-litestream/ltx/0");
+    fs::remove_dir_all(&l0).unwrap();
+    fs::write(&l0, b"not a directory").unwrap();
+    write(&db, &["step", "2"]);
+    let o = sluice(&["replicate", "-once", db.to_str().unwrap(), &url]);
+    let err = assert_one_line_error(&o, "local state directory");
+    assert!(err.contains("ltx/0"), "{err}");
+    assert_eq!(listing(), before, "nothing was written to the replica");
 }

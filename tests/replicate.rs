@@ -4,7 +4,7 @@
 mod support;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -722,4 +722,182 @@ fn meta_dir_and_logging_source() {
         assert!(!dbs.join(format!(".{name}-litestream")).exists(), "state written next to {name} despite meta-dir");
     }
     assert!(log.lines().any(|l| l.contains("replicated once") && l.contains(".rs:")), "no source in:\n{log}");
+}
+
+/// The bytes of a database and its side files, exactly.
+fn files_of(db: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| {
+            let p = PathBuf::from(format!("{}{s}", db.display()));
+            (s.to_string(), fs::read(&p).ok())
+        })
+        .collect()
+}
+
+/// `restore -force` over an existing database never destroys it: a restore that
+/// fails mid-way (a damaged replica file) leaves the old database, its WAL with a
+/// committed row not yet checkpointed, and its shared-memory file byte for byte as
+/// they were. Once the replica is whole again, the same command replaces it: the
+/// result is the source exactly, and no old WAL is left beside it.
+#[test]
+fn restore_force_keeps_the_old_database_until_the_new_one_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    write(&db, &["steps", "0", "6"]);
+    let replica = dir.path().join("replica");
+    let url = file_url(&replica);
+    let o = sluice(&["replicate", "-once", db.to_str().unwrap(), &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    write(&db, &["steps", "6", "9"]);
+    let o = sluice(&["replicate", "-once", db.to_str().unwrap(), &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The user's database: another one, with a committed row still in its WAL.
+    let mine = dir.path().join("mine.db");
+    write(&mine, &["init", "4096"]);
+    write(&mine, &["steps", "0", "2"]);
+    write(&mine, &["commit-and-die"]);
+    let before = files_of(&mine);
+    assert!(before[1].1.as_ref().is_some_and(|w| !w.is_empty()), "the WAL holds a row");
+    // Its content, read from a copy (a reader may write to the -shm file).
+    let copy = dir.path().join("copy.db");
+    for (suffix, bytes) in &before {
+        if let Some(b) = bytes {
+            fs::write(format!("{}{suffix}", copy.display()), b).unwrap();
+        }
+    }
+    let mine_digest = digest(&copy);
+    assert!(mine_digest.rows > 0);
+
+    // Damage the newest level-0 file: the restore fails, and nothing of mine changed.
+    let newest = fs::read_dir(replica.join("ltx/0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| p.file_name().unwrap().to_os_string())
+        .unwrap();
+    let good = fs::read(&newest).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    fs::write(&newest, &bad).unwrap();
+    let o = sluice(&["restore", "-force", "-o", mine.to_str().unwrap(), &url]);
+    assert_one_line_error(&o, "restore to");
+    assert_eq!(files_of(&mine), before, "a failed restore left the old database and its side files untouched");
+    assert_eq!(digest(&mine), mine_digest);
+
+    // Whole again: -force replaces it with the source's state, and no old WAL stays.
+    fs::write(&newest, &good).unwrap();
+    let o = sluice(&["restore", "-force", "-o", mine.to_str().unwrap(), &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for side in ["-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{side}", mine.display()));
+        assert!(!p.exists(), "{} is left beside the new database", p.display());
+    }
+    integrity_ok(&mine);
+    assert_eq!(digest(&mine), digest(&db));
+}
+
+/// A raw HTTP/1.1 request to 127.0.0.1:`port` with extra header lines; returns
+/// (status, body). Retries the connection while the server starts.
+fn raw_http(port: u16, method: &str, headers: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut conn = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(c) => break c,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "server not listening: {e}"),
+        }
+        sleep(Duration::from_millis(50));
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "{method} / HTTP/1.1\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    let _ = conn.write_all(body);
+    let mut text = Vec::new();
+    let _ = conn.read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text).to_string();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// MCP's tools reset and restore databases, so its surface is closed: `:PORT`
+/// without a token serves loopback only; a non-loopback address without a token
+/// is refused at start; a request whose Host or Origin is not loopback (DNS
+/// rebinding, a web page) is refused; with `mcp-token` every request needs the
+/// bearer token; bodies over 1 MiB are refused. The token never reaches the log.
+#[test]
+fn mcp_surface_is_closed() {
+    let ping = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+
+    let s = Setup::new();
+    let p = port();
+    s.top_level(&format!("mcp-addr: \":{p}\"\n"));
+    let d = s.daemon();
+    d.wait_for_log("serving MCP", Duration::from_secs(30));
+    let local = "Host: localhost\r\n";
+    assert_eq!(raw_http(p, "POST", local, ping).0, 200);
+    assert_eq!(raw_http(p, "POST", &format!("Host: 127.0.0.1:{p}\r\n"), ping).0, 200);
+    assert_eq!(raw_http(p, "POST", "Host: attacker.example\r\n", ping).0, 403, "DNS rebinding: foreign Host");
+    assert_eq!(raw_http(p, "POST", "Host: localhost\r\nOrigin: http://attacker.example\r\n", ping).0, 403);
+    assert_eq!(raw_http(p, "POST", &format!("Host: localhost\r\nOrigin: http://localhost:{p}\r\n"), ping).0, 200);
+    let big = vec![b' '; (1 << 20) + 10];
+    assert_eq!(raw_http(p, "POST", local, &big).0, 413, "a body over 1 MiB");
+    let log = d.stop();
+    assert!(log.contains(&format!("127.0.0.1:{p}")) && log.contains("loopback only"), "{log}");
+
+    // A non-loopback address without a token: refused at start, naming the fix.
+    let s = Setup::new();
+    s.top_level(&format!("mcp-addr: 0.0.0.0:{}\n", port()));
+    let o = sluice(&["replicate", "-config", s.cfg.to_str().unwrap()]);
+    let err = assert_one_line_error(&o, "mcp-token");
+    assert!(err.contains("without authentication"), "{err}");
+
+    // With a token: every request must carry it.
+    let s = Setup::new();
+    let p = port();
+    s.top_level(&format!("mcp-addr: 127.0.0.1:{p}\nmcp-token: sekrit-token-123\n"));
+    let d = s.daemon();
+    d.wait_for_log("serving MCP", Duration::from_secs(30));
+    assert_eq!(raw_http(p, "POST", local, ping).0, 401);
+    assert_eq!(raw_http(p, "POST", "Host: localhost\r\nAuthorization: Bearer wrong\r\n", ping).0, 401);
+    let (status, body) = raw_http(p, "POST", "Host: localhost\r\nAuthorization: Bearer sekrit-token-123\r\n", ping);
+    assert_eq!(status, 200, "{body}");
+    let log = d.stop();
+    assert!(!log.contains("sekrit-token-123"), "the token reached the log:\n{log}");
+}
+
+/// The control socket is created with mode 0600 (nobody else can connect, not
+/// even for an instant), and a request body over 1 MiB is refused.
+#[test]
+fn control_socket_is_private_and_bounded() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let sock = s.path("ctl.sock");
+    s.top_level(&format!("socket:\n  enabled: true\n  path: {}\n", sock.display()));
+    let d = s.daemon();
+    d.wait_for_log("control socket listening", Duration::from_secs(30));
+    let mode = fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    let leftovers: Vec<_> = fs::read_dir(sock.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".sluice-socket"))
+        .collect();
+    assert!(leftovers.is_empty(), "no staging directory is left");
+    use std::io::{Read, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = vec![b' '; (1 << 20) + 10];
+    let head = format!("POST /sync HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    c.write_all(head.as_bytes()).unwrap();
+    let _ = c.write_all(&body);
+    let mut text = String::new();
+    let _ = c.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    d.stop();
 }

@@ -378,6 +378,118 @@ fn many_multipart_files_restored_in_parallel() {
     }
 }
 
+/// Compaction of many multi-part inputs read from S3 at once, all holding the same
+/// pages, so the merge reads them in turn, page by page. Each input is a full
+/// snapshot in level 0, written because the application checkpointed away frames
+/// while sluice was not running (as restarts do under the crash torture). The
+/// merge used to hang for good: one input's parts held every shared read-ahead
+/// slot while the next input waited for one. The level-1 file must appear, the
+/// daemon stop in time, and the restore be exact.
+#[test]
+fn compaction_merges_many_multipart_inputs_from_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = bucket_server(dir.path());
+    let env = guide_env(&server);
+    let envr = env_refs(&env);
+    let db = new_db(dir.path());
+    write(&db, &["randomfill", "9"]); // ~9 MiB: five ranged parts per snapshot
+    let url = format!("s3://{BUCKET}/merge");
+    let inputs = 6;
+    let snapshots = || {
+        fs::read_dir(server.object_path(BUCKET, "merge/0000"))
+            .map_or(0, |d| d.filter(|e| e.as_ref().unwrap().metadata().unwrap().len() > 8 << 20).count())
+    };
+    let mut step = 0;
+    while snapshots() < inputs {
+        assert!(step < 2 * inputs, "{inputs} level-0 snapshots of over 8 MiB, found {}", snapshots());
+        let o = sluice_with(&["replicate", "-once", db.to_str().unwrap(), &url], &envr);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // Frames sluice never saw (small inserts), checkpointed away: the next run
+        // writes a snapshot.
+        write(&db, &["step", &(8 * step).to_string()]);
+        write(&db, &["checkpoint-truncate"]);
+        write(&db, &["step", &(8 * step + 4).to_string()]);
+        step += 1;
+    }
+    // The daemon compacts from the replica: no local level-0 file to splice.
+    fs::remove_dir_all(dir.path().join(".app.db-litestream")).unwrap();
+    let cfg = dir.path().join("sluice.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "levels:\n  - interval: 1s\ndbs:\n  - path: {}\n    replica:\n      url: {url}\n      sync-interval: 100ms\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&["-config", cfg.to_str().unwrap()], &dir.path().join("log"), &envr);
+    let newest = s3_l0_max(&server, BUCKET, "merge");
+    let l1_max = || {
+        let Ok(entries) = fs::read_dir(server.object_path(BUCKET, "merge/0001")) else { return 0 };
+        entries.flatten().filter_map(|e| sluice::ltx::parse_filename(&e.file_name().to_string_lossy())).map(|(_, max)| max).max().unwrap_or(0)
+    };
+    wait_until_caught_up(|| l1_max() >= newest, "a level-1 file covering every level-0 snapshot");
+    let log = d.stop();
+    assert!(log.contains("compacted"), "{log}");
+    restore_and_check_with(&[&url], &dir.path().join("r.db"), digest(&db), &envr);
+}
+
+/// The network path to the store goes silent while the daemon runs: every request
+/// waits for an answer that never comes. The stalled pass is reported (an error
+/// line, `sluice_replica_stalls_total`, the heartbeat's health) once it has gone
+/// without progress for the bound (`SLUICE_STALL_AFTER`, 2 s here); a stop gives
+/// up after `shutdown-sync-timeout` plus that bound and names what it abandoned.
+/// The replica still restores to what it held, and the next start catches up.
+#[test]
+fn a_stalled_replica_is_reported_and_a_stop_gives_up_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = bucket_server(dir.path());
+    let proxy = SilencingProxy::start(server.port);
+    let env = credentials_env(proxy.endpoint());
+    let mut envr = env_refs(&env);
+    envr.push(("SLUICE_STALL_AFTER", "2s"));
+    let db = new_db(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = dir.path().join("sluice.yml");
+    let url = format!("s3://{BUCKET}/silent");
+    fs::write(
+        &cfg,
+        format!(
+            "addr: 127.0.0.1:{port}\nshutdown-sync-timeout: 1s\ndbs:\n  - path: {}\n    replica:\n      url: {url}\n      sync-interval: 100ms\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&["-config", cfg.to_str().unwrap()], &dir.path().join("log"), &envr);
+    write(&db, &["steps", "0", "3"]);
+    wait_s3_caught_up(&db, &server, BUCKET, "silent");
+    let before = digest(&db);
+    proxy.silence();
+    write(&db, &["steps", "3", "6"]);
+    d.wait_for_log("replication stalled", Duration::from_secs(60));
+    let metrics = http_get(port, "/metrics");
+    let stalls = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_replica_stalls_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(stalls.is_some_and(|n| n >= 1.0), "the stall is counted: {metrics}");
+    let asked = std::time::Instant::now();
+    let (status, log) = d.stop_with_status();
+    let took = asked.elapsed();
+    assert!(!status.success(), "a stop that abandons work says so in its status:\n{log}");
+    assert!(took < Duration::from_secs(30), "the stop gave up in {took:?}, not after the SDK's retries");
+    let last = log.trim_end().lines().last().unwrap_or_default();
+    assert!(last.starts_with("error:") && last.contains("abandoned") && last.contains("app.db"), "{log}");
+    // What the replica holds restores exactly; the next start catches up.
+    let direct = guide_env(&server);
+    let direct = env_refs(&direct);
+    restore_and_check_with(&[&url], &dir.path().join("r1.db"), before, &direct);
+    let o = sluice_with(&["replicate", "-once", db.to_str().unwrap(), &url], &direct);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    restore_and_check_with(&[&url], &dir.path().join("r2.db"), digest(&db), &direct);
+}
+
 /// The server fails requests and drops connections for a while, repeatedly, during
 /// replication: sluice catches up with no gap and the restore equals the source.
 #[test]

@@ -492,7 +492,9 @@ fn replicate(a: ReplicateArgs) -> Result<()> {
                         "mcp-addr needs a config file its tools can read again; save the config to a file and pass -config PATH"
                     );
                 }
-                crate::daemon::mcp::serve(addr, std::path::absolute(a.config.path())?, !a.config.no_expand_env)?;
+                let token = cfg.mcp_token.clone().or_else(|| std::env::var("SLUICE_MCP_TOKEN").ok());
+                let config = std::path::absolute(a.config.path())?;
+                crate::daemon::mcp::serve(addr, token.as_deref(), config, !a.config.no_expand_env)?;
             }
             let watches = cfg.watches() && !a.once;
             let cfg = std::sync::Arc::new(std::sync::Mutex::new(cfg));
@@ -651,9 +653,8 @@ fn restore_cmd(a: RestoreArgs) -> Result<()> {
     if a.dry_run {
         return print_plan(&source, &output, client.as_ref(), a.json);
     }
-    if a.force {
-        restore::remove_output(&output)?;
-    }
+    // With -force, a database already at the output stays as it is until the new
+    // one is complete and checked (see `restore::write_atomically`).
     let started = std::time::Instant::now();
     let bar = progress::bar(&source, "restoring", a.json);
     let txid = source

@@ -20,6 +20,9 @@ pub struct Health {
     replicas: Mutex<Vec<ReplicaHealth>>,
     /// The last restore drill (`verify:`) failed: why.
     drill_failure: Mutex<Option<String>>,
+    /// Replica passes under way (by replica index): what each is doing, and
+    /// whether it has stalled (made no progress for longer than the bound).
+    passes: Mutex<BTreeMap<usize, (String, bool)>>,
 }
 
 /// One replica of a database, as the control socket and `sluice_replica_*` show it.
@@ -87,6 +90,28 @@ impl Health {
         self.replicas.lock().unwrap().clone()
     }
 
+    /// A pass of replica `index` began (`Some(what)`) or ended (`None`).
+    pub fn record_pass_under_way(&self, index: usize, what: Option<&str>) {
+        let mut p = self.passes.lock().unwrap();
+        match what {
+            Some(w) => p.insert(index, (w.to_string(), false)),
+            None => p.remove(&index),
+        };
+    }
+
+    /// The pass under way on replica `index` has made no progress for too long:
+    /// the heartbeat is held back until it ends.
+    pub fn record_stall(&self, index: usize) {
+        if let Some(p) = self.passes.lock().unwrap().get_mut(&index) {
+            p.1 = true;
+        }
+    }
+
+    /// The passes under way: (what, stalled) each.
+    pub fn passes_under_way(&self) -> Vec<(String, bool)> {
+        self.passes.lock().unwrap().values().cloned().collect()
+    }
+
     /// A restore drill ended: a failure holds the heartbeat back until one passes.
     pub fn record_drill(&self, failure: Option<String>) {
         *self.drill_failure.lock().unwrap() = failure;
@@ -145,6 +170,11 @@ pub fn all_healthy(now: chrono::DateTime<chrono::Utc>, interval: Duration) -> st
                     format!("replica {} of {} is failing", names.join(", "), path.display())
                 });
             }
+            _ if h.passes_under_way().iter().any(|p| p.1) => {
+                let stalled: Vec<String> =
+                    h.passes_under_way().into_iter().filter(|p| p.1).map(|p| p.0).collect();
+                return Err(format!("replication of {} has stalled: {}", path.display(), stalled.join("; ")));
+            }
             _ if h.drill_failure.lock().unwrap().is_some() => {
                 let why = h.drill_failure.lock().unwrap().clone().unwrap_or_default();
                 return Err(format!("the restore drill of {} failed: {why}", path.display()));
@@ -191,6 +221,13 @@ mod tests {
             all_healthy(now(), interval).unwrap_err().contains("replica offsite of /heartbeat-test/a.db is failing")
         );
         a.record_replica_pass(1, None);
+        assert!(all_healthy(now(), interval).is_ok());
+        // A pass that stalls holds it back until the pass ends.
+        a.record_pass_under_way(0, Some("upload to s3://b/p"));
+        assert!(all_healthy(now(), interval).is_ok(), "a pass under way is not a stall");
+        a.record_stall(0);
+        assert!(all_healthy(now(), interval).unwrap_err().contains("stalled: upload to s3://b/p"));
+        a.record_pass_under_way(0, None);
         assert!(all_healthy(now(), interval).is_ok());
     }
 }

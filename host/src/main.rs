@@ -1,7 +1,21 @@
 use clap::Parser;
 
 fn main() {
-    let args = sluice::cli::normalize_args(std::env::args().collect());
+    // Arguments that are not UTF-8 get one line, not a panic.
+    let mut args = Vec::new();
+    for (i, a) in std::env::args_os().enumerate() {
+        match a.into_string() {
+            Ok(a) => args.push(a),
+            Err(a) => {
+                eprintln!(
+                    "error: argument {i} ({}) is not valid UTF-8; sluice takes paths and URLs in UTF-8 only: rename the file or use a path to it that is",
+                    a.to_string_lossy()
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    let args = sluice::cli::normalize_args(args);
     let cli = match sluice::cli::Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => e.exit(),

@@ -38,6 +38,7 @@ pub struct Metrics {
     position_mismatch: IntCounterVec,
     named_replica_txid: IntGaugeVec,
     replica_failing: IntGaugeVec,
+    replica_stalls: IntCounterVec,
     verify_last_success: IntGaugeVec,
     verify_failures: IntCounterVec,
 }
@@ -113,6 +114,11 @@ impl Metrics {
             replica_failing: igauge(
                 "sluice_replica_failing",
                 "1 while a replica's last pass failed, else 0",
+                &["db", "replica"],
+            ),
+            replica_stalls: icounter(
+                "sluice_replica_stalls_total",
+                "Replica passes that made no progress for longer than the stall bound",
                 &["db", "replica"],
             ),
             verify_last_success: igauge(
@@ -241,6 +247,11 @@ impl DbMetrics {
 
     pub fn set_replica_failing(&self, replica: &str, failing: bool) {
         metrics().replica_failing.with_label_values(&[self.db.as_str(), replica]).set(i64::from(failing));
+    }
+
+    /// A pass of the replica named `replica` stalled.
+    pub fn record_stall(&self, replica: &str) {
+        metrics().replica_stalls.with_label_values(&[self.db.as_str(), replica]).inc();
     }
 
     /// A restore drill ended: a pass records its time, a failure is counted.

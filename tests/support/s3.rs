@@ -327,3 +327,55 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP proxy in front of a server that can be told to go silent: from then on
+/// it forwards nothing either way on any connection, old or new, and keeps every
+/// connection open (a network path that stops carrying packets).
+pub struct SilencingProxy {
+    pub port: u16,
+    silent: Arc<AtomicBool>,
+}
+
+impl SilencingProxy {
+    pub fn start(upstream_port: u16) -> SilencingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = Arc::new(AtomicBool::new(false));
+        let flag = silent.clone();
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                held.push(client.try_clone().unwrap());
+                if flag.load(Ordering::SeqCst) {
+                    continue; // accepted, never answered
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
+                held.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let flag = flag.clone();
+                    thread::spawn(move || {
+                        let mut buf = [0u8; 65536];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            if !flag.load(Ordering::SeqCst) && to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        SilencingProxy { port, silent }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn silence(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+    }
+}

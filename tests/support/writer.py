@@ -7,6 +7,7 @@ Usage: writer.py DB COMMAND [ARGS]
   randomfill MIB          append MIB rows of 1 MiB random (incompressible) blobs
   bigfill ROWS            append ROWS rows of 1 MiB compressible blobs (20 per transaction)
   checkpoint-truncate     PRAGMA wal_checkpoint(TRUNCATE), as an application might
+  commit-and-die          commit one row, then exit without closing (the row stays in the WAL)
 """
 import os
 import sqlite3
@@ -90,6 +91,11 @@ def main():
     elif cmd == "randomfill":
         for i in range(int(args[0])):
             conn.execute("INSERT INTO blobs (data) VALUES (?)", (os.urandom(1 << 20),))
+    elif cmd == "commit-and-die":
+        # A committed row left in the WAL: the process ends without closing the
+        # connection, so SQLite never checkpoints it into the database file.
+        conn.execute("INSERT INTO items (name, qty, body) VALUES ('left in the wal', 1, 'x')")
+        os._exit(0)
     elif cmd == "checkpoint-truncate":
         print(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
     else:

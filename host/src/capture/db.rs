@@ -279,8 +279,10 @@ pub struct SyncResult {
     pub wal_bytes: u64,
 }
 
+/// The size of a WAL of `frames` frames, saturating (a huge `truncate-page-n`
+/// means "never", not a small number wrapped around).
 fn wal_bytes(page_size: u32, frames: u64) -> u64 {
-    wal::HEADER_SIZE + frames * (wal::FRAME_HEADER_SIZE + page_size as u64)
+    frames.saturating_mul(wal::FRAME_HEADER_SIZE + page_size as u64).saturating_add(wal::HEADER_SIZE)
 }
 
 fn now_ms() -> i64 {
@@ -619,8 +621,13 @@ impl Db {
 
     /// Re-reads the newest local L0 header; removes stale staging files.
     pub fn reload_position(&mut self) -> Result<()> {
-        // An unreadable state directory counts as empty: the next sync starts over.
-        let pos = match newest_l0(&self.l0_dir(), true).ok().flatten() {
+        // A missing state directory is empty; an unreadable one is an error (taken
+        // as empty, TXIDs would restart at 1 and fork from the replica).
+        let dir = self.l0_dir();
+        let newest = newest_l0(&dir, true).with_context(|| {
+            format!("cannot read local state directory {}; check its permissions and the open-file limit", dir.display())
+        })?;
+        let pos = match newest {
             Some((_, path)) => Some(ltx::read_header_file(&path)?),
             None => None,
         };
@@ -956,6 +963,19 @@ impl Db {
         let mut buf = vec![0u8; page_size as usize];
 
         let txid = self.txid() + 1;
+        // Never a TXID the replica already holds: that would fork the replica's
+        // history (local state lost behind our back). Start over from the replica.
+        let held = self.shared.health.replicas().iter().map(|r| r.replicated_txid).max().unwrap_or(0);
+        if txid <= held {
+            self.shared.reset_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+            bail!(
+                "refusing to write TXID {}: the replica already holds up to {} (local state in {} was lost); \
+                 local state is reset from the replica",
+                ltx::format_txid(txid),
+                ltx::format_txid(held),
+                self.l0_dir().display()
+            );
+        }
         let header = Header {
             flags: ltx::HEADER_FLAG_NO_CHECKSUM,
             page_size,
@@ -1222,4 +1242,19 @@ fn begin_read(conn: &Connection) -> Result<()> {
         return Err(e).context("cannot start the long-lived read transaction");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A huge `truncate-page-n` means a WAL that is never too large, not one whose
+    /// size wrapped around to a few bytes (which would TRUNCATE at every sync).
+    #[test]
+    fn wal_sizes_saturate() {
+        assert_eq!(wal_bytes(4096, 0), wal::HEADER_SIZE);
+        assert_eq!(wal_bytes(4096, 2), wal::HEADER_SIZE + 2 * (wal::FRAME_HEADER_SIZE + 4096));
+        assert_eq!(wal_bytes(65536, i64::MAX as u64), u64::MAX);
+        assert_eq!(wal_bytes(65536, u64::MAX), u64::MAX);
+    }
 }

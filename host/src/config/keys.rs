@@ -43,6 +43,7 @@ const TOP: &[&str] = &[
     "logging",
     "addr",
     "mcp-addr",
+    "mcp-token",
     "exec",
     "socket",
     "heartbeat-url",

@@ -44,6 +44,8 @@ pub struct Config {
     pub addr: Option<String>,
     /// Where to serve MCP (`HOST:PORT` or `:PORT`).
     pub mcp_addr: Option<String>,
+    /// Sluice's: the bearer token MCP requires (without one, MCP is loopback only).
+    pub mcp_token: Option<String>,
     /// A command to run while replicating (as `replicate -exec`).
     pub exec: Option<String>,
     /// The control socket.
@@ -365,6 +367,7 @@ pub enum ByteSize {
 impl ByteSize {
     pub fn bytes(&self) -> Result<u64> {
         match self {
+            ByteSize::Bytes(n) if *n > MAX_BYTE_SIZE => bail!("invalid size {n}: too large (at most 1 PiB)"),
             ByteSize::Bytes(n) => Ok(*n),
             ByteSize::Text(t) => parse_byte_size(t),
         }
@@ -387,8 +390,19 @@ pub fn parse_byte_size(s: &str) -> Result<u64> {
         "gib" => 1024.0 * 1024.0 * 1024.0,
         _ => bail!("invalid size {s:?}: unknown unit {unit:?} (use B, KB, MB, GB, KiB, MiB or GiB)"),
     };
-    Ok((n * mult) as u64)
+    let bytes = n * mult;
+    if !bytes.is_finite() || bytes > MAX_BYTE_SIZE as f64 {
+        bail!("invalid size {s:?}: too large (at most 1 PiB)");
+    }
+    Ok(bytes as u64)
 }
+
+/// The largest byte size a setting may have.
+pub const MAX_BYTE_SIZE: u64 = 1 << 50;
+
+/// The longest duration a setting may have: a hundred years, so that no deadline
+/// or time computed from one can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl ReplicaSettings {
     /// Each setting from `self`, else from `d` (the top-level defaults).
@@ -592,7 +606,10 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         total += n * secs;
         rest = &rest[unit_len..];
     }
-    Ok(Duration::from_secs_f64(total))
+    match Duration::try_from_secs_f64(total) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => bail!("invalid duration {s:?}: too long (at most 876000h, a hundred years)"),
+    }
 }
 
 /// The config file to read: `-config`, else `$SLUICE_CONFIG`, else `$LITESTREAM_CONFIG`,
@@ -1026,6 +1043,33 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Huge, odd or non-ASCII values are one error line, never a panic, and no
+    /// value can make a later time computation overflow.
+    #[test]
+    fn out_of_range_values_are_refused() {
+        for s in ["99999999999999999999h", "1e400s", "876001h", "18446744073709551616s", "9".repeat(400).as_str()] {
+            let e = format!("{:#}", parse_duration(s).unwrap_err());
+            assert!(e.contains("invalid duration"), "{s}: {e}");
+        }
+        assert_eq!(parse_duration("876000h").unwrap(), MAX_DURATION);
+        for s in ["é", "1é", "5µ", "1s€", "..s", "%"] {
+            assert!(parse_duration(s).is_err(), "{s}");
+        }
+        for s in ["99999999999999999999GiB", "2PiB", "1e30"] {
+            assert!(parse_byte_size(s).is_err(), "{s}");
+        }
+        assert!(ByteSize::Bytes(u64::MAX).bytes().is_err());
+        assert!(parse_byte_size("é").is_err());
+        assert_eq!(parse_byte_size("5MiB").unwrap(), 5 << 20);
+        let yaml = "dbs:\n  - path: /tmp/x.db\n    monitor-interval: 99999999999999h\n    replica:\n      url: file:///tmp/r\n";
+        let cfg = Config::parse(yaml, false).unwrap();
+        let e = match cfg.db_specs() {
+            Ok(_) => panic!("a monitor-interval of millions of years was taken"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains("monitor-interval") && e.contains("too long"), "{e}");
+    }
 
     #[test]
     fn durations() {

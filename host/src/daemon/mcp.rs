@@ -7,6 +7,17 @@
 //! stream): `initialize`, `ping`, `tools/list` and `tools/call`; notifications get
 //! `202 Accepted`. Tool arguments become separate command-line arguments (never a
 //! shell line), and values that look like flags are refused.
+//!
+//! Its tools can reset a database and restore to any path, so the surface is
+//! closed by default (unlike Litestream's, which serves `:3001` on every interface
+//! to anyone):
+//! - without `mcp-token`, it binds to loopback only (`:3001` means
+//!   `127.0.0.1:3001`; a non-loopback host is refused), and accepts only requests
+//!   whose `Host` names a loopback address, against DNS rebinding;
+//! - with `mcp-token` (or `SLUICE_MCP_TOKEN`), every request must carry
+//!   `Authorization: Bearer TOKEN`, and it may bind to any interface;
+//! - a request with an `Origin` header must come from a loopback origin;
+//! - request bodies are capped at [`MAX_BODY`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,18 +126,85 @@ struct Server {
     config: PathBuf,
     expand_env: bool,
     exe: PathBuf,
+    /// SHA-256 of the bearer token, when one is configured.
+    token: Option<[u8; 32]>,
+}
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 1 << 20;
+
+fn digest(s: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes()).into()
+}
+
+/// Whether `host` (a `Host` header or an origin's host, with or without a port)
+/// names this machine's loopback interface.
+fn is_loopback_host(host: &str) -> bool {
+    let h = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(host, |(h, _)| h),
+    };
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Where to listen: `addr` as given when a token is set; otherwise loopback only.
+fn listen_addr(addr: &str, token: bool) -> Result<String> {
+    if token {
+        return Ok(addr.to_string());
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| anyhow!("invalid mcp-addr {addr:?}: expected HOST:PORT or :PORT"))?;
+    if host.is_empty() {
+        return Ok(format!("127.0.0.1:{port}"));
+    }
+    if !is_loopback_host(host) {
+        anyhow::bail!(
+            "mcp-addr {addr} would serve MCP (whose tools reset and restore databases) to the network without authentication; \
+             set mcp-token (or SLUICE_MCP_TOKEN) to require a bearer token, or use 127.0.0.1:{port}"
+        );
+    }
+    Ok(addr.to_string())
+}
+
+/// Why a request is refused before it is read, if it is.
+fn refuse(server: &Server, req: &hyper::Request<hyper::body::Incoming>) -> Option<(u16, &'static str)> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(origin) = header("origin") {
+        let host = origin.split_once("://").map_or("", |(_, rest)| rest);
+        if !is_loopback_host(host) {
+            return Some((403, "forbidden: requests from web pages of other sites are refused (Origin is not loopback)"));
+        }
+    }
+    match &server.token {
+        Some(want) => {
+            let given = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(digest);
+            if given.as_ref() != Some(want) {
+                return Some((401, "unauthorized: send Authorization: Bearer <mcp-token>"));
+            }
+        }
+        None => {
+            if !header("host").is_some_and(is_loopback_host) {
+                return Some((403, "forbidden: the Host header must name a loopback address (set mcp-token to serve others)"));
+            }
+        }
+    }
+    None
 }
 
 /// Starts the MCP server on `addr`; its tools read the config file at `config`
 /// (expanding `$VAR`s in it unless `expand_env` is false, as the daemon did).
-pub fn serve(addr: &str, config: PathBuf, expand_env: bool) -> Result<SocketAddr> {
-    let listener = crate::background::bind_tcp("mcp-addr", addr)?;
+pub fn serve(addr: &str, token: Option<&str>, config: PathBuf, expand_env: bool) -> Result<SocketAddr> {
+    let token = token.filter(|t| !t.is_empty());
+    let listener = crate::background::bind_tcp("mcp-addr", &listen_addr(addr, token.is_some())?)?;
     let local = listener.local_addr()?;
     let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find the sluice binary for MCP tools: {e}"))?;
-    let server = Arc::new(Server { config, expand_env, exe });
+    let server = Arc::new(Server { config, expand_env, exe, token: token.map(digest) });
+    let server_has_token = token.is_some();
     let listener = crate::background::Listener::Tcp(listener);
     crate::background::serve_http("mcp", listener, move |req| handle(server.clone(), req))?;
-    info!(addr = %local, "serving MCP (streamable HTTP) at /");
+    let auth = if server_has_token { "bearer token required" } else { "loopback only" };
+    info!(addr = %local, auth, "serving MCP (streamable HTTP) at /");
     Ok(local)
 }
 
@@ -148,11 +226,14 @@ async fn handle(
     if req.uri().path() != "/" {
         return respond(404, Some(json!({"error": "not found: the MCP endpoint is /"})));
     }
+    if let Some((status, why)) = refuse(&server, &req) {
+        return respond(status, Some(json!({"error": why})));
+    }
     if req.method() != hyper::Method::POST {
         return respond(405, Some(json!({"error": "POST JSON-RPC messages to /; there is no event stream"})));
     }
-    let Ok(body) = req.into_body().collect().await else {
-        return respond(400, Some(rpc_error(Value::Null, -32700, "cannot read the request body")));
+    let Ok(body) = http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await else {
+        return respond(413, Some(rpc_error(Value::Null, -32700, "the request body is too large or unreadable (at most 1 MiB)")));
     };
     let msg: Value = match serde_json::from_slice(&body.to_bytes()) {
         Ok(v) => v,

@@ -13,6 +13,7 @@ pub mod memory;
 pub mod scheduler;
 pub mod server;
 pub mod spec;
+pub mod stall;
 pub mod store;
 pub mod watch;
 
@@ -41,6 +42,9 @@ use crate::restore::{self, IntegrityCheck, NoBackups, Target};
 
 pub const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_SYNC_INTERVAL: Duration = Duration::from_millis(500);
+/// How much longer than `shutdown-sync-timeout` a stop waits for a replica pass
+/// under way (at most; less when the stall bound is smaller).
+const STOP_GRACE: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug)]
 pub struct RunOptions {
@@ -111,12 +115,14 @@ struct Shutdown {
     workers: Mutex<Option<Vec<UnboundedSender<ToCapture>>>>,
     /// The supervisor, told when shutdown begins.
     supervisor: Mutex<Option<Sender<Control>>>,
+    /// When shutdown began.
+    began: Mutex<Option<Instant>>,
 }
 
 impl Shutdown {
     /// Adds a worker started later; false once shutdown has begun.
     fn new(workers: Vec<UnboundedSender<ToCapture>>) -> Shutdown {
-        Shutdown { workers: Mutex::new(Some(workers)), supervisor: Mutex::new(None) }
+        Shutdown { workers: Mutex::new(Some(workers)), supervisor: Mutex::new(None), began: Mutex::new(None) }
     }
 
     fn started(&self) -> bool {
@@ -133,10 +139,16 @@ impl Shutdown {
         }
     }
 
+    /// How long ago shutdown began (None: it has not).
+    fn since(&self) -> Option<Duration> {
+        self.began.lock().unwrap().map(|t| t.elapsed())
+    }
+
     /// True the first time.
     fn begin(&self) -> bool {
         match self.workers.lock().unwrap().take() {
             Some(senders) => {
+                *self.began.lock().unwrap() = Some(Instant::now());
                 for s in senders {
                     let _ = s.send(ToCapture::Stop);
                 }
@@ -323,16 +335,47 @@ pub fn run(
         s.run(requests, rescan);
         failed = s.failure.take();
     }
-    for (path, h) in workers {
-        match scheduler::runtime().block_on(h) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+    // A stop waits for the final sync's retries, and for a pass already under way
+    // for a little longer; then it gives up on what is still running, naming it.
+    let stop_bound = opts.shutdown_sync_timeout + stall::bound().min(STOP_GRACE);
+    let mut abandoned = Vec::new();
+    for (path, mut h) in workers {
+        let joined = scheduler::runtime().block_on(async {
+            loop {
+                tokio::select! {
+                    r = &mut h => break Some(r),
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                        if shutdown.since().is_some_and(|d| d >= stop_bound) {
+                            break None;
+                        }
+                    }
+                }
+            }
+        });
+        match joined {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => {
                 failed.get_or_insert(e.context(format!("replication of {} stopped", path.display())));
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 failed.get_or_insert(anyhow!("replication of {} stopped unexpectedly", path.display()));
             }
+            None => {
+                h.abort();
+                let passes = crate::health::register(&path).passes_under_way();
+                let doing: Vec<String> = passes.into_iter().map(|(what, _)| what).collect();
+                let doing = if doing.is_empty() { "its final sync".to_string() } else { doing.join("; ") };
+                error!(db = %path.display(), "stop abandoned {doing} after {}s", stop_bound.as_secs());
+                abandoned.push(format!("{} ({doing})", path.display()));
+            }
         }
+    }
+    if !abandoned.is_empty() {
+        failed = Some(anyhow!(
+            "stopped without finishing after {}s: abandoned {}; the replica may be behind, and the next start catches up",
+            stop_bound.as_secs(),
+            abandoned.join(", ")
+        ));
     }
     if let Some(app) = app {
         let command = app.command.clone();

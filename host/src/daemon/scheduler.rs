@@ -39,6 +39,7 @@ use tracing::{debug, error, info, warn};
 use super::{RunOptions, SyncAnswer, ToCapture, open_when_not_busy, reconcile};
 use crate::capture::db::{Db, Shared};
 use crate::daemon::spec::{DbSpec, DrillSpec};
+use crate::daemon::stall::StallWatch;
 use crate::daemon::store::Store;
 use crate::ltx;
 use crate::replica::ReplicaClient;
@@ -216,10 +217,13 @@ pub(super) async fn capture_task(
     let mut replicas = Vec::new();
     let mut leases = Vec::new();
     for r in spec.replicas {
-        let leased = Arc::new(Leased::new(Box::new(Metered::new(r.client)), opts.lease_ttl));
+        let metered = Metered::new(r.client);
+        let progress = metered.progress();
+        let leased = Arc::new(Leased::new(Box::new(metered), opts.lease_ttl));
         leases.push(leased.clone());
         let client: Arc<dyn ReplicaClient> = leased;
-        replicas.push((r.name, r.sync_interval, r.retention_plugin, (r.backlog_limit, r.max_uploads_per_pass), client));
+        let limits = (r.backlog_limit, r.max_uploads_per_pass);
+        replicas.push((r.name, r.sync_interval, r.retention_plugin, limits, client, progress));
     }
     let clients: Vec<Arc<dyn ReplicaClient>> = replicas.iter().map(|r| r.4.clone()).collect();
     let locations = clients.iter().map(|c| c.location()).collect::<Vec<_>>().join(", ");
@@ -261,14 +265,19 @@ pub(super) async fn capture_task(
     let kick = Arc::new(Notify::new());
     let mut to_replicas = Vec::new();
     let mut replica_tasks = Vec::new();
-    for (i, (name, sync_interval, retention, (backlog_limit, per_pass), client)) in replicas.into_iter().enumerate() {
+    for (i, (name, sync_interval, retention, (backlog_limit, per_pass), client, progress)) in
+        replicas.into_iter().enumerate()
+    {
+        let location = client.location();
         let store = Store::new(client, shared.clone(), spec.store.clone())
             .with_retention_plugin(retention)
             .with_max_uploads_per_pass(per_pass)
             .as_replica(i, &name, backlog_limit);
+        let watch = StallWatch::new(progress, shared.clone(), i, &name, location);
         let (tx, rx) = unbounded_channel();
         to_replicas.push(tx);
-        replica_tasks.push(tokio::spawn(replica_task(store, rx, sync_interval, abort.clone(), opts, kick.clone())));
+        let task = replica_task(store, rx, sync_interval, abort.clone(), opts, kick.clone(), watch);
+        replica_tasks.push(tokio::spawn(task));
     }
     let drills = spec.drill.map(|d| {
         let named: Vec<(String, Arc<dyn ReplicaClient>)> =
@@ -538,6 +547,7 @@ async fn replica_task(
     abort: Arc<AtomicBool>,
     opts: RunOptions,
     capture: Arc<Notify>,
+    watch: StallWatch,
 ) -> Result<()> {
     let mut next_upload = Instant::now();
     let mut backoff: Option<Duration> = None;
@@ -548,7 +558,7 @@ async fn replica_task(
         if now >= retry_at {
             let upload_due = now >= next_upload;
             let _slot = replica_slots().acquire().await;
-            let (s, pass) = on_pool(store, move |store| {
+            let pass = on_pool(store, move |store| {
                 let mut uploaded = false;
                 let result = (|| -> Result<()> {
                     if upload_due && store.upload_pending()? {
@@ -569,8 +579,8 @@ async fn replica_task(
                 }
                 let until_scheduled = (store.next_due() - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                 Pass { result, uploaded, pending, until_scheduled }
-            })
-            .await?;
+            });
+            let (s, pass) = watch.watch("replica pass", pass).await?;
             store = s;
             if pass.uploaded {
                 next_upload = Instant::now() + sync_interval;
@@ -609,7 +619,7 @@ async fn replica_task(
                 Some(ToReplica::Changed) => {}
                 Some(ToReplica::UploadNow(reply)) => {
                     let _slot = replica_slots().acquire().await;
-                    let (s, r) = on_pool(store, |store| {
+                    let upload = on_pool(store, |store| {
                         let r = (|| -> Result<u64> {
                             while store.upload()? > 0 {}
                             store.note_replicated();
@@ -620,8 +630,8 @@ async fn replica_task(
                             store.invalidate();
                         }
                         r
-                    })
-                    .await?;
+                    });
+                    let (s, r) = watch.watch("upload", upload).await?;
                     store = s;
                     let _ = reply.send(r.map_err(|e| match store.name() {
                         "" => format!("upload failed: {e:#}"),
@@ -638,14 +648,14 @@ async fn replica_task(
     // Final upload, retried for shutdown-sync-timeout (not when a plugin refuses it).
     let deadline = Instant::now() + opts.shutdown_sync_timeout;
     loop {
-        let (s, r) = on_pool(store, |store| {
+        let upload = on_pool(store, |store| {
             let r = store.upload();
             if r.is_err() {
                 store.invalidate();
             }
             r
-        })
-        .await?;
+        });
+        let (s, r) = watch.watch("final upload", upload).await?;
         store = s;
         match r {
             Ok(0) => return Ok(()),

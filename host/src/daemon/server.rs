@@ -51,16 +51,29 @@ pub fn serve(
     requests: std::sync::mpsc::Sender<Control>,
     spec_from_url: SpecFromUrl,
 ) -> Result<()> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     if let Ok(m) = std::fs::symlink_metadata(&cfg.path) {
         if !m.file_type().is_socket() {
             bail!("socket path {} exists and is not a socket; choose another socket.path", cfg.path.display());
         }
         std::fs::remove_file(&cfg.path).with_context(|| format!("cannot replace {}", cfg.path.display()))?;
     }
-    let listener = std::os::unix::net::UnixListener::bind(&cfg.path)
+    // Made in a private directory beside it, given its mode, then renamed into
+    // place: nobody can connect in the instant before the mode is set.
+    let parent = cfg.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let staging = parent.join(format!(".sluice-socket-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
         .map_err(|e| anyhow!("cannot create control socket {}: {e}; check socket.path", cfg.path.display()))?;
-    std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(cfg.permissions))?;
+    let made = staging.join("sock");
+    let bound = std::os::unix::net::UnixListener::bind(&made)
+        .and_then(|l| std::fs::set_permissions(&made, std::fs::Permissions::from_mode(cfg.permissions)).map(|_| l))
+        .and_then(|l| std::fs::rename(&made, &cfg.path).map(|_| l));
+    let _ = std::fs::remove_dir_all(&staging);
+    let listener =
+        bound.map_err(|e| anyhow!("cannot create control socket {}: {e}; check socket.path", cfg.path.display()))?;
     let state = std::sync::Arc::new(State { dbs, requests: std::sync::Mutex::new(requests), spec_from_url });
     let listener = crate::background::Listener::Unix(listener);
     crate::background::serve_http("control", listener, move |req| handle(state.clone(), req))?;
@@ -109,11 +122,7 @@ async fn handle(state: std::sync::Arc<State>, req: Request<hyper::body::Incoming
             reply(StatusCode::OK, json!({ "databases": dbs }))
         }
         (Method::GET, "/txid") => {
-            let want = query
-                .as_deref()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("path=")))
-                .map(percent_decode)
-                .unwrap_or_default();
+            let want = query.as_deref().and_then(|q| query_value(q, "path")).unwrap_or_default();
             match find(&want) {
                 Some((p, _)) => reply(StatusCode::OK, json!({"txid": crate::metrics::metrics().txid_of(&p)})),
                 None => error(StatusCode::NOT_FOUND, "database not found", format!("{want} is not replicated here")),
@@ -196,36 +205,21 @@ async fn answer<T: Send + 'static>(rx: std::sync::mpsc::Receiver<T>, timeout: Du
 
 /// The request's JSON body, or the error answer to send.
 async fn read_json(req: Request<hyper::body::Incoming>) -> Result<Value, Answer> {
-    let body = match req.into_body().collect().await {
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return Err(error(StatusCode::BAD_REQUEST, "cannot read request", e.to_string())),
+        Err(e) => {
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "cannot read request", format!("{e} (at most 1 MiB)")));
+        }
     };
     serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid JSON", e.to_string()))
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex =
-            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
+
+/// The first value of `key` in a query string, decoded (`+` and `%XX`).
+fn query_value(query: &str, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 
 /// A request to the control socket at `socket`; returns the JSON answer, or the
@@ -270,8 +264,13 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("%2Fdata%2Fa.db"), "/data/a.db");
-        assert_eq!(percent_decode("a%zz"), "a%zz");
+        assert_eq!(query_value("path=%2Fdata%2Fa.db", "path").as_deref(), Some("/data/a.db"));
+        assert_eq!(query_value("x=1&path=a%zz", "path").as_deref(), Some("a%zz"));
+        // Non-ASCII, raw or encoded, and a lone % at the end: decoded, never a panic.
+        assert_eq!(query_value("path=%C3%A9t%C3%A9.db", "path").as_deref(), Some("été.db"));
+        assert_eq!(query_value("path=é%", "path").as_deref(), Some("é%"));
+        assert_eq!(query_value("path=%é", "path").as_deref(), Some("%é"));
+        assert_eq!(query_value("other=1", "path"), None);
     }
 
     #[test]

@@ -444,6 +444,8 @@ pub struct Decoder<R: Read> {
     /// is stored in the current form.
     block: Option<(u64, u64)>,
     done: bool,
+    /// The trailer's post-apply checksum, once the file has been read to its end.
+    post_apply: u64,
 }
 
 impl<R: Read> Decoder<R> {
@@ -466,6 +468,7 @@ impl<R: Read> Decoder<R> {
             compressed: Vec::new(),
             block: None,
             done: false,
+            post_apply: 0,
         })
     }
 
@@ -651,6 +654,7 @@ impl<R: Read> Decoder<R> {
         if self.header.flags & HEADER_FLAG_NO_CHECKSUM != 0 && post != 0 {
             return Err(self.err(Fault::BadHeader("post-apply checksum not allowed".into())));
         }
+        self.post_apply = post;
         let mut extra = [0u8; 1];
         match self.r.read(&mut extra) {
             Ok(0) => Ok(()),
@@ -660,10 +664,16 @@ impl<R: Read> Decoder<R> {
     }
 
     /// Reads every page, discarding the data, and verifies the whole file.
-    pub fn verify(mut self) -> Result<Header, Error> {
+    pub fn verify(self) -> Result<Header, Error> {
+        Ok(self.verify_with_trailer()?.0)
+    }
+
+    /// As [`Decoder::verify`], also returning the trailer's post-apply checksum
+    /// (0 for a file written without checksums).
+    pub fn verify_with_trailer(mut self) -> Result<(Header, u64), Error> {
         let mut buf = Vec::new();
         while self.next_page(&mut buf)?.is_some() {}
-        Ok(self.header)
+        Ok((self.header, self.post_apply))
     }
 }
 

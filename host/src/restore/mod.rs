@@ -338,6 +338,12 @@ fn apply_plan(
 /// Has `write` build the database at `<output>.tmp`, checks its integrity, then
 /// renames it to `output` and fsyncs the directory. On any fault the temporary file
 /// is removed, so the output appears whole or not at all.
+///
+/// A database already at `output` (`-force`) is left exactly as it was until the
+/// new one is complete and checked. Only then is its WAL (or hot journal) folded
+/// into it by SQLite itself, the new file renamed over it, and its now empty side
+/// files removed. A crash at any instant leaves either the old database with all
+/// its transactions or the new one, never an old WAL beside the new file.
 pub fn write_atomically<T>(
     output: &Path,
     integrity: IntegrityCheck,
@@ -346,8 +352,11 @@ pub fn write_atomically<T>(
     let tmp = tmp_path(output);
     let result = write(&tmp).and_then(|t| {
         check_integrity(&tmp, integrity)?;
+        settle_side_files(output)?;
         fs::rename(&tmp, output).with_context(|| format!("cannot rename {} to {}", tmp.display(), output.display()))?;
         let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fsync_dir(dir)?;
+        remove_side_files(output)?;
         fsync_dir(dir)?;
         Ok(t)
     });
@@ -642,6 +651,9 @@ fn follow_plan(client: &dyn ReplicaClient, txid: u64) -> Result<Vec<FileInfo>> {
     Ok(chain(&levels))
 }
 
+/// Consecutive failed downloads after which follow mode gives up.
+const FOLLOW_RETRIES: u32 = 10;
+
 /// Keeps `output` (already restored to `txid`) current: every `interval`, applies
 /// the replica's new files in place, under SQLite's exclusive lock so readers never
 /// see a half-applied change. Each file is downloaded and verified in full before
@@ -668,6 +680,7 @@ pub fn follow(
     let locker = rusqlite::Connection::open(output)?;
     locker.busy_timeout(std::time::Duration::from_secs(30))?;
     let staging = tmp_path(&txid_path(output)).with_extension("ltx");
+    let mut failures = 0;
     loop {
         if stop(interval) {
             return Ok(());
@@ -680,13 +693,26 @@ pub fn follow(
             }
         };
         for info in plan {
-            // Download and verify the whole file before touching the copy.
-            let mut f = fs::File::create(&staging)?;
-            std::io::copy(&mut client.open(info.level, info.min_txid, info.max_txid)?, &mut f)?;
-            f.sync_all()?;
+            // Download and verify the whole file before touching the copy. A failed
+            // download (or one that does not verify: a file compacted away, a broken
+            // connection) is retried at the next interval, as a failed listing is.
             let name = format!("{} (level {})", info.name(), info.level);
-            let h = ltx::Decoder::new(fs::File::open(&staging)?, name.clone())?.verify()?;
-            check_identity(&h, &info, &name)?;
+            let fetched = (|| -> Result<()> {
+                let mut f = fs::File::create(&staging)?;
+                std::io::copy(&mut client.open(info.level, info.min_txid, info.max_txid)?, &mut f)?;
+                f.sync_all()?;
+                let h = ltx::Decoder::new(fs::File::open(&staging)?, name.clone())?.verify()?;
+                check_identity(&h, &info, &name)
+            })();
+            if let Err(e) = fetched {
+                failures += 1;
+                if failures > FOLLOW_RETRIES {
+                    return Err(e.context(format!("cannot download {name} after {FOLLOW_RETRIES} tries")));
+                }
+                tracing::warn!("cannot download {name}, retrying in {interval:?}: {e:#}");
+                break;
+            }
+            failures = 0;
             locker.execute_batch("BEGIN EXCLUSIVE")?;
             let applied = apply_file(ltx::Decoder::new(fs::File::open(&staging)?, name)?, at, &out, None)
                 .and_then(|a| mark_changed(&out).map(|_| a))
@@ -736,9 +762,45 @@ pub fn output_exists(path: &Path) -> io::Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Removes an output file and its side files (for `-force`).
-pub fn remove_output(path: &Path) -> Result<()> {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
+/// Before a database at `path` is replaced: if it has a WAL or a rollback journal
+/// with content, has SQLite fold it into the database (a checkpoint, or the
+/// journal's rollback), so that what is left beside the file holds nothing. The
+/// database's content does not change. Refuses, changing nothing, when that cannot
+/// be done (the database is in use, or is not one).
+fn settle_side_files(path: &Path) -> Result<()> {
+    let has_content = |suffix: &str| fs::metadata(with_suffix(path, suffix)).is_ok_and(|m| m.len() > 0);
+    if !path.exists() || !(has_content("-wal") || has_content("-journal")) {
+        return Ok(());
+    }
+    let fold = || -> Result<()> {
+        let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Reading the schema rolls back a hot journal; the checkpoint empties a WAL.
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+        let (busy, _, _): (i64, i64, i64) =
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        if busy != 0 {
+            bail!("the database is in use");
+        }
+        conn.close().map_err(|(_, e)| e)?;
+        Ok(())
+    };
+    fold().map_err(|e| {
+        anyhow!(
+            "cannot replace {}: its WAL or journal could not be folded into it ({e}); it is unchanged. \
+             Stop the applications using it, or move it and its -wal/-journal aside, then restore again",
+            path.display()
+        )
+    })?;
+    if has_content("-wal") || has_content("-journal") {
+        bail!("cannot replace {}: its WAL or journal still holds data after a checkpoint; it is unchanged", path.display());
+    }
+    Ok(())
+}
+
+/// Removes the side files left beside a database that was just replaced.
+fn remove_side_files(path: &Path) -> Result<()> {
+    for suffix in ["-wal", "-shm", "-journal"] {
         let p = with_suffix(path, suffix);
         match fs::remove_file(&p) {
             Ok(()) => {}

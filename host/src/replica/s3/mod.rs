@@ -48,6 +48,8 @@ use crate::replica::lease::{Conditional, LEASE_NAME};
 use crate::replica::{FileInfo, NewFile, Object, ReplicaClient, SNAPSHOT_LEVEL};
 
 const MIN_PART_SIZE: u64 = 5 << 20;
+const MAX_PART_SIZE: u64 = 5 << 30;
+const MAX_CONCURRENCY: usize = 256;
 const DEFAULT_CONCURRENCY: usize = 5;
 const HEAD_CONCURRENCY: usize = 50;
 const READ_RESUMES: u32 = 5;
@@ -104,14 +106,6 @@ pub fn endpoint_with_scheme(ep: &str) -> String {
     format!("{}://{ep}", if private { "http" } else { "https" })
 }
 
-fn parse_bool(name: &str, v: &str) -> Result<bool> {
-    match v {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => bail!("invalid {name}={v:?} in the replica URL: use true or false"),
-    }
-}
-
 /// Go's `path.Clean`, for the URL path rule `TrimPrefix(Clean(path), "/")`.
 fn clean_path(p: &str) -> String {
     let rooted = p.starts_with('/');
@@ -137,106 +131,170 @@ fn clean_path(p: &str) -> String {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
+/// A boolean query value as Litestream reads it (`true`/`1`/`t`/`yes`,
+/// `false`/`0`/`f`/`no`, any case); Litestream reads anything else as false, which
+/// hides typos, so it is refused here.
+fn query_bool(name: &str, v: &str) -> Result<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "t" | "yes" => Ok(true),
+        "false" | "0" | "f" | "no" => Ok(false),
+        _ => bail!("invalid {name}={v:?} in the replica URL: use true or false"),
     }
-    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A positive integer query value, as Litestream requires.
+fn query_positive<T: std::str::FromStr + PartialOrd + Default>(name: &str, v: &str) -> Result<T> {
+    match v.parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => bail!("invalid {name}={v:?} in the replica URL: a positive whole number"),
+    }
+}
+
+/// Litestream's host forms (`s3.ParseHost`), as regular expressions with the same
+/// meaning as its own.
+struct HostForms {
+    aws: regex_lite::Regex,
+    digitalocean: regex_lite::Regex,
+    backblaze: regex_lite::Regex,
+    filebase: regex_lite::Regex,
+    scaleway: regex_lite::Regex,
+}
+
+fn host_forms() -> &'static HostForms {
+    static FORMS: OnceLock<HostForms> = OnceLock::new();
+    FORMS.get_or_init(|| {
+        let re = |p: &str| regex_lite::Regex::new(p).expect("a valid host pattern");
+        HostForms {
+            aws: re(r"^(.+)\.s3(?:\.([^.]+))?\.amazonaws\.com$"),
+            digitalocean: re(r"^(?:(.+)\.)?([^.]+)\.digitaloceanspaces.com$"),
+            backblaze: re(r"^(?:(.+)\.)?s3.([^.]+)\.backblazeb2.com$"),
+            filebase: re(r"^(?:(.+)\.)?s3.filebase.com$"),
+            scaleway: re(r"^(?:(.+)\.)?s3.([^.]+)\.scw\.cloud$"),
+        }
+    })
 }
 
 impl S3Settings {
-    /// Parses `s3://BUCKET[/PATH][?query]`, including the host forms Litestream
-    /// recognises (`bucket.s3.region.amazonaws.com`, DigitalOcean, Backblaze,
-    /// Filebase, Scaleway, and MinIO-style `bucket.host:port`).
+    /// Parses `s3://BUCKET[/PATH][?query]` as Litestream 0.5 does, including its
+    /// host forms (`bucket.s3[.region].amazonaws.com`, DigitalOcean, Backblaze,
+    /// Filebase, Scaleway, MinIO-style `bucket.host:port`) and access point ARNs
+    /// (`s3://arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME[/PATH]`).
     pub fn from_url(url: &str) -> Result<S3Settings> {
-        let rest = url.strip_prefix("s3://").ok_or_else(|| anyhow!("not an s3:// URL: {url}"))?;
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, Some(q)),
-            None => (rest, None),
-        };
-        let (host, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if host.is_empty() {
-            bail!("invalid S3 URL {url:?}: a bucket name is required, as in s3://BUCKET/PATH");
+        let bad = |why: &str| anyhow!("invalid S3 URL {url:?}: {why}");
+        if url.len() > 5 && url[..5].eq_ignore_ascii_case("s3://") && url[5..].to_ascii_lowercase().starts_with("arn:") {
+            return Self::from_access_point(url);
         }
-        let mut s = S3Settings { path: clean_path(path).trim_start_matches('/').to_string(), ..Default::default() };
-        if s.path.is_empty() && path.is_empty() {
-            s.path = ".".into();
+        let u = url::Url::parse(url).map_err(|e| bad(&format!("{e}; use s3://BUCKET/PATH")))?;
+        if u.scheme() != "s3" {
+            bail!("not an s3:// URL: {url}");
         }
-        s.apply_host(host);
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v);
+        let mut host = u.host_str().unwrap_or("").to_string();
+        if let Some(port) = u.port() {
+            host = format!("{host}:{port}");
+        }
+        let path = percent_encoding::percent_decode_str(u.path()).decode_utf8_lossy().into_owned();
+        let mut s = S3Settings { path: clean_path(&path).trim_start_matches('/').to_string(), ..Default::default() };
+        s.apply_host(&host);
+        // The first value of each key counts, as Go's `Values.Get`; empty ones are unset.
+        let mut seen = std::collections::HashSet::new();
+        for (k, v) in u.query_pairs() {
+            if v.is_empty() || !seen.insert(k.to_string()) {
+                continue;
+            }
+            let (k, v) = (k.as_ref(), v.into_owned());
             match k {
                 "endpoint" => s.endpoint = Some(endpoint_with_scheme(&v)),
                 "region" => s.region = Some(v),
-                "forcePathStyle" | "force-path-style" => s.force_path_style = Some(parse_bool(k, &v)?),
-                "skipVerify" | "skip-verify" => s.skip_verify = parse_bool(k, &v)?,
-                "signAcceptEncoding" | "sign-accept-encoding" => s.sign_accept_encoding = Some(parse_bool(k, &v)?),
-                "signPayload" | "sign-payload" => s.sign_payload = Some(parse_bool(k, &v)?),
-                "requireContentMD5" | "require-content-md5" => s.require_content_md5 = Some(parse_bool(k, &v)?),
+                "forcePathStyle" | "force-path-style" => s.force_path_style = Some(query_bool(k, &v)?),
+                "skipVerify" | "skip-verify" => s.skip_verify = query_bool(k, &v)?,
+                "signAcceptEncoding" | "sign-accept-encoding" => s.sign_accept_encoding = Some(query_bool(k, &v)?),
+                "signPayload" | "sign-payload" => s.sign_payload = Some(query_bool(k, &v)?),
+                "requireContentMD5" | "require-content-md5" => s.require_content_md5 = Some(query_bool(k, &v)?),
                 "storageClass" | "storage-class" => s.storage_class = Some(v),
-                "partSize" | "part-size" => {
-                    s.part_size =
-                        Some(v.parse().map_err(|_| anyhow!("invalid partSize={v:?}: a positive number of bytes"))?)
-                }
-                "concurrency" => {
-                    s.concurrency =
-                        Some(v.parse().map_err(|_| anyhow!("invalid concurrency={v:?}: a positive number"))?)
-                }
+                "partSize" | "part-size" => s.part_size = Some(query_positive(k, &v)?),
+                "concurrency" => s.concurrency = Some(query_positive(k, &v)?),
                 "sseCustomerAlgorithm" | "sse-customer-algorithm" => s.sse_customer_algorithm = Some(v),
                 "sseCustomerKey" | "sse-customer-key" => s.sse_customer_key = Some(v),
                 "sseKmsKeyId" | "sse-kms-key-id" => s.sse_kms_key_id = Some(v),
                 _ => {} // unknown options are ignored, as Litestream does
             }
         }
+        // A custom endpoint implies path-style requests unless the URL says otherwise.
+        if u.query_pairs().any(|(k, v)| k == "endpoint" && !v.is_empty()) && s.force_path_style.is_none() {
+            s.force_path_style = Some(true);
+        }
+        if s.bucket.is_empty() {
+            return Err(bad("a bucket name is required, as in s3://BUCKET/PATH"));
+        }
         Ok(s)
     }
 
-    /// Splits a virtual-host style host into bucket, region and endpoint.
+    /// `s3://arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME[/PATH][?query]`: the bucket
+    /// is the access point's ARN, the region comes from it.
+    fn from_access_point(url: &str) -> Result<S3Settings> {
+        let rest = &url[5..];
+        let (arn_path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let marker = ":accesspoint/";
+        let Some(at) = arn_path.to_ascii_lowercase().find(marker).map(|i| i + marker.len()) else {
+            bail!("invalid S3 access point URL {url:?}: use s3://arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME/PATH");
+        };
+        if at >= arn_path.len() {
+            bail!("invalid S3 access point URL {url:?}: the access point name is missing");
+        }
+        let (bucket, key) = match arn_path[at..].find('/') {
+            Some(i) => (&arn_path[..at + i], &arn_path[at + i + 1..]),
+            None => (arn_path, ""),
+        };
+        // The query's options, through the ordinary parser.
+        let mut s = Self::from_url(&format!("s3://access-point/?{query}"))?;
+        s.bucket = bucket.to_string();
+        s.region = s.region.or_else(|| bucket.split(':').nth(3).filter(|r| !r.is_empty()).map(str::to_string));
+        let cleaned = clean_path(&format!("/{key}"));
+        s.path = match cleaned.trim_start_matches('/') {
+            "." => String::new(),
+            p => p.to_string(),
+        };
+        Ok(s)
+    }
+
+    /// Splits a virtual-host style host into bucket, region and endpoint, as
+    /// Litestream's `s3.ParseHost`.
     fn apply_host(&mut self, host: &str) {
-        let labels: Vec<&str> = host.split('.').collect();
-        let n = labels.len();
-        if let Some(i) = host.find(".s3.").filter(|_| host.ends_with(".amazonaws.com")) {
-            self.bucket = host[..i].into();
-            let mid = &host[i + 4..host.len() - ".amazonaws.com".len()];
-            if !mid.is_empty() && mid != "amazonaws.com" {
-                self.region = Some(mid.trim_start_matches("dualstack.").to_string());
+        let f = host_forms();
+        let group = |c: &regex_lite::Captures, i| c.get(i).map_or("", |m| m.as_str()).to_string();
+        if host.contains(':') && !host.contains(".com") {
+            // MinIO style: bucket.host:port (no bucket: just host:port).
+            match host.split_once('.') {
+                Some((bucket, rest)) => {
+                    self.bucket = bucket.into();
+                    self.region = Some("us-east-1".into());
+                    self.endpoint = Some(format!("http://{rest}"));
+                }
+                None => self.endpoint = Some(format!("http://{host}")),
             }
-        } else if host.ends_with(".digitaloceanspaces.com") && n >= 4 {
-            self.bucket = labels[0].into();
-            self.region = Some(labels[1].into());
-            self.endpoint = Some(format!("https://{}", labels[1..].join(".")));
-        } else if host.ends_with(".backblazeb2.com") && n >= 5 && labels[1] == "s3" {
-            self.bucket = labels[0].into();
-            self.region = Some(labels[2].into());
-            self.endpoint = Some(format!("https://{}", labels[1..].join(".")));
-        } else if host.ends_with(".s3.filebase.com") {
-            self.bucket = labels[0].into();
-            self.endpoint = Some("https://s3.filebase.com".into());
-        } else if host.ends_with(".scw.cloud") && n >= 5 && labels[1] == "s3" {
-            self.bucket = labels[0].into();
-            self.region = Some(labels[2].into());
-            self.endpoint = Some(format!("https://{}", labels[1..].join(".")));
-        } else if let Some((bucket, hostport)) = host.split_once('.').filter(|_| host.contains(':')) {
-            // MinIO style: bucket.host:port
-            self.bucket = bucket.into();
-            self.endpoint = Some(endpoint_with_scheme(hostport));
             self.force_path_style = Some(true);
+        } else if let Some(c) = f.aws.captures(host) {
+            self.bucket = group(&c, 1);
+            self.region = c.get(2).map(|m| m.as_str().to_string());
+        } else if let Some(c) = f.digitalocean.captures(host) {
+            self.bucket = group(&c, 1);
+            let region = group(&c, 2);
+            self.endpoint = Some(format!("https://{region}.digitaloceanspaces.com"));
+            self.region = Some(region);
+        } else if let Some(c) = f.backblaze.captures(host) {
+            self.bucket = group(&c, 1);
+            let region = group(&c, 2);
+            self.endpoint = Some(format!("https://s3.{region}.backblazeb2.com"));
+            self.region = Some(region);
+            self.force_path_style = Some(true);
+        } else if let Some(c) = f.filebase.captures(host) {
+            self.bucket = group(&c, 1);
+            self.endpoint = Some("https://s3.filebase.com".into());
+        } else if let Some(c) = f.scaleway.captures(host) {
+            self.bucket = group(&c, 1);
+            let region = group(&c, 2);
+            self.endpoint = Some(format!("https://s3.{region}.scw.cloud"));
+            self.region = Some(region);
         } else {
             self.bucket = host.into();
         }
@@ -536,7 +594,13 @@ impl S3Client {
         if part_size < MIN_PART_SIZE {
             bail!("part-size must be at least 5MiB (S3's minimum multipart part size)");
         }
+        if part_size > MAX_PART_SIZE {
+            bail!("part-size must be at most 5GiB (S3's maximum multipart part size)");
+        }
         let concurrency = s.concurrency.or(provider.concurrency).unwrap_or(DEFAULT_CONCURRENCY).max(1);
+        if concurrency > MAX_CONCURRENCY {
+            bail!("concurrency must be at most {MAX_CONCURRENCY} (parts in flight, each held in memory)");
+        }
         let sse_c = match (&s.sse_customer_key, &s.sse_customer_key_path) {
             (Some(_), Some(_)) => bail!("use either sse-customer-key or sse-customer-key-path, not both"),
             (None, None) => None,
@@ -1324,6 +1388,66 @@ mod tests {
         let s = S3Settings::from_url("s3://b/p?sign-accept-encoding=true").unwrap();
         assert!(!strips_accept_encoding(&s, &detect_provider(None)));
         assert!(S3Settings::from_url("s3://b/p?signAcceptEncoding=maybe").is_err());
+    }
+
+    /// Litestream 0.5's own parse (`s3.NewReplicaClientFromURL`, `s3.ParseHost`,
+    /// `ParseReplicaURLWithQuery`, read in its source) is the oracle for every form
+    /// it accepts; anything else is one error line, never a panic.
+    #[test]
+    fn litestream_url_forms() {
+        type Row = (&'static str, &'static str, &'static str, Option<&'static str>, Option<&'static str>, Option<bool>);
+        let rows: &[Row] = &[
+            // url, bucket, path, region, endpoint, force-path-style
+            ("s3://mybucket.s3.amazonaws.com/app", "mybucket", "app", None, None, None),
+            ("s3://bkt.s3.eu-west-1.amazonaws.com/db", "bkt", "db", Some("eu-west-1"), None, None),
+            ("s3://my.dotted.bkt.s3.us-east-2.amazonaws.com/x/y", "my.dotted.bkt", "x/y", Some("us-east-2"), None, None),
+            // Litestream's pattern takes one label after s3: a dualstack host is a bucket name to it.
+            ("s3://b.s3.dualstack.us-east-1.amazonaws.com/d", "b.s3.dualstack.us-east-1.amazonaws.com", "d", None, None, None),
+            ("s3://bkt.localhost:9000/db", "bkt", "db", Some("us-east-1"), Some("http://localhost:9000"), Some(true)),
+            ("s3://bkt.minio:9000", "bkt", ".", Some("us-east-1"), Some("http://minio:9000"), Some(true)),
+            ("s3://bkt.nyc3.digitaloceanspaces.com/db", "bkt", "db", Some("nyc3"), Some("https://nyc3.digitaloceanspaces.com"), None),
+            ("s3://bkt.s3.us-west-004.backblazeb2.com/db", "bkt", "db", Some("us-west-004"), Some("https://s3.us-west-004.backblazeb2.com"), Some(true)),
+            ("s3://bkt.s3.filebase.com/db", "bkt", "db", None, Some("https://s3.filebase.com"), None),
+            ("s3://bkt.s3.fr-par.scw.cloud/db", "bkt", "db", Some("fr-par"), Some("https://s3.fr-par.scw.cloud"), None),
+            ("s3://arn:aws:s3:us-west-2:123456789012:accesspoint/my-ap/db/app", "arn:aws:s3:us-west-2:123456789012:accesspoint/my-ap", "db/app", Some("us-west-2"), None, None),
+            ("s3://arn:aws:s3:eu-west-1:1:accesspoint/ap?region=eu-west-3", "arn:aws:s3:eu-west-1:1:accesspoint/ap", "", Some("eu-west-3"), None, None),
+            ("s3://bkt/p?endpoint=127.0.0.1:9000", "bkt", "p", None, Some("http://127.0.0.1:9000"), Some(true)),
+            ("s3://bkt/p?endpoint=s3.example.com&forcePathStyle=false", "bkt", "p", None, Some("https://s3.example.com"), Some(false)),
+            ("s3://bkt/p?force-path-style=T", "bkt", "p", None, None, Some(true)),
+            ("s3://bkt/%C3%A9t%C3%A9/db", "bkt", "été/db", None, None, None),
+            ("s3://bkt/p?region=first&region=second", "bkt", "p", Some("first"), None, None),
+            ("s3://bkt/p?region=", "bkt", "p", None, None, None),
+            ("s3://bkt", "bkt", ".", None, None, None),
+            ("s3://bkt/", "bkt", "", None, None, None),
+            ("s3://bkt/a//b/../c/", "bkt", "a/c", None, None, None),
+        ];
+        for &(url, bucket, path, region, endpoint, fps) in rows {
+            let s = S3Settings::from_url(url).unwrap_or_else(|e| panic!("{url}: {e:#}"));
+            assert_eq!(
+                (s.bucket.as_str(), s.path.as_str(), s.region.as_deref(), s.endpoint.as_deref(), s.force_path_style),
+                (bucket, path, region, endpoint, fps),
+                "{url}"
+            );
+        }
+        let s = S3Settings::from_url("s3://bkt/p?storageClass=%C3%A9&x=%").unwrap();
+        assert_eq!(s.storage_class.as_deref(), Some("é"));
+        // Refused, with one line naming the problem.
+        for (url, needle) in [
+            ("s3://", "bucket name is required"),
+            ("s3:///path", "bucket name is required"),
+            ("s3://localhost:9000/db", "bucket name is required"),
+            ("s3://nyc3.digitaloceanspaces.com/db", "bucket name is required"),
+            ("s3://bkt/p?partSize=0", "positive whole number"),
+            ("s3://bkt/p?partSize=-5", "positive whole number"),
+            ("s3://bkt/p?concurrency=99999999999999999999999", "positive whole number"),
+            ("s3://bkt/p?skipVerify=maybe", "use true or false"),
+            ("s3://arn:aws:s3:us-east-1:1:accesspoint/", "name is missing"),
+            ("s3://arn:aws:s3:us-east-1:1:thing", "access point"),
+            ("s3://b k t/p", "invalid S3 URL"),
+        ] {
+            let e = format!("{:#}", S3Settings::from_url(url).unwrap_err());
+            assert!(e.contains(needle) && !e.contains('\n'), "{url}: {e}");
+        }
     }
 
     #[test]

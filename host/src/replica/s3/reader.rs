@@ -1,15 +1,17 @@
 //! Reading one object: the first part streams as it arrives, and the rest of a
 //! large object is fetched as several ranged GETs at once, a few parts ahead of the
 //! reader, then handed over in order. A part cut off mid-way resumes from the byte
-//! it reached. Buffered parts are bounded across the whole process, so a restore
-//! that reads several large files at once still holds at most
-//! `PARTS_AHEAD × PART_BYTES` in memory.
+//! it reached.
 //!
-//! No reader can wait for a slot while holding one, so readers sharing the bound
-//! never wait on each other in a circle: a part takes its slot before it is
-//! requested (a reader never queues a part that could wait behind another
-//! reader's), and a reader gives up the slot of the part it has finished before
-//! it waits for the next.
+//! Memory is bounded without any reader ever waiting on another. Each reader may
+//! always have one part of its own on the way (the part it needs next), outside
+//! any shared bound; parts fetched further ahead take a slot from a process-wide
+//! pool of `PARTS_AHEAD`, and only when one is free at once (`try_acquire`). So a
+//! process holds at most `(open readers + PARTS_AHEAD) × PART_BYTES`, and a thread
+//! that reads several objects in turn (a compaction merging 21 inputs, a restore
+//! at `-parallelism 8`) can never block on a slot held by a part of another reader
+//! it will only read later. That wait was a deadlock: compaction of many
+//! multi-part inputs hung for good.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -66,8 +68,9 @@ pub(super) fn total_size(content_range: Option<&str>) -> Option<u64> {
     content_range?.rsplit_once('/')?.1.parse().ok()
 }
 
-/// A fetched part: the chunks as received, and its place under the process's bound.
-type Part = (VecDeque<Bytes>, OwnedSemaphorePermit);
+/// A fetched part: the chunks as received, and its place under the process's
+/// bound (None: the reader's own part, which takes no shared slot).
+type Part = (VecDeque<Bytes>, Option<OwnedSemaphorePermit>);
 
 /// Streams an object from its first response on; see the module's description.
 pub(super) struct ObjectReader {
@@ -114,12 +117,13 @@ impl ObjectReader {
     fn ask_ahead(&mut self) {
         while self.ahead.len() < PARTS_AHEAD && self.requested < self.len {
             let Ok(slot) = PARTS.clone().try_acquire_owned() else { break };
-            self.fetch_next(slot);
+            self.fetch_next(Some(slot));
         }
     }
 
-    /// Starts fetching the next part, in the slot given.
-    fn fetch_next(&mut self, slot: OwnedSemaphorePermit) {
+    /// Starts fetching the next part, in the shared slot given (None: as the
+    /// reader's own part).
+    fn fetch_next(&mut self, slot: Option<OwnedSemaphorePermit>) {
         let (start, end) = (self.requested, (self.requested + PART_BYTES).min(self.len) - 1);
         self.requested = end + 1;
         let (client, key) = (self.client.clone(), self.key.clone());
@@ -178,9 +182,9 @@ impl Read for ObjectReader {
                 // The part read so far is finished: its slot is free for any reader.
                 self._part = None;
                 if self.ahead.is_empty() && self.requested < self.len {
-                    // Nothing on the way: wait for a slot, holding none.
-                    let slot = runtime().block_on(PARTS.clone().acquire_owned()).map_err(io::Error::other)?;
-                    self.fetch_next(slot);
+                    // Nothing on the way: fetch the next part as this reader's own,
+                    // never waiting for a shared slot (see the module's description).
+                    self.fetch_next(None);
                 }
                 self.ask_ahead();
                 let Some(part) = self.ahead.pop_front() else {
@@ -191,7 +195,7 @@ impl Read for ObjectReader {
                 };
                 let (chunks, permit) = runtime().block_on(part).map_err(io::Error::other)??;
                 self.rest = chunks;
-                self._part = Some(permit);
+                self._part = permit;
                 self.ask_ahead();
             }
         }
@@ -220,7 +224,7 @@ async fn fetch_part(
     key: String,
     start: u64,
     end: u64,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> io::Result<Part> {
     let want = end + 1 - start;
     let mut chunks = VecDeque::new();
