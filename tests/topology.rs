@@ -413,3 +413,114 @@ fn max_sync_ltx_files_bounds_one_upload_pass() {
 fn l0_count(dir: &std::path::Path) -> usize {
     fs::read_dir(dir).map_or(0, |d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".ltx")).count())
 }
+
+/// The environment of the guide's read-write user (from `moto.guide_users`),
+/// reaching moto at `endpoint`.
+fn rw_env(users: &[(String, String, String)], endpoint: String) -> Vec<(&'static str, String)> {
+    let rw = users.iter().find(|u| u.0 == "readwrite").unwrap().clone();
+    vec![
+        ("AWS_ACCESS_KEY_ID", rw.1.clone()),
+        ("AWS_SECRET_ACCESS_KEY", rw.2.clone()),
+        ("AWS_ENDPOINT_URL_S3", endpoint),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ]
+}
+
+fn lease_config(dir: &std::path::Path, db: &std::path::Path) -> std::path::PathBuf {
+    let cfg = dir.join("sluice.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "lease-ttl: 2s\ndbs:\n  - path: {}\n    monitor-interval: 100ms\n    replica:\n      url: s3://{BUCKET}/app\n      sync-interval: 100ms\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// An upload that takes several times `lease-ttl` (2 s; a 3 MiB level-0 file sent
+/// through a 300 KB/s uplink) keeps the lease: it is renewed while the upload runs,
+/// so a second process waiting for the path does not take over until the first
+/// stops. On moto, which enforces the conditional writes.
+#[test]
+fn an_upload_longer_than_the_lease_keeps_it() {
+    let moto = Moto::start(12);
+    let slow = ThrottleProxy::start(moto.port, 300_000);
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let cfg = lease_config(dir.path(), &db);
+    let cfgs = cfg.to_str().unwrap();
+    let users = moto.guide_users(BUCKET);
+    let env = rw_env(&users, slow.endpoint());
+    let direct = rw_env(&users, moto.endpoint());
+    fn with_host<'a>(env: &'a [(&'static str, String)], host: &'static str) -> Vec<(&'static str, &'a str)> {
+        let mut e = env_refs(env);
+        e.push(("SLUICE_HOSTNAME", host));
+        e
+    }
+    let blue = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-blue"), &with_host(&env, "blue"));
+    write(&db, &["steps", "0", "2"]);
+    let url = format!("s3://{BUCKET}/app");
+    let uploaded = |min_bytes: u64| {
+        let o = sluice_with(&["ltx", "-json", &url], &env_refs(&direct));
+        o.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&o.stdout).ok().and_then(|v| v.as_array().cloned()).is_some_and(
+                |files| files.iter().any(|f| f["size"].as_u64().is_some_and(|s| s >= min_bytes)),
+            )
+    };
+    wait_for("blue's first upload", Duration::from_secs(60), || uploaded(1));
+    let green = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-green"), &with_host(&direct, "green"));
+    green.wait_for_log("waiting for its lease to end", Duration::from_secs(30));
+    let started = Instant::now();
+    write(&db, &["randomfill", "3"]);
+    wait_for("blue's slow upload", Duration::from_secs(240), || uploaded(1 << 20));
+    let took = started.elapsed();
+    assert!(took > Duration::from_secs(6), "the upload outlasted the 2 s lease several times ({took:?})");
+    assert!(!green.log().contains(" replicating db="), "green took over during blue's upload:\n{}", green.log());
+    blue.stop();
+    green.wait_for_log(" replicating db=", Duration::from_secs(60));
+    write(&db, &["steps", "2", "4"]);
+    let _ = green.stop();
+    restore_and_check_with(&[&url], &dir.path().join("restored.db"), digest(&db), &env_refs(&direct));
+}
+
+/// A process paused past its lease (SIGSTOP: a VM suspended, a long GC pause)
+/// finds on waking that another one took the replica over: it stops replicating,
+/// with one line saying so, and writes nothing more; the replica restores the
+/// database exactly. (If the other had already stopped, the first would take the
+/// lease back with a new generation and start over from the replica: ChangedHands.)
+#[test]
+fn a_paused_writer_that_lost_its_lease_steps_down() {
+    let moto = Moto::start(12);
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let cfg = lease_config(dir.path(), &db);
+    let cfgs = cfg.to_str().unwrap();
+    let env = rw_env(&moto.guide_users(BUCKET), moto.endpoint());
+    let with_host = |host: &'static str| {
+        let mut e = env_refs(&env);
+        e.push(("SLUICE_HOSTNAME", host));
+        e
+    };
+    let url = format!("s3://{BUCKET}/app");
+    let blue = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-blue"), &with_host("blue"));
+    write(&db, &["steps", "0", "2"]);
+    wait_for("blue to upload", Duration::from_secs(60), || {
+        let o = sluice_with(&["ltx", &url], &env_refs(&env));
+        o.status.success() && String::from_utf8_lossy(&o.stdout).lines().count() > 1
+    });
+    unsafe { libc::kill(blue.pid() as i32, libc::SIGSTOP) };
+    let green = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-green"), &with_host("green"));
+    green.wait_for_log(" replicating db=", Duration::from_secs(60));
+    write(&db, &["steps", "2", "4"]);
+    unsafe { libc::kill(blue.pid() as i32, libc::SIGCONT) };
+    write(&db, &["steps", "4", "6"]);
+    let (status, log) = blue.wait_exit(Duration::from_secs(120));
+    assert!(!status.success(), "blue stepped down with an error status:\n{log}");
+    let last = log.trim_end().lines().last().unwrap_or_default();
+    assert!(last.starts_with("error:") && last.contains("another process took over"), "{log}");
+    let log = green.stop();
+    assert!(!log.contains("error"), "green replicated throughout:\n{log}");
+    restore_and_check_with(&[&url], &dir.path().join("restored.db"), digest(&db), &env_refs(&env));
+}

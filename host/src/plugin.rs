@@ -488,12 +488,7 @@ impl Plugin {
         })?
         .map_err(|m| plugin_err(self, "prefixes", m))?;
         for p in &prefixes {
-            if p.starts_with('/') || p.split('/').any(|seg| seg == "..") {
-                return Err(fault(format!(
-                    "plugin {} (layout) gave prefix {p:?}, which leaves the replica's path",
-                    self.name
-                )));
-            }
+            check_prefix(&self.name, p)?;
         }
         Ok(prefixes)
     }
@@ -524,8 +519,16 @@ impl Plugin {
     }
 }
 
+/// A listing prefix must stay under the replica's path.
+pub fn check_prefix(plugin: &str, p: &str) -> Result<()> {
+    if p.starts_with('/') || p.split('/').any(|seg| seg == "..") {
+        return Err(fault(format!("plugin {plugin} (layout) gave prefix {p:?}, which leaves the replica's path")));
+    }
+    Ok(())
+}
+
 /// A key must be relative, non-empty and must not climb out of the replica's path.
-fn check_key(plugin: &str, key: &str) -> Result<()> {
+pub fn check_key(plugin: &str, key: &str) -> Result<()> {
     if key.is_empty() || key.starts_with('/') || key.split('/').any(|s| s == ".." || s == ".") || key.contains("//") {
         return Err(fault(format!(
             "plugin {plugin} (layout) gave key {key:?}, which is not a clean relative key under the replica's path; refusing to upload under it"

@@ -193,6 +193,32 @@ impl Daemon {
         }
     }
 
+    /// Waits for the daemon to exit by itself; its status and log. Panics with
+    /// the log if it is still running after `within`.
+    pub fn wait_exit(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("sluice did not exit within {within:?}:\n{}", fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            sleep(Duration::from_millis(20));
+        };
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(!log.contains("panicked"), "{log}");
+        (status, log)
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// SIGTERM, then waits; asserts a clean exit.
     pub fn stop(self) -> String {
         let (status, log) = self.stop_with_status();

@@ -379,3 +379,44 @@ impl SilencingProxy {
         self.silent.store(true, Ordering::SeqCst);
     }
 }
+
+/// A TCP proxy in front of a server that passes what clients send at no more than
+/// `bytes_per_sec` (answers pass freely): a slow uplink.
+pub struct ThrottleProxy {
+    pub port: u16,
+}
+
+impl ThrottleProxy {
+    pub fn start(upstream_port: u16, bytes_per_sec: usize) -> ThrottleProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
+                let (mut up_from, mut up_to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                thread::spawn(move || {
+                    let chunk = (bytes_per_sec / 20).max(1);
+                    let mut buf = vec![0u8; chunk];
+                    while let Ok(n) = up_from.read(&mut buf) {
+                        if n == 0 || up_to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        thread::sleep(Duration::from_secs_f64(n as f64 / bytes_per_sec as f64));
+                    }
+                    let _ = up_to.shutdown(Shutdown::Write);
+                });
+                let (mut down_from, mut down_to) = (server, client);
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut down_from, &mut down_to);
+                    let _ = down_to.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        ThrottleProxy { port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}

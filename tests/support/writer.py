@@ -8,6 +8,7 @@ Usage: writer.py DB COMMAND [ARGS]
   bigfill ROWS            append ROWS rows of 1 MiB compressible blobs (20 per transaction)
   checkpoint-truncate     PRAGMA wal_checkpoint(TRUNCATE), as an application might
   commit-and-die          commit one row, then exit without closing (the row stays in the WAL)
+  steady SECONDS          a steady writer: one 16 KiB row every 50 ms (about 320 KB/s) for SECONDS
 """
 import os
 import sqlite3
@@ -91,6 +92,11 @@ def main():
     elif cmd == "randomfill":
         for i in range(int(args[0])):
             conn.execute("INSERT INTO blobs (data) VALUES (?)", (os.urandom(1 << 20),))
+    elif cmd == "steady":
+        end = time.time() + float(args[0])
+        while time.time() < end:
+            conn.execute("INSERT INTO blobs (data) VALUES (?)", (os.urandom(16 << 10),))
+            time.sleep(0.05)
     elif cmd == "commit-and-die":
         # A committed row left in the WAL: the process ends without closing the
         # connection, so SQLite never checkpoints it into the database file.

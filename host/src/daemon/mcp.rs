@@ -285,11 +285,19 @@ fn describe(t: &Tool) -> Value {
 
 /// Runs a tool: its command, with `-config` for the commands that read one. A
 /// command that fails is a tool result with `isError` (the model sees why).
-fn call(server: &Server, params: &Value) -> Result<Value, (i64, String)> {
+/// The command line a `tools/call` message's `params` asks for, or the JSON-RPC
+/// error to answer; the arguments of the command, never a shell line.
+pub fn tool_argv(params: &Value) -> Result<Vec<String>, (i64, String)> {
     let name = params["name"].as_str().unwrap_or_default();
     let tool = TOOLS.iter().find(|t| t.name == name).ok_or_else(|| (-32602, format!("unknown tool {name:?}")))?;
     let args = params.get("arguments").cloned().unwrap_or(json!({}));
-    let mut argv = (tool.command)(&args).map_err(|m| (-32602, m))?;
+    (tool.command)(&args).map_err(|m| (-32602, m))
+}
+
+fn call(server: &Server, params: &Value) -> Result<Value, (i64, String)> {
+    let name = params["name"].as_str().unwrap_or_default();
+    let tool = TOOLS.iter().find(|t| t.name == name).ok_or_else(|| (-32602, format!("unknown tool {name:?}")))?;
+    let mut argv = tool_argv(params)?;
     if argv[0] != "version" {
         argv.insert(1, "-config".into());
         argv.insert(2, server.config.display().to_string());

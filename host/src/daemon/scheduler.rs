@@ -296,6 +296,11 @@ pub(super) async fn capture_task(
     // While parked: the files as we left them.
     let mut parked: Option<Fingerprint> = None;
     'running: loop {
+        // A replica task ended early (it stepped down: another process took its
+        // replica over): stop this database, reporting why.
+        if replica_tasks.iter().any(|t| t.is_finished()) {
+            break 'running;
+        }
         if slot.is_none() {
             slot = Some(open_slot().await);
             last_active = Instant::now();
@@ -588,6 +593,16 @@ async fn replica_task(
             match pass.result {
                 Ok(()) => backoff = None,
                 Err(e) => {
+                    if e.downcast_ref::<LeaseHeld>().is_some() {
+                        // Another process took the replica over (our lease lapsed while
+                        // idle or paused): one writer per path, so this one steps down.
+                        error!(replica = %store.client().location(), "another process took over the replica: {e:#}");
+                        capture.notify_one();
+                        return Err(e.context(format!(
+                            "another process took over replica {}; this one stops replicating to it and writes nothing more",
+                            store.client().location()
+                        )));
+                    }
                     if e.downcast_ref::<ChangedHands>().is_some() {
                         // Another process wrote there while we did not hold the lease:
                         // capture starts over from what the replica holds now.

@@ -218,7 +218,7 @@ async fn read_json(req: Request<hyper::body::Incoming>) -> Result<Value, Answer>
 const MAX_BODY: usize = 1 << 20;
 
 /// The first value of `key` in a query string, decoded (`+` and `%XX`).
-fn query_value(query: &str, key: &str) -> Option<String> {
+pub fn query_value(query: &str, key: &str) -> Option<String> {
     url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 

@@ -19,9 +19,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tracing::{debug, error, info, warn};
 
 use crate::capture::db::{Shared, write_snapshot};
-use crate::ltx::merge::{PipeReader, merge, splice};
+use crate::ltx::merge::{merge, splice};
 use crate::ltx::pieces::Pieces;
-use crate::ltx::{self, Decoder};
+use crate::ltx::{self, Decoder, Header};
 use crate::plugin::{Plugin, PluginFile, Settings};
 use crate::replica::{FileInfo, NewFile, ReplicaClient, SNAPSHOT_LEVEL};
 use crate::restore::{Target, pinned_files, plan_from_listing};
@@ -554,31 +554,36 @@ impl Store {
         if !force && newest.as_ref().is_some_and(|s| s.created_at > truncate(now, interval)) {
             return Ok(false);
         }
-        let shared = self.shared.clone();
-        let (tell, told) = std::sync::mpsc::sync_channel(1);
-        let mut pipe = PipeReader::spawn(move |w| {
-            // No checkpoint of ours may restart the WAL while we read it, and the
-            // position is read under the same guard, so none can slip in between.
+        // The snapshot is staged in a local file while our checkpoints wait, then
+        // uploaded with them free to run: a slow upload must not hold the WAL back
+        // (not even the emergency TRUNCATE), or the application's WAL grows without
+        // bound. Staging costs local disk as large as the database, for the upload.
+        let tmp = self.shared.l0_dir.join(format!("snapshot-{}.ltx.tmp", self.index));
+        let staged = (|| -> Result<Option<(Header, i64)>> {
+            let shared = &self.shared;
             let _guard = shared.checkpoint_lock.read().unwrap_or_else(|e| e.into_inner());
             // Only a position captured under our current read transaction will do.
-            let Some((at, epoch)) = shared.live_pos() else { return Ok(()) };
+            let Some((at, epoch)) = shared.live_pos() else { return Ok(None) };
             // Taken after the position: a snapshot must never claim a time before the
             // newest change it holds, or a timestamp restore could pick it too early.
             let timestamp = Utc::now().timestamp_millis().max(at.timestamp);
-            let _ = tell.send((at.clone(), timestamp));
-            match write_snapshot(&shared, &at, epoch, timestamp, w)? {
-                Some(_) => Ok(()),
+            let out = std::io::BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+            match write_snapshot(shared, &at, epoch, timestamp, out)? {
+                Some((_, w)) => {
+                    w.into_inner().map_err(|e| e.into_error())?;
+                    Ok(Some((at, timestamp)))
+                }
                 None => anyhow::bail!("the WAL was restarted as the snapshot began; it will be retried"),
             }
-        })?;
-        let Ok((pos, timestamp)) = told.recv() else { return Ok(false) };
-        let info = self
-            .client
-            .write(
-                &NewFile { level: SNAPSHOT_LEVEL, min_txid: 1, max_txid: pos.max_txid, timestamp_ms: timestamp },
-                &mut pipe,
-            )
-            .context("cannot write snapshot")?;
+        })();
+        let stored = staged.and_then(|staged| {
+            let Some((pos, timestamp)) = staged else { return Ok(None) };
+            let data = Pieces::file(&tmp)?;
+            let file = NewFile { level: SNAPSHOT_LEVEL, min_txid: 1, max_txid: pos.max_txid, timestamp_ms: timestamp };
+            Ok(Some(self.client.write_local(&file, &data)?))
+        });
+        let _ = std::fs::remove_file(&tmp);
+        let Some(info) = stored.context("cannot write snapshot")? else { return Ok(false) };
         crate::failpoint::hit("snapshot-stored");
         info!(db = %self.shared.path.display(), file = %info.name(), size = info.size, "snapshot written");
         self.files()?[SNAPSHOT_LEVEL as usize].push(info);

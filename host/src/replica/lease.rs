@@ -4,7 +4,9 @@
 //! a file replica compares contents under a file lock).
 //!
 //! [`Leased`] wraps a replica client: before any write or delete it makes sure this
-//! process holds the lease with at least half its time left, renewing it when not.
+//! process holds the lease with at least half its time left, renewing it when not,
+//! and while the write runs it renews it every quarter of its time, so an upload
+//! longer than the lease keeps it.
 //! Reads need no lease. So the lease costs nothing while the database is idle: it
 //! simply lapses, and the next write takes it again, unless another process took
 //! it in between. Then this one's writes fail, naming the holder, until that
@@ -294,6 +296,43 @@ impl Leased {
         }
     }
 
+    /// Runs the write `op` holding the lease: taken (or renewed) before it starts,
+    /// and renewed while it runs, every quarter of `ttl`, so that an upload longer
+    /// than the lease never lets a second writer in. If the lease is lost while
+    /// `op` runs (another process took it), the write fails with that cause.
+    fn holding<T>(&self, op: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.ensure()?;
+        if self.state.lock().unwrap().unsupported {
+            return op();
+        }
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let lost: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        let every = (self.ttl / 4).max(Duration::from_millis(50));
+        let result = std::thread::scope(|s| {
+            let lost = &lost;
+            s.spawn(move || {
+                while finished.recv_timeout(every) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    match self.ensure() {
+                        Ok(()) => {}
+                        Err(e) if e.downcast_ref::<LeaseHeld>().is_some() || e.downcast_ref::<ChangedHands>().is_some() => {
+                            *lost.lock().unwrap() = Some(e);
+                            return;
+                        }
+                        // A failed renewal is tried again; the lease still has time.
+                        Err(e) => warn!(replica = %self.inner.location(), "cannot renew the lease during a write: {e:#}"),
+                    }
+                }
+            });
+            let r = op();
+            let _ = done.send(());
+            r
+        });
+        match lost.into_inner().unwrap() {
+            Some(e) => Err(e.context("the replica's lease was lost while a write was under way")),
+            None => result,
+        }
+    }
+
     fn unsupported(&self, st: &mut State) -> Result<()> {
         st.unsupported = true;
         warn!(replica = %self.inner.location(),
@@ -322,16 +361,13 @@ impl ReplicaClient for Leased {
         self.inner.open(level, min_txid, max_txid)
     }
     fn write(&self, file: &NewFile, data: &mut dyn Read) -> Result<FileInfo> {
-        self.ensure()?;
-        self.inner.write(file, data)
+        self.holding(|| self.inner.write(file, data))
     }
     fn write_local(&self, file: &NewFile, data: &crate::ltx::pieces::Pieces) -> Result<FileInfo> {
-        self.ensure()?;
-        self.inner.write_local(file, data)
+        self.holding(|| self.inner.write_local(file, data))
     }
     fn delete(&self, level: u8, files: &[(u64, u64)]) -> Result<()> {
-        self.ensure()?;
-        self.inner.delete(level, files)
+        self.holding(|| self.inner.delete(level, files))
     }
     fn list_keys(&self, prefix: &str) -> Result<Vec<Object>> {
         self.inner.list_keys(prefix)

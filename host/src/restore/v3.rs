@@ -9,7 +9,7 @@
 //! as a WAL file next to it, checkpointed into the database with TRUNCATE.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -47,7 +47,8 @@ fn hex_of_len(s: &str, min: usize, max: usize) -> bool {
 }
 
 /// Parses a key under `generations/`: (generation, is_snapshot, index, offset).
-fn parse_key(key: &str) -> Option<(String, bool, u32, u64)> {
+/// Parses a 0.3 object key: (generation, is a snapshot, index, offset).
+pub fn parse_key(key: &str) -> Option<(String, bool, u32, u64)> {
     let rest = key.strip_prefix(PREFIX)?;
     let mut parts = rest.split('/');
     let (generation, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
@@ -134,8 +135,13 @@ pub fn instead_of(
 /// Decompresses one stored LZ4-frame object into `out`, returning the bytes written.
 fn copy_object(client: &dyn ReplicaClient, seg: &Segment, out: &mut dyn Write) -> Result<u64> {
     let stored = client.open_key(&seg.key)?;
+    decode_object(stored, out).with_context(|| format!("cannot read {} (corrupt or truncated LZ4 frame?)", seg.key))
+}
+
+/// Decompresses one 0.3 object (an LZ4 frame) into `out`; returns the bytes written.
+pub fn decode_object(stored: impl Read, out: &mut dyn Write) -> io::Result<u64> {
     let mut dec = lz4_flex::frame::FrameDecoder::new(io::BufReader::with_capacity(256 * 1024, stored));
-    io::copy(&mut dec, out).with_context(|| format!("cannot read {} (corrupt or truncated LZ4 frame?)", seg.key))
+    io::copy(&mut dec, out)
 }
 
 /// Restores `backup` to `output` through `<output>.tmp`, which is removed on any
