@@ -181,7 +181,8 @@ impl S3Settings {
     /// (`s3://arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME[/PATH]`).
     pub fn from_url(url: &str) -> Result<S3Settings> {
         let bad = |why: &str| anyhow!("invalid S3 URL {url:?}: {why}");
-        if url.len() > 5 && url[..5].eq_ignore_ascii_case("s3://") && url[5..].to_ascii_lowercase().starts_with("arn:") {
+        let (scheme, rest) = (url.get(..5).unwrap_or(""), url.get(5..).unwrap_or(""));
+        if scheme.eq_ignore_ascii_case("s3://") && rest.get(..4).is_some_and(|a| a.eq_ignore_ascii_case("arn:")) {
             return Self::from_access_point(url);
         }
         let u = url::Url::parse(url).map_err(|e| bad(&format!("{e}; use s3://BUCKET/PATH")))?;
@@ -1429,6 +1430,10 @@ mod tests {
                 "{url}"
             );
         }
+        // Found by scripts/fuzz (replica_url): a multi-byte character across byte 5.
+        assert!(S3Settings::from_url("s3:/\u{45a}ucket/s3://b").is_err());
+        let _ = S3Settings::from_url("s3://\u{45a}arn:x");
+        let _ = S3Settings::from_url("s3://ar\u{45a}:x");
         let s = S3Settings::from_url("s3://bkt/p?storageClass=%C3%A9&x=%").unwrap();
         assert_eq!(s.storage_class.as_deref(), Some("é"));
         // Refused, with one line naming the problem.
