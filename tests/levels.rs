@@ -309,3 +309,83 @@ fn validation_and_verify_compaction_report_gaps() {
     d.wait_for_log(&want, Duration::from_secs(30));
     d.stop();
 }
+
+/// Follow mode retries a download that fails, as it retries a failed listing: a
+/// new level-0 file that does not verify for a while (a damaged copy stands in
+/// its place, as a partial or broken download would) is logged and tried again at
+/// the next interval, and once it is whole the copy reaches it and equals the
+/// source. (It used to give up at the first failed download.)
+#[test]
+fn follow_mode_retries_a_failed_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let full = dir.path().join("full");
+    write(&db, &["steps", "0", "3"]);
+    let o = sluice(&["replicate", "-once", db.to_str().unwrap(), &file_url(&full)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let first = digest(&db);
+    write(&db, &["steps", "3", "5"]);
+    let o = sluice(&["replicate", "-once", db.to_str().unwrap(), &file_url(&full)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The followed replica: every file but the newest, which comes later, damaged.
+    let replica = dir.path().join("replica");
+    fs::create_dir_all(replica.join("ltx/0")).unwrap();
+    let mut files: Vec<PathBuf> = fs::read_dir(full.join("ltx/0")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let newest = files.pop().unwrap();
+    for f in &files {
+        fs::copy(f, replica.join("ltx/0").join(f.file_name().unwrap())).unwrap();
+    }
+    let copy = dir.path().join("copy.db");
+    let url = file_url(&replica);
+    let log = dir.path().join("follow.log");
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut follower = Killed(
+        std::process::Command::new(sluice_bin())
+            .args(["restore", "-f", "-follow-interval", "100ms", "-o", copy.to_str().unwrap(), &url])
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let follower = &mut follower.0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !fs::read_to_string(&log).unwrap_or_default().contains("following") {
+        assert!(follower.try_wait().unwrap().is_none(), "the follower stopped:\n{}", fs::read_to_string(&log).unwrap());
+        assert!(std::time::Instant::now() < deadline, "the follower did not start following");
+        sleep(Duration::from_millis(50));
+    }
+    assert_eq!(digest(&copy), first);
+    let blocked = replica.join("ltx/0").join(newest.file_name().unwrap());
+    let mut damaged = fs::read(&newest).unwrap();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x55;
+    fs::write(&blocked, &damaged).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !fs::read_to_string(&log).unwrap_or_default().contains("retrying") {
+        assert!(follower.try_wait().unwrap().is_none(), "the follower gave up:\n{}", fs::read_to_string(&log).unwrap());
+        assert!(std::time::Instant::now() < deadline, "no retry logged:\n{}", fs::read_to_string(&log).unwrap());
+        sleep(Duration::from_millis(50));
+    }
+    fs::copy(&newest, &blocked).unwrap();
+    let want = sluice::ltx::parse_filename(&newest.file_name().unwrap().to_string_lossy()).unwrap().1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let txid = fs::read_to_string(dir.path().join("copy.db-txid")).ok().and_then(|t| u64::from_str_radix(t.trim(), 16).ok());
+        if txid == Some(want) {
+            break;
+        }
+        assert!(follower.try_wait().unwrap().is_none(), "the follower stopped:\n{}", fs::read_to_string(&log).unwrap());
+        assert!(std::time::Instant::now() < deadline, "the copy never reached TXID {want}");
+        sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(follower.id() as i32, libc::SIGTERM) };
+    assert!(follower.wait().unwrap().success());
+    integrity_ok(&copy);
+    assert_eq!(digest(&copy), digest(&db));
+}

@@ -474,6 +474,11 @@ fn a_stalled_replica_is_reported_and_a_stop_gives_up_on_it() {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok());
     assert!(stalls.is_some_and(|n| n >= 1.0), "the stall is counted: {metrics}");
+    // The metrics endpoint serves metrics and nothing else.
+    for path in ["/", "/debug/pprof/", "/metrics/../info"] {
+        let other = http_get(port, path);
+        assert!(other.starts_with("HTTP/1.1 404") && !other.contains("sluice_"), "{path}: {other}");
+    }
     let asked = std::time::Instant::now();
     let (status, log) = d.stop_with_status();
     let took = asked.elapsed();
@@ -490,33 +495,42 @@ fn a_stalled_replica_is_reported_and_a_stop_gives_up_on_it() {
     restore_and_check_with(&[&url], &dir.path().join("r2.db"), digest(&db), &direct);
 }
 
-/// Snapshots upload through a trickle (500 KB/s: a 4 MiB snapshot takes 8 s or
-/// more) while the application writes steadily (about 320 KB/s). The snapshot is staged
-/// locally, so checkpoints keep running during the upload: the WAL never grows
-/// past twice `truncate-page-n` (it used to grow for as long as the upload took,
-/// the emergency TRUNCATE included). Every restore after that is exact.
+/// The start-up snapshot of a 16 MiB database uploads through a trickle (1 MB/s,
+/// one 5 MiB part at a time: about 16 s) while the application writes steadily
+/// (about 320 KB/s). The snapshot is staged locally, so checkpoints keep running
+/// during the upload: the WAL never grows past twice `truncate-page-n`, and every
+/// restore after that is exact. (A snapshot streamed from the database used to
+/// hold the checkpoint lock until the uploader had read it all; with this store's
+/// read-ahead that was not long enough to show here, so this test guards the bound
+/// rather than reproducing the old hold.)
 #[test]
 fn the_wal_stays_bounded_while_a_snapshot_uploads() {
     let dir = tempfile::tempdir().unwrap();
     let server = bucket_server(dir.path());
-    let slow = ThrottleProxy::start(server.port, 500_000);
+    let slow = ThrottleProxy::start(server.port, 1_000_000);
     let env = credentials_env(slow.endpoint());
-    let envr = env_refs(&env);
+    let direct = guide_env(&server);
+    let direct = env_refs(&direct);
     let db = new_db(dir.path());
-    write(&db, &["randomfill", "4"]);
+    write(&db, &["randomfill", "16"]);
     let url = format!("s3://{BUCKET}/trickle");
+    // Level 0 is in the replica already (at full speed); the daemon's first pass
+    // then takes the start-up snapshot, through the trickle.
+    let o = sluice_with(&["replicate", "-once", db.to_str().unwrap(), &url], &direct);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let cfg = dir.path().join("sluice.yml");
-    // truncate-page-n 400 (1.6 MB of 4 KiB pages), PASSIVE from 100 pages.
+    // truncate-page-n 200 (0.8 MB of 4 KiB pages), PASSIVE from 50 pages.
     fs::write(
         &cfg,
         format!(
-            "snapshot:\n  interval: 6s\n  retention: 1h\ndbs:\n  - path: {}\n    monitor-interval: 100ms\n    checkpoint-interval: 1s\n\
-             \x20   min-checkpoint-page-count: 100\n    truncate-page-n: 400\n    replica:\n      url: {url}\n      sync-interval: 1s\n",
+            "snapshot:\n  interval: 1h\n  retention: 1h\ndbs:\n  - path: {}\n    monitor-interval: 100ms\n    checkpoint-interval: 1s\n\
+             \x20   min-checkpoint-page-count: 50\n    truncate-page-n: 200\n    replica:\n      url: {url}\n      sync-interval: 1s\n\
+             \x20     part-size: 5MiB\n      concurrency: 1\n",
             db.display()
         ),
     )
     .unwrap();
-    let d = Daemon::start_with(&["-config", cfg.to_str().unwrap()], &dir.path().join("log"), &envr);
+    let d = Daemon::start_with(&["-config", cfg.to_str().unwrap()], &dir.path().join("log"), &env_refs(&env));
     let wal = dir.path().join("app.db-wal");
     let mut writer =
         std::process::Command::new("python3").arg(writer_script()).args([db.to_str().unwrap(), "steady", "20"]).spawn().unwrap();
@@ -526,17 +540,14 @@ fn the_wal_stays_bounded_while_a_snapshot_uploads() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(writer.wait().unwrap().success());
-    let limit = 2 * 400 * (4096 + 24) + 32;
-    assert!(
-        server.object_path(BUCKET, "trickle/0009").exists(),
-        "a snapshot was uploaded through the trickle during the run:\n{}",
-        d.log()
-    );
+    let limit = 2 * 200 * (4096 + 24) + 32;
+    assert!(largest <= limit, "the WAL reached {largest} bytes while the snapshot uploaded (bound {limit})");
     wait_s3_caught_up(&db, &server, BUCKET, "trickle");
     let log = d.stop();
-    assert!(largest <= limit, "the WAL reached {largest} bytes while snapshots uploaded (bound {limit}):\n{log}");
-    let direct = guide_env(&server);
-    restore_and_check_with(&[&url], &dir.path().join("r.db"), digest(&db), &env_refs(&direct));
+    let written = log.lines().find(|l| l.contains("snapshot written")).unwrap_or_else(|| panic!("no snapshot:\n{log}"));
+    let size: u64 = written.split("size=").nth(1).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(size > 16 << 20, "the whole database went up through the trickle: {written}");
+    restore_and_check_with(&[&url], &dir.path().join("r.db"), digest(&db), &direct);
 }
 
 /// The server fails requests and drops connections for a while, repeatedly, during
