@@ -524,3 +524,54 @@ fn a_paused_writer_that_lost_its_lease_steps_down() {
     assert!(!log.contains("error"), "green replicated throughout:\n{log}");
     restore_and_check_with(&[&url], &dir.path().join("restored.db"), digest(&db), &env_refs(&env));
 }
+
+/// ChangedHands: a process paused past its lease while another took the replica
+/// over, wrote, and stopped (giving the lease back). On waking, the first takes the
+/// lease again, sees that someone wrote there in between, and starts over from the
+/// replica's state instead of continuing its own chain: it logs so once, goes on
+/// replicating, and the replica restores the database exactly.
+#[test]
+fn a_writer_whose_replica_changed_hands_starts_over_from_it() {
+    let moto = Moto::start(12);
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let cfg = lease_config(dir.path(), &db);
+    let cfgs = cfg.to_str().unwrap();
+    let env = rw_env(&moto.guide_users(BUCKET), moto.endpoint());
+    let with_host = |host: &'static str| {
+        let mut e = env_refs(&env);
+        e.push(("SLUICE_HOSTNAME", host));
+        e
+    };
+    let url = format!("s3://{BUCKET}/app");
+    let blue = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-blue"), &with_host("blue"));
+    write(&db, &["steps", "0", "2"]);
+    wait_for("blue to upload", Duration::from_secs(60), || {
+        let o = sluice_with(&["ltx", &url], &env_refs(&env));
+        o.status.success() && String::from_utf8_lossy(&o.stdout).lines().count() > 1
+    });
+    unsafe { libc::kill(blue.pid() as i32, libc::SIGSTOP) };
+    let green = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-green"), &with_host("green"));
+    green.wait_for_log(" replicating db=", Duration::from_secs(60));
+    write(&db, &["steps", "2", "4"]);
+    let green_log = green.stop();
+    assert!(green_log.contains("lease released"), "{green_log}");
+    unsafe { libc::kill(blue.pid() as i32, libc::SIGCONT) };
+    write(&db, &["steps", "4", "6"]);
+    blue.wait_for_log("was written by another process while this one did not hold its lease", Duration::from_secs(60));
+    write(&db, &["steps", "6", "8"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = dir.path().join("check.db");
+        let _ = fs::remove_file(&out);
+        let o = sluice_with(&["restore", "-o", out.to_str().unwrap(), &url], &env_refs(&env));
+        if o.status.success() && digest(&out) == digest(&db) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "blue never caught up after starting over:\n{}", blue.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = blue.stop();
+    assert!(!log.contains("another process took over"), "blue went on replicating:\n{log}");
+    restore_and_check_with(&[&url], &dir.path().join("restored.db"), digest(&db), &env_refs(&env));
+}
