@@ -296,7 +296,8 @@ fn verify_checks_files_outside_the_restore_plan() {
     let o = sluice(&["replicate", "-once", "-force-snapshot", "-config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let url = file_url(&replica);
-    let files: usize = ["0", "9"].iter().map(|l| fs::read_dir(replica.join("ltx").join(l)).map_or(0, |d| d.count())).sum();
+    let files: usize =
+        ["0", "9"].iter().map(|l| fs::read_dir(replica.join("ltx").join(l)).map_or(0, |d| d.count())).sum();
     let o = sluice(&["verify", &url]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let line = String::from_utf8_lossy(&o.stdout);
@@ -390,7 +391,11 @@ fn huge_durations_and_sizes_are_one_line() {
         ("    replica:\n      url: s3://b/p\n      part-size: 99999999TiB\n", "size"),
         ("    replica:\n      url: s3://b/p?partSize=99999999999999999999999\n", "positive whole number"),
     ] {
-        let replica = if key.contains("replica:") { String::new() } else { format!("    replica:\n      url: {}\n", file_url(&dir.path().join("r"))) };
+        let replica = if key.contains("replica:") {
+            String::new()
+        } else {
+            format!("    replica:\n      url: {}\n", file_url(&dir.path().join("r")))
+        };
         fs::write(&cfg, format!("dbs:\n  - path: {}\n{key}{replica}", db.display())).unwrap();
         let o = sluice(&["replicate", "-once", "-config", cfg.to_str().unwrap()]);
         assert_one_line_error(&o, needle);
@@ -413,8 +418,10 @@ fn an_unreadable_state_directory_is_an_error_not_a_fresh_start() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let listing = || {
-        let mut v: Vec<String> =
-            fs::read_dir(replica.join("ltx/0")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        let mut v: Vec<String> = fs::read_dir(replica.join("ltx/0"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into())
+            .collect();
         v.sort();
         v
     };

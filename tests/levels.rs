@@ -376,7 +376,9 @@ fn follow_mode_retries_a_failed_download() {
     let want = sluice::ltx::parse_filename(&newest.file_name().unwrap().to_string_lossy()).unwrap().1;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let txid = fs::read_to_string(dir.path().join("copy.db-txid")).ok().and_then(|t| u64::from_str_radix(t.trim(), 16).ok());
+        let txid = fs::read_to_string(dir.path().join("copy.db-txid"))
+            .ok()
+            .and_then(|t| u64::from_str_radix(t.trim(), 16).ok());
         if txid == Some(want) {
             break;
         }

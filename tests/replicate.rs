@@ -893,7 +893,10 @@ fn control_socket_is_private_and_bounded() {
     let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let body = vec![b' '; (1 << 20) + 10];
-    let head = format!("POST /sync HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!(
+        "POST /sync HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     c.write_all(head.as_bytes()).unwrap();
     let _ = c.write_all(&body);
     let mut text = String::new();

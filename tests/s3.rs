@@ -426,7 +426,12 @@ fn compaction_merges_many_multipart_inputs_from_s3() {
     let newest = s3_l0_max(&server, BUCKET, "merge");
     let l1_max = || {
         let Ok(entries) = fs::read_dir(server.object_path(BUCKET, "merge/0001")) else { return 0 };
-        entries.flatten().filter_map(|e| sluice::ltx::parse_filename(&e.file_name().to_string_lossy())).map(|(_, max)| max).max().unwrap_or(0)
+        entries
+            .flatten()
+            .filter_map(|e| sluice::ltx::parse_filename(&e.file_name().to_string_lossy()))
+            .map(|(_, max)| max)
+            .max()
+            .unwrap_or(0)
     };
     wait_until_caught_up(|| l1_max() >= newest, "a level-1 file covering every level-0 snapshot");
     let log = d.stop();
@@ -532,8 +537,11 @@ fn the_wal_stays_bounded_while_a_snapshot_uploads() {
     .unwrap();
     let d = Daemon::start_with(&["-config", cfg.to_str().unwrap()], &dir.path().join("log"), &env_refs(&env));
     let wal = dir.path().join("app.db-wal");
-    let mut writer =
-        std::process::Command::new("python3").arg(writer_script()).args([db.to_str().unwrap(), "steady", "20"]).spawn().unwrap();
+    let mut writer = std::process::Command::new("python3")
+        .arg(writer_script())
+        .args([db.to_str().unwrap(), "steady", "20"])
+        .spawn()
+        .unwrap();
     let mut largest = 0u64;
     while writer.try_wait().unwrap().is_none() {
         largest = largest.max(fs::metadata(&wal).map_or(0, |m| m.len()));
@@ -545,7 +553,12 @@ fn the_wal_stays_bounded_while_a_snapshot_uploads() {
     wait_s3_caught_up(&db, &server, BUCKET, "trickle");
     let log = d.stop();
     let written = log.lines().find(|l| l.contains("snapshot written")).unwrap_or_else(|| panic!("no snapshot:\n{log}"));
-    let size: u64 = written.split("size=").nth(1).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let size: u64 = written
+        .split("size=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     assert!(size > 16 << 20, "the whole database went up through the trickle: {written}");
     restore_and_check_with(&[&url], &dir.path().join("r.db"), digest(&db), &direct);
 }

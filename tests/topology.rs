@@ -465,9 +465,10 @@ fn an_upload_longer_than_the_lease_keeps_it() {
     let uploaded = |min_bytes: u64| {
         let o = sluice_with(&["ltx", "-json", &url], &env_refs(&direct));
         o.status.success()
-            && serde_json::from_slice::<serde_json::Value>(&o.stdout).ok().and_then(|v| v.as_array().cloned()).is_some_and(
-                |files| files.iter().any(|f| f["size"].as_u64().is_some_and(|s| s >= min_bytes)),
-            )
+            && serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .is_some_and(|files| files.iter().any(|f| f["size"].as_u64().is_some_and(|s| s >= min_bytes)))
     };
     wait_for("blue's first upload", Duration::from_secs(60), || uploaded(1));
     let green = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-green"), &with_host(&direct, "green"));

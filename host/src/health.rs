@@ -171,8 +171,7 @@ pub fn all_healthy(now: chrono::DateTime<chrono::Utc>, interval: Duration) -> st
                 });
             }
             _ if h.passes_under_way().iter().any(|p| p.1) => {
-                let stalled: Vec<String> =
-                    h.passes_under_way().into_iter().filter(|p| p.1).map(|p| p.0).collect();
+                let stalled: Vec<String> = h.passes_under_way().into_iter().filter(|p| p.1).map(|p| p.0).collect();
                 return Err(format!("replication of {} has stalled: {}", path.display(), stalled.join("; ")));
             }
             _ if h.drill_failure.lock().unwrap().is_some() => {

@@ -352,7 +352,8 @@ impl SilencingProxy {
                 }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
                 held.push(server.try_clone().unwrap());
-                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
                     let flag = flag.clone();
                     thread::spawn(move || {
                         let mut buf = [0u8; 65536];

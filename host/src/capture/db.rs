@@ -625,7 +625,10 @@ impl Db {
         // as empty, TXIDs would restart at 1 and fork from the replica).
         let dir = self.l0_dir();
         let newest = newest_l0(&dir, true).with_context(|| {
-            format!("cannot read local state directory {}; check its permissions and the open-file limit", dir.display())
+            format!(
+                "cannot read local state directory {}; check its permissions and the open-file limit",
+                dir.display()
+            )
         })?;
         let pos = match newest {
             Some((_, path)) => Some(ltx::read_header_file(&path)?),

@@ -69,15 +69,17 @@ pub fn verify_cmd(a: VerifyArgs) -> Result<()> {
     } else {
         drill::check_every_file(client.as_ref(), a.parallelism).map(|n| o.files_checked = Some(n))
     };
-    let result = scanned.and_then(|_| drill::run(
-        client.as_ref(),
-        target,
-        chosen,
-        &a.sql,
-        a.parallelism,
-        |source| super::progress::bar(source, "verifying", a.json),
-        &mut o.passed,
-    ));
+    let result = scanned.and_then(|_| {
+        drill::run(
+            client.as_ref(),
+            target,
+            chosen,
+            &a.sql,
+            a.parallelism,
+            |source| super::progress::bar(source, "verifying", a.json),
+            &mut o.passed,
+        )
+    });
     o.error = result.err().map(|e| format!("{e:#}"));
     let ms = started.elapsed().as_millis();
     let at = o.passed.txid.map_or_else(|| "the latest state".to_string(), |t| format!("TXID {}", ltx::format_txid(t)));

@@ -145,8 +145,7 @@ fn is_loopback_host(host: &str) -> bool {
         Some(rest) => rest.split(']').next().unwrap_or(""),
         None => host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(host, |(h, _)| h),
     };
-    h.eq_ignore_ascii_case("localhost")
-        || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Where to listen: `addr` as given when a token is set; otherwise loopback only.
@@ -154,7 +153,8 @@ fn listen_addr(addr: &str, token: bool) -> Result<String> {
     if token {
         return Ok(addr.to_string());
     }
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| anyhow!("invalid mcp-addr {addr:?}: expected HOST:PORT or :PORT"))?;
+    let (host, port) =
+        addr.rsplit_once(':').ok_or_else(|| anyhow!("invalid mcp-addr {addr:?}: expected HOST:PORT or :PORT"))?;
     if host.is_empty() {
         return Ok(format!("127.0.0.1:{port}"));
     }
@@ -173,7 +173,10 @@ fn refuse(server: &Server, req: &hyper::Request<hyper::body::Incoming>) -> Optio
     if let Some(origin) = header("origin") {
         let host = origin.split_once("://").map_or("", |(_, rest)| rest);
         if !is_loopback_host(host) {
-            return Some((403, "forbidden: requests from web pages of other sites are refused (Origin is not loopback)"));
+            return Some((
+                403,
+                "forbidden: requests from web pages of other sites are refused (Origin is not loopback)",
+            ));
         }
     }
     match &server.token {
@@ -185,7 +188,10 @@ fn refuse(server: &Server, req: &hyper::Request<hyper::body::Incoming>) -> Optio
         }
         None => {
             if !header("host").is_some_and(is_loopback_host) {
-                return Some((403, "forbidden: the Host header must name a loopback address (set mcp-token to serve others)"));
+                return Some((
+                    403,
+                    "forbidden: the Host header must name a loopback address (set mcp-token to serve others)",
+                ));
             }
         }
     }
@@ -233,7 +239,10 @@ async fn handle(
         return respond(405, Some(json!({"error": "POST JSON-RPC messages to /; there is no event stream"})));
     }
     let Ok(body) = http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await else {
-        return respond(413, Some(rpc_error(Value::Null, -32700, "the request body is too large or unreadable (at most 1 MiB)")));
+        return respond(
+            413,
+            Some(rpc_error(Value::Null, -32700, "the request body is too large or unreadable (at most 1 MiB)")),
+        );
     };
     let msg: Value = match serde_json::from_slice(&body.to_bytes()) {
         Ok(v) => v,

@@ -314,12 +314,17 @@ impl Leased {
                 while finished.recv_timeout(every) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
                     match self.ensure() {
                         Ok(()) => {}
-                        Err(e) if e.downcast_ref::<LeaseHeld>().is_some() || e.downcast_ref::<ChangedHands>().is_some() => {
+                        Err(e)
+                            if e.downcast_ref::<LeaseHeld>().is_some()
+                                || e.downcast_ref::<ChangedHands>().is_some() =>
+                        {
                             *lost.lock().unwrap() = Some(e);
                             return;
                         }
                         // A failed renewal is tried again; the lease still has time.
-                        Err(e) => warn!(replica = %self.inner.location(), "cannot renew the lease during a write: {e:#}"),
+                        Err(e) => {
+                            warn!(replica = %self.inner.location(), "cannot renew the lease during a write: {e:#}")
+                        }
                     }
                 }
             });

@@ -88,8 +88,9 @@ pub fn check_every_file(client: &dyn ReplicaClient, parallelism: usize) -> Resul
     let levels = client.list_levels()?;
     let files: Vec<FileInfo> = levels.into_iter().flatten().collect();
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<std::result::Result<(Header, u64), String>>>> =
-        Mutex::new(vec![None; files.len()]);
+    /// Each file's header and post-apply checksum, or why it failed (None: unread).
+    type Checked = Option<std::result::Result<(Header, u64), String>>;
+    let results: Mutex<Vec<Checked>> = Mutex::new(vec![None; files.len()]);
     std::thread::scope(|s| {
         for _ in 0..parallelism.clamp(1, 16).min(files.len().max(1)) {
             s.spawn(|| {

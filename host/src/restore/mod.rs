@@ -793,7 +793,10 @@ fn settle_side_files(path: &Path) -> Result<()> {
         )
     })?;
     if has_content("-wal") || has_content("-journal") {
-        bail!("cannot replace {}: its WAL or journal still holds data after a checkpoint; it is unchanged", path.display());
+        bail!(
+            "cannot replace {}: its WAL or journal still holds data after a checkpoint; it is unchanged",
+            path.display()
+        );
     }
     Ok(())
 }
