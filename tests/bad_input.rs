@@ -23,6 +23,18 @@ fn make_replica() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf)
     (dir, db, replica)
 }
 
+/// As [`make_replica`], with two more syncs: three level-0 files.
+fn make_replica_of_three_syncs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let (dir, db, replica) = make_replica();
+    let cfg = dir.path().join("sluice.yml");
+    for step in ["5", "6"] {
+        write(&db, &["step", step]);
+        let o = sluice(&["replicate", "-once", "-config", cfg.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    (dir, db, replica)
+}
+
 fn assert_no_output(out: &Path) {
     assert!(!out.exists(), "{} must not exist after a failed restore", out.display());
     assert!(!restore_tmp(out).exists(), "no temporary file may be left behind");
@@ -212,13 +224,7 @@ fn too_few_open_files() {
 /// file. It never changes the replica.
 #[test]
 fn verify_passes_a_good_replica_and_fails_a_damaged_one() {
-    let (dir, db, replica) = make_replica();
-    let cfg = dir.path().join("sluice.yml");
-    for step in ["5", "6"] {
-        write(&db, &["step", step]);
-        let o = sluice(&["replicate", "-once", "-config", cfg.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    let (dir, _db, replica) = make_replica_of_three_syncs();
     let url = file_url(&replica);
     let listing = |r: &std::path::Path| {
         let mut v: Vec<(String, Vec<u8>)> = Vec::new();
@@ -286,13 +292,8 @@ fn verify_passes_a_good_replica_and_fails_a_damaged_one() {
 /// files were checked; `-fast` checks only the plan's files, passes, and says so.
 #[test]
 fn verify_checks_files_outside_the_restore_plan() {
-    let (dir, db, replica) = make_replica();
+    let (dir, _db, replica) = make_replica_of_three_syncs();
     let cfg = dir.path().join("sluice.yml");
-    for step in ["5", "6"] {
-        write(&db, &["step", step]);
-        let o = sluice(&["replicate", "-once", "-config", cfg.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
     let o = sluice(&["replicate", "-once", "-force-snapshot", "-config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let url = file_url(&replica);

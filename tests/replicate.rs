@@ -266,25 +266,7 @@ fn mcp_server_lists_and_restores() {
     write(&s.db, &["steps", "0", "3"]);
     wait_caught_up(&s.db, &s.replica);
     let http = |method: &str, body: &str| -> (u16, String) {
-        use std::io::{Read, Write};
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let mut conn = loop {
-            match std::net::TcpStream::connect(("127.0.0.1", port)) {
-                Ok(c) => break c,
-                Err(e) => assert!(std::time::Instant::now() < deadline, "MCP server not listening: {e}"),
-            }
-            sleep(Duration::from_millis(50));
-        };
-        write!(
-            conn,
-            "{method} / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut text = String::new();
-        conn.read_to_string(&mut text).unwrap();
-        let status = text[9..12].parse().unwrap();
-        (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+        raw_http(port, method, "Host: localhost\r\nAccept: application/json, text/event-stream\r\n", body.as_bytes())
     };
     let rpc = |id: u32, method: &str, params: serde_json::Value| -> serde_json::Value {
         let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();

@@ -268,14 +268,7 @@ fn one_writer_per_replica_path() {
 #[test]
 fn a_killed_holders_lease_expires() {
     let moto = Moto::start(12);
-    let users = moto.guide_users(BUCKET);
-    let rw = users.iter().find(|u| u.0 == "readwrite").unwrap().clone();
-    let env = vec![
-        ("AWS_ACCESS_KEY_ID", rw.1.clone()),
-        ("AWS_SECRET_ACCESS_KEY", rw.2.clone()),
-        ("AWS_ENDPOINT_URL_S3", moto.endpoint()),
-        ("AWS_REGION", "us-east-1".to_string()),
-    ];
+    let env = rw_env(&moto.guide_users(BUCKET), moto.endpoint());
     let dir = tempfile::tempdir().unwrap();
     let db = new_db(dir.path());
     let cfg = dir.path().join("sluice.yml");
@@ -288,12 +281,7 @@ fn a_killed_holders_lease_expires() {
     )
     .unwrap();
     let cfgs = cfg.to_str().unwrap();
-    let with_host = |host: &'static str| {
-        let mut e = env_refs(&env);
-        e.push(("SLUICE_HOSTNAME", host));
-        e
-    };
-    let mut blue = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-blue"), &with_host("blue"));
+    let mut blue = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-blue"), &with_host(&env, "blue"));
     write(&db, &["steps", "0", "3"]);
     let url = format!("s3://{BUCKET}/app");
     wait_for("blue to upload", Duration::from_secs(60), || {
@@ -302,7 +290,7 @@ fn a_killed_holders_lease_expires() {
     });
     let killed = std::time::Instant::now();
     blue.kill9();
-    let green = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-green"), &with_host("green"));
+    let green = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-green"), &with_host(&env, "green"));
     green.wait_for_log("waiting for its lease to end", Duration::from_secs(30));
     green.wait_for_log(" replicating db=", Duration::from_secs(60));
     assert!(killed.elapsed() >= Duration::from_secs(2), "green waited for the lease to expire");
@@ -426,6 +414,13 @@ fn rw_env(users: &[(String, String, String)], endpoint: String) -> Vec<(&'static
     ]
 }
 
+/// `env` with `SLUICE_HOSTNAME` set: another host, as far as the lease can tell.
+fn with_host<'a>(env: &'a [(&'static str, String)], host: &'static str) -> Vec<(&'static str, &'a str)> {
+    let mut e = env_refs(env);
+    e.push(("SLUICE_HOSTNAME", host));
+    e
+}
+
 fn lease_config(dir: &std::path::Path, db: &std::path::Path) -> std::path::PathBuf {
     let cfg = dir.join("sluice.yml");
     fs::write(
@@ -454,11 +449,6 @@ fn an_upload_longer_than_the_lease_keeps_it() {
     let users = moto.guide_users(BUCKET);
     let env = rw_env(&users, slow.endpoint());
     let direct = rw_env(&users, moto.endpoint());
-    fn with_host<'a>(env: &'a [(&'static str, String)], host: &'static str) -> Vec<(&'static str, &'a str)> {
-        let mut e = env_refs(env);
-        e.push(("SLUICE_HOSTNAME", host));
-        e
-    }
     let blue = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-blue"), &with_host(&env, "blue"));
     write(&db, &["steps", "0", "2"]);
     let url = format!("s3://{BUCKET}/app");
@@ -486,6 +476,46 @@ fn an_upload_longer_than_the_lease_keeps_it() {
     restore_and_check_with(&[&url], &dir.path().join("restored.db"), digest(&db), &env_refs(&direct));
 }
 
+/// Two writers of one database and replica path on moto (`lease-ttl: 2s`): blue
+/// replicates and uploads, is paused (SIGSTOP) past its lease, and green takes the
+/// replica over and writes. Returns (blue, still paused; green).
+struct PausedBlue {
+    _moto: Moto,
+    dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    env: Vec<(&'static str, String)>,
+    url: String,
+}
+
+impl PausedBlue {
+    fn start() -> (PausedBlue, Daemon, Daemon) {
+        let moto = Moto::start(12);
+        let dir = tempfile::tempdir().unwrap();
+        let db = new_db(dir.path());
+        let cfg = lease_config(dir.path(), &db);
+        let cfgs = cfg.to_str().unwrap();
+        let env = rw_env(&moto.guide_users(BUCKET), moto.endpoint());
+        let url = format!("s3://{BUCKET}/app");
+        let blue = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-blue"), &with_host(&env, "blue"));
+        write(&db, &["steps", "0", "2"]);
+        wait_for("blue to upload", Duration::from_secs(60), || {
+            let o = sluice_with(&["ltx", &url], &env_refs(&env));
+            o.status.success() && String::from_utf8_lossy(&o.stdout).lines().count() > 1
+        });
+        unsafe { libc::kill(blue.pid() as i32, libc::SIGSTOP) };
+        let green = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-green"), &with_host(&env, "green"));
+        green.wait_for_log(" replicating db=", Duration::from_secs(60));
+        write(&db, &["steps", "2", "4"]);
+        (PausedBlue { _moto: moto, dir, db, env, url }, blue, green)
+    }
+
+    /// The replica restores the database exactly.
+    fn check_restore(&self) {
+        let out = self.dir.path().join("restored.db");
+        restore_and_check_with(&[&self.url], &out, digest(&self.db), &env_refs(&self.env));
+    }
+}
+
 /// A process paused past its lease (SIGSTOP: a VM suspended, a long GC pause)
 /// finds on waking that another one took the replica over: it stops replicating,
 /// with one line saying so, and writes nothing more; the replica restores the
@@ -493,37 +523,16 @@ fn an_upload_longer_than_the_lease_keeps_it() {
 /// lease back with a new generation and start over from the replica: ChangedHands.)
 #[test]
 fn a_paused_writer_that_lost_its_lease_steps_down() {
-    let moto = Moto::start(12);
-    let dir = tempfile::tempdir().unwrap();
-    let db = new_db(dir.path());
-    let cfg = lease_config(dir.path(), &db);
-    let cfgs = cfg.to_str().unwrap();
-    let env = rw_env(&moto.guide_users(BUCKET), moto.endpoint());
-    let with_host = |host: &'static str| {
-        let mut e = env_refs(&env);
-        e.push(("SLUICE_HOSTNAME", host));
-        e
-    };
-    let url = format!("s3://{BUCKET}/app");
-    let blue = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-blue"), &with_host("blue"));
-    write(&db, &["steps", "0", "2"]);
-    wait_for("blue to upload", Duration::from_secs(60), || {
-        let o = sluice_with(&["ltx", &url], &env_refs(&env));
-        o.status.success() && String::from_utf8_lossy(&o.stdout).lines().count() > 1
-    });
-    unsafe { libc::kill(blue.pid() as i32, libc::SIGSTOP) };
-    let green = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-green"), &with_host("green"));
-    green.wait_for_log(" replicating db=", Duration::from_secs(60));
-    write(&db, &["steps", "2", "4"]);
+    let (case, blue, green) = PausedBlue::start();
     unsafe { libc::kill(blue.pid() as i32, libc::SIGCONT) };
-    write(&db, &["steps", "4", "6"]);
+    write(&case.db, &["steps", "4", "6"]);
     let (status, log) = blue.wait_exit(Duration::from_secs(120));
     assert!(!status.success(), "blue stepped down with an error status:\n{log}");
     let last = log.trim_end().lines().last().unwrap_or_default();
     assert!(last.starts_with("error:") && last.contains("another process took over"), "{log}");
     let log = green.stop();
     assert!(!log.contains("error"), "green replicated throughout:\n{log}");
-    restore_and_check_with(&[&url], &dir.path().join("restored.db"), digest(&db), &env_refs(&env));
+    case.check_restore();
 }
 
 /// ChangedHands: a process paused past its lease while another took the replica
@@ -533,40 +542,19 @@ fn a_paused_writer_that_lost_its_lease_steps_down() {
 /// replicating, and the replica restores the database exactly.
 #[test]
 fn a_writer_whose_replica_changed_hands_starts_over_from_it() {
-    let moto = Moto::start(12);
-    let dir = tempfile::tempdir().unwrap();
-    let db = new_db(dir.path());
-    let cfg = lease_config(dir.path(), &db);
-    let cfgs = cfg.to_str().unwrap();
-    let env = rw_env(&moto.guide_users(BUCKET), moto.endpoint());
-    let with_host = |host: &'static str| {
-        let mut e = env_refs(&env);
-        e.push(("SLUICE_HOSTNAME", host));
-        e
-    };
-    let url = format!("s3://{BUCKET}/app");
-    let blue = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-blue"), &with_host("blue"));
-    write(&db, &["steps", "0", "2"]);
-    wait_for("blue to upload", Duration::from_secs(60), || {
-        let o = sluice_with(&["ltx", &url], &env_refs(&env));
-        o.status.success() && String::from_utf8_lossy(&o.stdout).lines().count() > 1
-    });
-    unsafe { libc::kill(blue.pid() as i32, libc::SIGSTOP) };
-    let green = Daemon::start_with(&["-config", cfgs], &dir.path().join("log-green"), &with_host("green"));
-    green.wait_for_log(" replicating db=", Duration::from_secs(60));
-    write(&db, &["steps", "2", "4"]);
+    let (case, blue, green) = PausedBlue::start();
     let green_log = green.stop();
     assert!(green_log.contains("lease released"), "{green_log}");
     unsafe { libc::kill(blue.pid() as i32, libc::SIGCONT) };
-    write(&db, &["steps", "4", "6"]);
+    write(&case.db, &["steps", "4", "6"]);
     blue.wait_for_log("was written by another process while this one did not hold its lease", Duration::from_secs(60));
-    write(&db, &["steps", "6", "8"]);
+    write(&case.db, &["steps", "6", "8"]);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let out = dir.path().join("check.db");
+        let out = case.dir.path().join("check.db");
         let _ = fs::remove_file(&out);
-        let o = sluice_with(&["restore", "-o", out.to_str().unwrap(), &url], &env_refs(&env));
-        if o.status.success() && digest(&out) == digest(&db) {
+        let o = sluice_with(&["restore", "-o", out.to_str().unwrap(), &case.url], &env_refs(&case.env));
+        if o.status.success() && digest(&out) == digest(&case.db) {
             break;
         }
         assert!(Instant::now() < deadline, "blue never caught up after starting over:\n{}", blue.log());
@@ -574,5 +562,5 @@ fn a_writer_whose_replica_changed_hands_starts_over_from_it() {
     }
     let log = blue.stop();
     assert!(!log.contains("another process took over"), "blue went on replicating:\n{log}");
-    restore_and_check_with(&[&url], &dir.path().join("restored.db"), digest(&db), &env_refs(&env));
+    case.check_restore();
 }

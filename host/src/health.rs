@@ -107,6 +107,13 @@ impl Health {
         }
     }
 
+    /// What the stalled passes under way are doing, if any stalled.
+    fn stalled(&self) -> Option<String> {
+        let p = self.passes.lock().unwrap();
+        let stalled: Vec<&str> = p.values().filter(|p| p.1).map(|p| p.0.as_str()).collect();
+        (!stalled.is_empty()).then(|| stalled.join("; "))
+    }
+
     /// The passes under way: (what, stalled) each.
     pub fn passes_under_way(&self) -> Vec<(String, bool)> {
         self.passes.lock().unwrap().values().cloned().collect()
@@ -170,9 +177,8 @@ pub fn all_healthy(now: chrono::DateTime<chrono::Utc>, interval: Duration) -> st
                     format!("replica {} of {} is failing", names.join(", "), path.display())
                 });
             }
-            _ if h.passes_under_way().iter().any(|p| p.1) => {
-                let stalled: Vec<String> = h.passes_under_way().into_iter().filter(|p| p.1).map(|p| p.0).collect();
-                return Err(format!("replication of {} has stalled: {}", path.display(), stalled.join("; ")));
+            _ if let Some(stalled) = h.stalled() => {
+                return Err(format!("replication of {} has stalled: {stalled}", path.display()));
             }
             _ if h.drill_failure.lock().unwrap().is_some() => {
                 let why = h.drill_failure.lock().unwrap().clone().unwrap_or_default();

@@ -297,16 +297,19 @@ fn describe(t: &Tool) -> Value {
 /// The command line a `tools/call` message's `params` asks for, or the JSON-RPC
 /// error to answer; the arguments of the command, never a shell line.
 pub fn tool_argv(params: &Value) -> Result<Vec<String>, (i64, String)> {
+    tool_call(params).map(|(_, argv)| argv)
+}
+
+/// The tool `params` names, and its command line.
+fn tool_call(params: &Value) -> Result<(&'static Tool, Vec<String>), (i64, String)> {
     let name = params["name"].as_str().unwrap_or_default();
     let tool = TOOLS.iter().find(|t| t.name == name).ok_or_else(|| (-32602, format!("unknown tool {name:?}")))?;
     let args = params.get("arguments").cloned().unwrap_or(json!({}));
-    (tool.command)(&args).map_err(|m| (-32602, m))
+    Ok((tool, (tool.command)(&args).map_err(|m| (-32602, m))?))
 }
 
 fn call(server: &Server, params: &Value) -> Result<Value, (i64, String)> {
-    let name = params["name"].as_str().unwrap_or_default();
-    let tool = TOOLS.iter().find(|t| t.name == name).ok_or_else(|| (-32602, format!("unknown tool {name:?}")))?;
-    let mut argv = tool_argv(params)?;
+    let (tool, mut argv) = tool_call(params)?;
     if argv[0] != "version" {
         argv.insert(1, "-config".into());
         argv.insert(2, server.config.display().to_string());

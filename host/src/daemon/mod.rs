@@ -115,14 +115,15 @@ struct Shutdown {
     workers: Mutex<Option<Vec<UnboundedSender<ToCapture>>>>,
     /// The supervisor, told when shutdown begins.
     supervisor: Mutex<Option<Sender<Control>>>,
-    /// When shutdown began.
-    began: Mutex<Option<Instant>>,
+    /// When shutdown began, for those waiting on it.
+    began: tokio::sync::watch::Sender<Option<Instant>>,
 }
 
 impl Shutdown {
     /// Adds a worker started later; false once shutdown has begun.
     fn new(workers: Vec<UnboundedSender<ToCapture>>) -> Shutdown {
-        Shutdown { workers: Mutex::new(Some(workers)), supervisor: Mutex::new(None), began: Mutex::new(None) }
+        let began = tokio::sync::watch::Sender::new(None);
+        Shutdown { workers: Mutex::new(Some(workers)), supervisor: Mutex::new(None), began }
     }
 
     fn started(&self) -> bool {
@@ -139,16 +140,20 @@ impl Shutdown {
         }
     }
 
-    /// How long ago shutdown began (None: it has not).
-    fn since(&self) -> Option<Duration> {
-        self.began.lock().unwrap().map(|t| t.elapsed())
+    /// Resolves `bound` after shutdown began (never, if it does not).
+    async fn elapsed(&self, bound: Duration) {
+        let mut began = self.began.subscribe();
+        let Ok(at) = began.wait_for(Option::is_some).await.map(|t| (*t).unwrap_or_else(Instant::now)) else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep_until((at + bound).into()).await;
     }
 
     /// True the first time.
     fn begin(&self) -> bool {
         match self.workers.lock().unwrap().take() {
             Some(senders) => {
-                *self.began.lock().unwrap() = Some(Instant::now());
+                self.began.send_replace(Some(Instant::now()));
                 for s in senders {
                     let _ = s.send(ToCapture::Stop);
                 }
@@ -341,15 +346,9 @@ pub fn run(
     let mut abandoned = Vec::new();
     for (path, mut h) in workers {
         let joined = scheduler::runtime().block_on(async {
-            loop {
-                tokio::select! {
-                    r = &mut h => break Some(r),
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                        if shutdown.since().is_some_and(|d| d >= stop_bound) {
-                            break None;
-                        }
-                    }
-                }
+            tokio::select! {
+                r = &mut h => Some(r),
+                _ = shutdown.elapsed(stop_bound) => None,
             }
         });
         match joined {

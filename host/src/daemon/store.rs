@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use tracing::{debug, error, info, warn};
 use crate::capture::db::{Shared, write_snapshot};
 use crate::ltx::merge::{merge, splice};
 use crate::ltx::pieces::Pieces;
-use crate::ltx::{self, Decoder, Header};
+use crate::ltx::{self, Decoder};
 use crate::plugin::{Plugin, PluginFile, Settings};
 use crate::replica::{FileInfo, NewFile, ReplicaClient, SNAPSHOT_LEVEL};
 use crate::restore::{Target, pinned_files, plan_from_listing};
@@ -484,14 +484,28 @@ impl Store {
     /// process dies here, the next start removes it.
     fn merge_through_file(&self, level: u8, inputs: &[FileInfo]) -> Result<FileInfo> {
         let decoders = inputs.iter().map(|f| self.open_input(f)).collect::<Result<Vec<_>>>()?;
-        let tmp = self.shared.l0_dir.join(format!("compacting-{level}-{}.ltx.tmp", self.index));
-        let stored = (|| -> Result<FileInfo> {
+        let stored = self.upload_staged(&format!("compacting-{level}"), |w| {
+            let header = merge(decoders, w)?.0;
+            Ok(Some(merged_file(level, &header)))
+        })?;
+        Ok(stored.expect("a merge always names its file"))
+    }
+
+    /// Has `write` produce a file into a local staging file (next to the level-0
+    /// files, removed afterwards) and name it (None: nothing to upload), then uploads
+    /// it from there (see `ReplicaClient::write_local`).
+    fn upload_staged(
+        &self,
+        name: &str,
+        write: impl FnOnce(&mut std::io::BufWriter<File>) -> Result<Option<NewFile>>,
+    ) -> Result<Option<FileInfo>> {
+        let tmp = self.shared.l0_dir.join(format!("{name}-{}.ltx.tmp", self.index));
+        let stored = (|| -> Result<Option<FileInfo>> {
             let mut w = std::io::BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
-            let header = merge(decoders, &mut w)?.0;
-            w.flush()?;
-            drop(w);
+            let Some(file) = write(&mut w)? else { return Ok(None) };
+            w.into_inner().map_err(|e| e.into_error())?;
             let data = Pieces::file(&tmp)?;
-            self.client.write_local(&merged_file(level, &header), &data)
+            Ok(Some(self.client.write_local(&file, &data)?))
         })();
         let _ = std::fs::remove_file(&tmp);
         stored
@@ -558,31 +572,19 @@ impl Store {
         // uploaded with them free to run: a slow upload must not hold the WAL back
         // (not even the emergency TRUNCATE), or the application's WAL grows without
         // bound. Staging costs local disk as large as the database, for the upload.
-        let tmp = self.shared.l0_dir.join(format!("snapshot-{}.ltx.tmp", self.index));
-        let staged = (|| -> Result<Option<(Header, i64)>> {
-            let shared = &self.shared;
+        let shared = self.shared.clone();
+        let stored = self.upload_staged("snapshot", |w| {
             let _guard = shared.checkpoint_lock.read().unwrap_or_else(|e| e.into_inner());
             // Only a position captured under our current read transaction will do.
             let Some((at, epoch)) = shared.live_pos() else { return Ok(None) };
             // Taken after the position: a snapshot must never claim a time before the
             // newest change it holds, or a timestamp restore could pick it too early.
             let timestamp = Utc::now().timestamp_millis().max(at.timestamp);
-            let out = std::io::BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
-            match write_snapshot(shared, &at, epoch, timestamp, out)? {
-                Some((_, w)) => {
-                    w.into_inner().map_err(|e| e.into_error())?;
-                    Ok(Some((at, timestamp)))
-                }
-                None => anyhow::bail!("the WAL was restarted as the snapshot began; it will be retried"),
+            if write_snapshot(&shared, &at, epoch, timestamp, w)?.is_none() {
+                anyhow::bail!("the WAL was restarted as the snapshot began; it will be retried");
             }
-        })();
-        let stored = staged.and_then(|staged| {
-            let Some((pos, timestamp)) = staged else { return Ok(None) };
-            let data = Pieces::file(&tmp)?;
-            let file = NewFile { level: SNAPSHOT_LEVEL, min_txid: 1, max_txid: pos.max_txid, timestamp_ms: timestamp };
-            Ok(Some(self.client.write_local(&file, &data)?))
+            Ok(Some(NewFile { level: SNAPSHOT_LEVEL, min_txid: 1, max_txid: at.max_txid, timestamp_ms: timestamp }))
         });
-        let _ = std::fs::remove_file(&tmp);
         let Some(info) = stored.context("cannot write snapshot")? else { return Ok(false) };
         crate::failpoint::hit("snapshot-stored");
         info!(db = %self.shared.path.display(), file = %info.name(), size = info.size, "snapshot written");

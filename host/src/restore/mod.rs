@@ -801,8 +801,9 @@ fn settle_side_files(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes the side files left beside a database that was just replaced.
-fn remove_side_files(path: &Path) -> Result<()> {
+/// Removes the side files (`-wal`, `-shm`, `-journal`) beside a database: after
+/// it was replaced, or around a temporary one.
+pub(crate) fn remove_side_files(path: &Path) -> Result<()> {
     for suffix in ["-wal", "-shm", "-journal"] {
         let p = with_suffix(path, suffix);
         match fs::remove_file(&p) {

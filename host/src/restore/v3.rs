@@ -8,7 +8,7 @@
 //! Sluice does the same. Restoring writes the snapshot, then each WAL index in turn
 //! as a WAL file next to it, checkpointed into the database with TRUNCATE.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 
 use crate::fsutil::with_suffix;
 use crate::replica::{FileInfo, ReplicaClient};
-use crate::restore::{IntegrityCheck, write_atomically};
+use crate::restore::{IntegrityCheck, remove_side_files, write_atomically};
 
 const PREFIX: &str = "generations/";
 
@@ -148,15 +148,10 @@ pub fn decode_object(stored: impl Read, out: &mut dyn Write) -> io::Result<u64> 
 /// fault: the output appears whole or not at all.
 pub fn apply(client: &dyn ReplicaClient, backup: &Backup, output: &Path, integrity: IntegrityCheck) -> Result<()> {
     write_atomically(output, integrity, |tmp| {
-        let (wal, shm) = (with_suffix(tmp, "-wal"), with_suffix(tmp, "-shm"));
-        let cleanup = || {
-            for p in [&wal, &shm] {
-                let _ = fs::remove_file(p);
-            }
-        };
-        cleanup();
-        let applied = apply_to(client, backup, tmp, &wal);
-        cleanup();
+        // The WAL segments are replayed through a -wal beside the temporary file.
+        let _ = remove_side_files(tmp);
+        let applied = apply_to(client, backup, tmp, &with_suffix(tmp, "-wal"));
+        let _ = remove_side_files(tmp);
         applied
     })
 }

@@ -198,13 +198,17 @@ impl S3Settings {
         s.apply_host(&host);
         // The first value of each key counts, as Go's `Values.Get`; empty ones are unset.
         let mut seen = std::collections::HashSet::new();
+        let mut endpoint_given = false;
         for (k, v) in u.query_pairs() {
             if v.is_empty() || !seen.insert(k.to_string()) {
                 continue;
             }
             let (k, v) = (k.as_ref(), v.into_owned());
             match k {
-                "endpoint" => s.endpoint = Some(endpoint_with_scheme(&v)),
+                "endpoint" => {
+                    s.endpoint = Some(endpoint_with_scheme(&v));
+                    endpoint_given = true;
+                }
                 "region" => s.region = Some(v),
                 "forcePathStyle" | "force-path-style" => s.force_path_style = Some(query_bool(k, &v)?),
                 "skipVerify" | "skip-verify" => s.skip_verify = query_bool(k, &v)?,
@@ -221,7 +225,7 @@ impl S3Settings {
             }
         }
         // A custom endpoint implies path-style requests unless the URL says otherwise.
-        if u.query_pairs().any(|(k, v)| k == "endpoint" && !v.is_empty()) && s.force_path_style.is_none() {
+        if endpoint_given && s.force_path_style.is_none() {
             s.force_path_style = Some(true);
         }
         if s.bucket.is_empty() {
