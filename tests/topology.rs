@@ -550,14 +550,20 @@ fn a_writer_whose_replica_changed_hands_starts_over_from_it() {
     blue.wait_for_log("was written by another process while this one did not hold its lease", Duration::from_secs(60));
     write(&case.db, &["steps", "6", "8"]);
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let out = case.dir.path().join("check.db");
-        let _ = fs::remove_file(&out);
+    for attempt in 0.. {
+        // A fresh path each time: reading a restored database leaves its -wal beside it.
+        let out = case.dir.path().join(format!("check-{attempt}.db"));
         let o = sluice_with(&["restore", "-o", out.to_str().unwrap(), &case.url], &env_refs(&case.env));
         if o.status.success() && digest(&out) == digest(&case.db) {
             break;
         }
-        assert!(Instant::now() < deadline, "blue never caught up after starting over:\n{}", blue.log());
+        assert!(
+            Instant::now() < deadline,
+            "blue never caught up after starting over (last restore: {}; {}):\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim(),
+            blue.log()
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     let log = blue.stop();
