@@ -76,19 +76,29 @@ impl Case {
     }
 
     /// Waits until a restore by Sluice equals the database now.
-    fn wait_restorable(&self, what: &str) {
-        let want = digest(&self.db);
+    fn wait_restorable(&self, what: &str, writer: &Daemon) {
         let deadline = Instant::now() + Duration::from_secs(60);
         for attempt in 0.. {
+            // Read again each time: replication itself writes `_litestream_seq`
+            // (to restart a large WAL) after the application's last commit.
+            let want = digest(&self.db);
             let out = self.path(&format!("wait-{what}-{attempt}.db"));
             let o = self.restore(false, &out, &[]);
             if o.status.success() && digest(&out) == want {
                 return;
             }
+            if Instant::now() >= deadline && std::env::var_os("SLUICE_KEEP").is_some() {
+                let keep = Path::new("/tmp/sluice-keep");
+                let _ = fs::create_dir_all(keep);
+                for f in fs::read_dir(self.dir.path()).unwrap().flatten() {
+                    let _ = fs::copy(f.path(), keep.join(f.file_name()));
+                }
+            }
             assert!(
                 Instant::now() < deadline,
-                "the replica never caught up ({what}): {}",
-                String::from_utf8_lossy(&o.stderr)
+                "the replica never caught up ({what}): {}\nthe writer's log:\n{}",
+                String::from_utf8_lossy(&o.stderr),
+                writer.log()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -138,7 +148,7 @@ fn sluice_writes_litestream_reads(kind: Kind) {
     let c = Case::new(kind);
     let d = c.sluice("sluice.log");
     write(&c.db, &["steps", "0", "6"]);
-    c.wait_restorable("first writes");
+    c.wait_restorable("first writes", &d);
     let early = sluice::ltx::format_txid(
         sluice_with(&["ltx", "-config", c.cfgs(), c.db.to_str().unwrap()], &env_refs(&c.env))
             .stdout
@@ -160,7 +170,7 @@ fn sluice_writes_litestream_reads(kind: Kind) {
         digest(&at_early)
     };
     write(&c.db, &["steps", "6", "12"]);
-    c.wait_restorable("more writes");
+    c.wait_restorable("more writes", &d);
     let log = d.stop();
     assert!(!log.contains(" ERROR "), "sluice replicated without errors:\n{log}");
     assert_litestream_layout(&c.server);
@@ -175,7 +185,7 @@ fn sluice_writes_litestream_reads(kind: Kind) {
     // Litestream takes over and goes on; both still restore everything.
     let l = c.litestream("litestream.log");
     write(&c.db, &["steps", "12", "15"]);
-    c.wait_restorable("litestream's writes");
+    c.wait_restorable("litestream's writes", &l);
     let log = l.stop();
     assert!(!log.contains("level=ERROR"), "litestream replicated without errors:\n{log}");
     c.check_both_restore("after litestream");
@@ -188,13 +198,13 @@ fn litestream_writes_sluice_takes_over(kind: Kind) {
     let c = Case::new(kind);
     let l = c.litestream("litestream.log");
     write(&c.db, &["steps", "0", "8"]);
-    c.wait_restorable("litestream's writes");
+    c.wait_restorable("litestream's writes", &l);
     let log = l.stop();
     assert!(!log.contains("level=ERROR"), "litestream replicated without errors:\n{log}");
     c.check_both_restore("litestream's replica");
     let d = c.sluice("sluice.log");
     write(&c.db, &["steps", "8", "14"]);
-    c.wait_restorable("sluice's writes");
+    c.wait_restorable("sluice's writes", &d);
     let log = d.stop();
     assert!(!log.contains(" ERROR "), "sluice took over without errors:\n{log}");
     assert!(!log.contains("wrote snapshot") || log.contains("reason="), "{log}");
@@ -207,16 +217,95 @@ fn one_writer_per_path(kind: Kind) {
     let c = Case::new(kind);
     let blue = c.sluice("blue.log");
     write(&c.db, &["steps", "0", "2"]);
-    c.wait_restorable("blue");
+    c.wait_restorable("blue", &blue);
     let green = c.sluice("green.log");
     green.wait_for_log("waiting for its lease to end", Duration::from_secs(30));
     blue.stop();
     green.wait_for_log(" replicating db=", Duration::from_secs(60));
     write(&c.db, &["steps", "2", "4"]);
-    c.wait_restorable("green");
+    c.wait_restorable("green", &green);
     let log = green.stop();
     assert!(!log.contains(" ERROR "), "{log}");
     c.check_both_restore("after the hand-over");
+}
+
+/// Files larger than one upload request (GCS: a resumable upload in chunks;
+/// Azure: blocks and a block list) arrive whole: Sluice and Litestream restore a
+/// database that took a 40 MiB transaction and its snapshot.
+fn large_files_arrive_whole(kind: Kind) {
+    assert_litestream_version();
+    let c = Case::new(kind);
+    let d = c.sluice("sluice.log");
+    write(&c.db, &["steps", "0", "2"]);
+    c.wait_restorable("first writes", &d);
+    d.stop();
+    // Written while nothing replicates: the next start ships it as one file.
+    write(&c.db, &["randomfill", "40"]);
+    let d = c.sluice("sluice-2.log");
+    c.wait_restorable("40 MiB", &d);
+    let log = d.stop();
+    assert!(!log.contains(" ERROR "), "{log}");
+    let big = c.server.objects().into_iter().filter(|(_, size)| *size > 32 << 20).count();
+    assert!(big >= 1, "a file larger than 32 MiB (two upload requests) was stored: {:?}", c.server.objects());
+    c.check_both_restore("large");
+}
+
+/// A reader that gives `ok` bytes, then fails (a local file that cannot be read,
+/// a transform plugin that traps mid-way).
+struct FailsAfter {
+    ok: usize,
+}
+
+impl std::io::Read for FailsAfter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.ok == 0 {
+            return Err(std::io::Error::other("injected read failure"));
+        }
+        let n = buf.len().min(self.ok);
+        buf[..n].fill(7);
+        self.ok -= n;
+        Ok(n)
+    }
+}
+
+/// An upload whose source fails, early (within the first request) or late
+/// (after several chunks or blocks went up), leaves nothing under the final
+/// name (Litestream #1263: a failed GCS upload still committed a partial object).
+fn a_failed_upload_leaves_no_object(kind: Kind) {
+    use sluice::replica::object::Precondition;
+    let server = Server::start(kind);
+    let store = server.store();
+    for (i, ok) in [(0, 1usize << 20), (1, 40 << 20)] {
+        let key = format!("app/ltx/0/000000000000000{i}-000000000000000{i}.ltx");
+        let r = store.put(&key, &mut FailsAfter { ok }, &[], Precondition::None);
+        let err = format!("{:#}", r.err().expect("the upload fails"));
+        assert!(err.contains("injected read failure"), "{err}");
+        assert!(server.objects().iter().all(|(k, _)| *k != key), "{key} exists after a failed upload");
+    }
+    // The same store still uploads (nothing half-made is in the way).
+    let data = vec![1u8; 20 << 20];
+    store.put("app/whole", &mut &data[..], &[], Precondition::None).unwrap();
+    assert_eq!(server.objects(), vec![("app/whole".to_string(), data.len() as u64)]);
+}
+
+#[test]
+fn gcs_large_files_arrive_whole() {
+    large_files_arrive_whole(Kind::Gcs);
+}
+
+#[test]
+fn azure_large_files_arrive_whole() {
+    large_files_arrive_whole(Kind::Azure);
+}
+
+#[test]
+fn gcs_a_failed_upload_leaves_no_object() {
+    a_failed_upload_leaves_no_object(Kind::Gcs);
+}
+
+#[test]
+fn azure_a_failed_upload_leaves_no_object() {
+    a_failed_upload_leaves_no_object(Kind::Azure);
 }
 
 #[test]

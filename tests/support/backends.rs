@@ -161,6 +161,18 @@ impl Server {
         }
     }
 
+    /// The store itself (the library's client for this server), for tests that
+    /// go below the replica.
+    pub fn store(&self) -> Box<dyn sluice::replica::object::ObjectStore> {
+        match self.kind {
+            Kind::Gcs => Box::new(sluice::replica::gcs::GcsStore::with_endpoint(
+                &self.bucket,
+                &format!("http://127.0.0.1:{}", self.port),
+            )),
+            Kind::Azure => Box::new(self.azure_store()),
+        }
+    }
+
     /// Every object key in the bucket or container (sorted), with its size.
     pub fn objects(&self) -> Vec<(String, u64)> {
         use sluice::replica::object::ObjectStore;

@@ -36,6 +36,8 @@ static AGENT: LazyLock<ureq::Agent> = LazyLock::new(|| {
         .timeout_recv_body(Some(Duration::from_secs(120)))
         .timeout_send_body(Some(Duration::from_secs(120)))
         .max_idle_connections_per_host(16)
+        // GCS answers a resumable chunk with 308 (Resume Incomplete): an answer, not a redirect.
+        .max_redirects(0)
         .tls_config(tls)
         .build()
         .into()
