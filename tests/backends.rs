@@ -169,6 +169,9 @@ fn sluice_writes_litestream_reads(kind: Kind) {
         }
         digest(&at_early)
     };
+    // A moment after every early file was made and before any later one.
+    let between = chrono::Utc::now() + chrono::Duration::milliseconds(5);
+    std::thread::sleep(Duration::from_millis(20));
     write(&c.db, &["steps", "6", "12"]);
     c.wait_restorable("more writes", &d);
     let log = d.stop();
@@ -182,6 +185,17 @@ fn sluice_writes_litestream_reads(kind: Kind) {
         integrity_ok(&out);
         assert!(digest(&out) == early_digest, "{who} restore -txid {early} differs from the source then");
     }
+    // -timestamp reads the metadata timestamps: the moment between restores the
+    // early TXID.
+    let stamp = between.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let (by_time, by_txid) = (c.path("by-time.db"), c.path("by-txid.db"));
+    let o = c.restore(false, &by_time, &["-timestamp", &stamp]);
+    assert!(o.status.success(), "restore -timestamp {stamp}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(c.restore(false, &by_txid, &["-txid", &early]).status.success());
+    assert!(digest(&by_time) == digest(&by_txid), "restore -timestamp {stamp} is the state at TXID {early}");
+    // verify reads every file of the replica.
+    let o = sluice_with(&["verify", "-config", c.cfgs(), c.db.to_str().unwrap()], &env_refs(&c.env));
+    assert!(o.status.success(), "verify: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     // Litestream takes over and goes on; both still restore everything.
     let l = c.litestream("litestream.log");
     write(&c.db, &["steps", "12", "15"]);
@@ -286,6 +300,29 @@ fn a_failed_upload_leaves_no_object(kind: Kind) {
     let data = vec![1u8; 20 << 20];
     store.put("app/whole", &mut &data[..], &[], Precondition::None).unwrap();
     assert_eq!(server.objects(), vec![("app/whole".to_string(), data.len() as u64)]);
+}
+
+/// Azure with a SAS token instead of the account key (`LITESTREAM_AZURE_SAS_TOKEN`):
+/// one with replication's permissions replicates and restores; a read-and-list
+/// token restores, and replication with it fails with one line naming the cause.
+#[test]
+fn azure_sas_tokens() {
+    let mut c = Case::new(Kind::Azure);
+    let full = c.server.azure_sas("rwdlac");
+    c.env = vec![("LITESTREAM_AZURE_SAS_TOKEN", full)];
+    let d = c.sluice("sluice.log");
+    write(&c.db, &["steps", "0", "4"]);
+    c.wait_restorable("with a SAS token", &d);
+    let log = d.stop();
+    assert!(!log.contains(" ERROR "), "{log}");
+    c.env = vec![("LITESTREAM_AZURE_SAS_TOKEN", c.server.azure_sas("rl"))];
+    c.check_both_restore("read-only SAS");
+    write(&c.db, &["steps", "4", "5"]);
+    let d = c.sluice("sluice-ro.log");
+    let (status, log) = d.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "{log}");
+    let last = log.trim_end().lines().last().unwrap_or_default();
+    assert!(last.starts_with("error:") && last.contains("HTTP 403") && last.contains("sas-token"), "{log}");
 }
 
 #[test]

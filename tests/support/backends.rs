@@ -141,6 +141,19 @@ impl Server {
         format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
     }
 
+    /// An account SAS token for Azurite's blob service with `permissions`
+    /// (`rwdlac`: everything replication needs; `rl`: read and list).
+    pub fn azure_sas(&self, permissions: &str) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let (version, expiry) = ("2021-12-02", "2099-01-01T00:00:00Z");
+        let to_sign = format!("{AZURITE_ACCOUNT}\n{permissions}\nb\nsco\n\n{expiry}\n\nhttps,http\n{version}\n\n");
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &b64.decode(AZURITE_KEY).unwrap());
+        let sig = b64.encode(aws_lc_rs::hmac::sign(&key, to_sign.as_bytes()).as_ref());
+        let enc = |v: &str| percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string();
+        format!("sv={version}&ss=b&srt=sco&sp={permissions}&se={}&spr=https,http&sig={}", enc(expiry), enc(&sig))
+    }
+
     /// What both Sluice and Litestream read from the environment to reach it.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         match self.kind {

@@ -143,3 +143,39 @@ pub fn abs_client(
     })?;
     Ok(Box::new(ObjectClient::new(store, path, layout, transform_tag)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(url: &str) -> String {
+        client_from_url(url, &ReplicaSettings::default()).unwrap().location()
+    }
+
+    /// Litestream's URL forms for gs and abs, and its path rule
+    /// (`TrimPrefix(Clean(path), "/")`).
+    #[test]
+    fn gs_and_abs_urls() {
+        assert_eq!(location("gs://bucket/app"), "gs://bucket/app");
+        assert_eq!(location("gs://bucket//a/./b/"), "gs://bucket/a/b");
+        assert_eq!(location("gs://bucket"), "gs://bucket");
+        assert_eq!(location("abs://account@container/db/app"), "abs://container/db/app");
+        let c = client_from_url("abs://account@container/app", &ReplicaSettings::default()).unwrap();
+        assert_eq!(c.kind(), "abs");
+        // No account anywhere: one line saying where to give it.
+        let e = client_from_url("abs://container/app", &ReplicaSettings::default()).err().unwrap().to_string();
+        assert!(e.contains("account-name"), "{e}");
+        let e = client_from_url("gs:///app", &ReplicaSettings::default()).err().unwrap().to_string();
+        assert!(e.contains("needs a bucket"), "{e}");
+    }
+
+    /// The backends not built yet are refused with one line naming the ones that are.
+    #[test]
+    fn backends_not_built_are_refused() {
+        for url in ["sftp://u@host/p", "webdav://host/p", "webdavs://host/p", "nats://host/b", "oss://bucket/p"] {
+            let e = client_from_url(url, &ReplicaSettings::default()).err().unwrap().to_string();
+            assert!(e.contains("not supported by this build") && e.contains("gs://"), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+}

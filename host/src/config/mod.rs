@@ -1060,7 +1060,9 @@ impl Config {
                     )?
                 }
             }
-            (None, other) => bail!("replica type {other:?} is not supported by this build of sluice yet"),
+            (None, other) => {
+                bail!("replica type {other:?} is not supported by this build of sluice yet; use file, s3, gs or abs")
+            }
         };
         let client: Box<dyn ReplicaClient> = match transform {
             Some(t) => Box::new(TransformClient::new(client, t.plugin, t.settings, t.secrets)),

@@ -145,13 +145,21 @@ impl AzureStore {
     fn failed(&self, mut resp: Response, op: &str, key: &str) -> anyhow::Error {
         let status = resp.status().as_u16();
         let code = header(&resp, "x-ms-error-code").unwrap_or("").to_string();
-        let text = error_text(&mut resp);
+        let mut text = error_text(&mut resp);
+        // The error document's message, without its request id and time.
+        if let Some(m) = text.split_once("<Message>").and_then(|(_, r)| r.split_once("</Message>")).map(|(m, _)| m) {
+            text = m.split(" RequestId:").next().unwrap_or(m).trim().to_string();
+        }
+        let sas = matches!(self.auth, Auth::Sas(_));
         let hint = match code.as_str() {
-            "AuthenticationFailed" | "AuthorizationFailure" => {
-                "; check account-name with account-key, or sas-token (and that the SAS allows this operation)"
-            }
             "ContainerNotFound" => "; create the container first",
-            _ if status == 403 => "; the credentials lack permission for this operation",
+            _ if status == 403 && sas => {
+                "; the SAS token (sas-token or LITESTREAM_AZURE_SAS_TOKEN) does not allow this: replication needs permissions rwdlac, restore rl, and an unexpired token"
+            }
+            "AuthenticationFailed" => "; check account-name with account-key (or LITESTREAM_AZURE_ACCOUNT_KEY)",
+            _ if status == 403 => {
+                "; the credentials lack permission for this operation (a role with Storage Blob Data Contributor replicates, Reader restores)"
+            }
             _ => "",
         };
         let code = if code.is_empty() { String::new() } else { format!(" {code}") };

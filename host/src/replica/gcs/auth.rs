@@ -172,3 +172,89 @@ fn signed_assertion(email: &str, key: &aws_lc_rs::signature::RsaKeyPair, token_u
     .map_err(|_| anyhow!("cannot sign the token request"))?;
     Ok(format!("{message}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_2048_8192_SHA256, RsaKeyPair, UnparsedPublicKey};
+
+    use super::*;
+
+    /// A service-account key file signs a token request that its `token_uri`
+    /// verifies (RS256 over the claims Google requires); the token is then reused.
+    #[test]
+    fn service_account_token_request_is_signed() {
+        let key = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&key).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let lines: Vec<String> = b64.as_bytes().chunks(64).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
+        let public = key.public_key().as_ref().to_vec();
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let token_uri = format!("http://{}/token", listener.local_addr().unwrap());
+        let aud = token_uri.clone();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+            let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
+            assert_eq!(get("grant_type"), "urn:ietf:params:oauth:grant-type:jwt-bearer");
+            let jwt = get("assertion");
+            let (signed, sig) = jwt.rsplit_once('.').unwrap();
+            UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &public)
+                .verify(signed.as_bytes(), &URL_SAFE_NO_PAD.decode(sig).unwrap())
+                .expect("the assertion is signed by the key file's key");
+            let claims: serde_json::Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(signed.split('.').nth(1).unwrap()).unwrap()).unwrap();
+            assert_eq!(claims["iss"], "sa@project.iam.gserviceaccount.com");
+            assert_eq!(claims["aud"], aud.as_str());
+            assert_eq!(claims["scope"], SCOPE);
+            let answer = r#"{"access_token":"tok-1","expires_in":3600,"token_type":"Bearer"}"#;
+            write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}", answer.len()).unwrap();
+        });
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key.json");
+        let doc = serde_json::json!({
+            "type": "service_account",
+            "client_email": "sa@project.iam.gserviceaccount.com",
+            "private_key": pem,
+            "token_uri": token_uri,
+        });
+        std::fs::write(&file, doc.to_string()).unwrap();
+        let ts = TokenSource::from_file(&file, "test").unwrap();
+        assert_eq!(ts.token().unwrap(), "tok-1");
+        server.join().unwrap();
+        // Cached: the server took one connection only.
+        assert_eq!(ts.token().unwrap(), "tok-1");
+    }
+
+    #[test]
+    fn bad_key_files_are_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key.json");
+        std::fs::write(&file, r#"{"type":"external_account"}"#).unwrap();
+        let e = TokenSource::from_file(&file, "GOOGLE_APPLICATION_CREDENTIALS").err().unwrap().to_string();
+        assert!(e.contains("external_account") && e.contains("service-account key"), "{e}");
+        std::fs::write(&file, r#"{"type":"service_account","client_email":"x","private_key":"nope"}"#).unwrap();
+        let e = TokenSource::from_file(&file, "GOOGLE_APPLICATION_CREDENTIALS").err().unwrap().to_string();
+        assert!(e.contains("PKCS#8"), "{e}");
+    }
+}
