@@ -11,6 +11,7 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use backends::{Kind, Server};
@@ -131,11 +132,20 @@ fn assert_litestream_layout(server: &Server) {
         assert!(re(key), "unexpected object {key} (all: {objects:?})");
     }
     let (first, _) = objects.iter().find(|(k, _)| k.starts_with("app/ltx/0/")).expect("no level-0 file");
-    let meta = server.metadata(first);
     let name = match server.kind {
         Kind::Gcs => "litestream-timestamp",
         Kind::Azure => "litestreamtimestamp",
+        Kind::Sftp => {
+            // SFTP keeps the LTX header's timestamp as the file's mtime (seconds).
+            let path = server.sftp_root().join(first);
+            let header = sluice::ltx::read_header_file(&path).unwrap();
+            let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+            let secs = mtime.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+            assert_eq!(secs, header.timestamp.div_euclid(1000), "{first}: the mtime is the LTX timestamp");
+            return;
+        }
     };
+    let meta = server.metadata(first);
     let stamp = meta.get(name).unwrap_or_else(|| panic!("{first} has no {name} metadata: {meta:?}"));
     assert!(chrono::DateTime::parse_from_rfc3339(stamp).is_ok(), "{name} is RFC 3339: {stamp}");
 }
@@ -169,9 +179,14 @@ fn sluice_writes_litestream_reads(kind: Kind) {
         }
         digest(&at_early)
     };
-    // A moment after every early file was made and before any later one.
-    let between = chrono::Utc::now() + chrono::Duration::milliseconds(5);
-    std::thread::sleep(Duration::from_millis(20));
+    // A moment after every early file was made and before any later one: the
+    // end of this second, with the later writes only from the next one (SFTP
+    // keeps whole seconds).
+    let second = chrono::Utc::now().timestamp();
+    let between = chrono::DateTime::from_timestamp(second, 999_000_000).unwrap();
+    while chrono::Utc::now().timestamp() <= second {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     write(&c.db, &["steps", "6", "12"]);
     c.wait_restorable("more writes", &d);
     let log = d.stop();
@@ -290,15 +305,15 @@ fn a_failed_upload_leaves_no_object(kind: Kind) {
     let server = Server::start(kind);
     let store = server.store();
     for (i, ok) in [(0, 1usize << 20), (1, 40 << 20)] {
-        let key = format!("app/ltx/0/000000000000000{i}-000000000000000{i}.ltx");
+        let key = server.key(&format!("app/ltx/0/000000000000000{i}-000000000000000{i}.ltx"));
         let r = store.put(&key, &mut FailsAfter { ok }, &[], Precondition::None);
         let err = format!("{:#}", r.err().expect("the upload fails"));
         assert!(err.contains("injected read failure"), "{err}");
-        assert!(server.objects().iter().all(|(k, _)| *k != key), "{key} exists after a failed upload");
+        assert!(server.objects().iter().all(|(k, _)| server.key(k) != key), "{key} exists after a failed upload");
     }
     // The same store still uploads (nothing half-made is in the way).
     let data = vec![1u8; 20 << 20];
-    store.put("app/whole", &mut &data[..], &[], Precondition::None).unwrap();
+    store.put(&server.key("app/whole"), &mut &data[..], &[], Precondition::None).unwrap();
     assert_eq!(server.objects(), vec![("app/whole".to_string(), data.len() as u64)]);
 }
 
@@ -373,4 +388,82 @@ fn azure_litestream_writes_sluice_takes_over() {
 #[test]
 fn azure_one_writer_per_path() {
     one_writer_per_path(Kind::Azure);
+}
+
+#[test]
+fn sftp_sluice_writes_litestream_reads() {
+    sluice_writes_litestream_reads(Kind::Sftp);
+}
+
+#[test]
+fn sftp_litestream_writes_sluice_takes_over() {
+    litestream_writes_sluice_takes_over(Kind::Sftp);
+}
+
+#[test]
+fn sftp_one_writer_per_path() {
+    one_writer_per_path(Kind::Sftp);
+}
+
+#[test]
+fn sftp_large_files_arrive_whole() {
+    large_files_arrive_whole(Kind::Sftp);
+}
+
+#[test]
+fn sftp_a_failed_upload_leaves_no_object() {
+    a_failed_upload_leaves_no_object(Kind::Sftp);
+}
+
+/// Unlike Litestream (GHSA-qpgw-j75c-j585), the SFTP server's host key is
+/// checked: an unknown host and a wrong `host-key` are refused with one line
+/// naming the fixes; a matching `~/.ssh/known_hosts` entry or `host-key` is
+/// accepted, and accepting any key takes `insecure-ignore-host-key: true`.
+#[test]
+fn sftp_host_keys_are_checked() {
+    let server = Server::sshd();
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let home = dir.path().join("home");
+    fs::create_dir_all(home.join(".ssh")).unwrap();
+    let cfg = dir.path().join("sftp.yml");
+    let run = |host_key_lines: &str| {
+        fs::write(
+            &cfg,
+            format!(
+                "dbs:\n  - path: {}\n    replicas:\n      - type: sftp\n        host: 127.0.0.1:{}\n        user: {}\n        key-path: {}\n        path: {}/app\n{host_key_lines}",
+                db.display(),
+                server.port,
+                Server::sftp_user(),
+                server.sftp_user_key().display(),
+                server.sftp_root().display()
+            ),
+        )
+        .unwrap();
+        let home = home.to_str().unwrap();
+        sluice_with(&["ltx", "-config", cfg.to_str().unwrap(), db.to_str().unwrap()], &[("HOME", home)])
+    };
+    // Unknown: no host-key, nothing in known_hosts.
+    let o = run("");
+    let e = assert_one_line_error(&o, "is not a known host");
+    assert!(e.contains("host-key") && e.contains("known_hosts") && e.contains("insecure-ignore-host-key"), "{e}");
+    // A different key.
+    let other = dir.path().join("other");
+    Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other).status().unwrap();
+    let wrong = fs::read_to_string(other.with_extension("pub")).unwrap();
+    let o = run(&format!("        host-key: {}\n", wrong.trim()));
+    assert_one_line_error(&o, "presented a host key other than host-key");
+    // The right key, by host-key and by known_hosts.
+    let o = run(&format!("        host-key: {}\n", server.sftp_host_key()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let known = format!("[127.0.0.1]:{} {}\n", server.port, server.sftp_host_key());
+    fs::write(home.join(".ssh/known_hosts"), known).unwrap();
+    let o = run("");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A known_hosts entry with another key is a mismatch, not an unknown host.
+    fs::write(home.join(".ssh/known_hosts"), format!("[127.0.0.1]:{} {}", server.port, wrong.trim())).unwrap();
+    assert_one_line_error(&run(""), "other than the one in");
+    // Explicitly insecure.
+    let o = run("        insecure-ignore-host-key: true\n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

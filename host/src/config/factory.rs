@@ -18,6 +18,7 @@ use crate::replica::gcs::GcsStore;
 use crate::replica::layout::LayoutSpec;
 use crate::replica::object::{ObjectClient, clean_path};
 use crate::replica::s3::{S3Client, S3Settings};
+use crate::replica::sftp::{SftpSettings, SftpStore};
 use percent_encoding::percent_decode_str;
 
 /// A database replicated to one replica URL with default settings, as
@@ -102,11 +103,12 @@ pub fn client_from_url_with(
                 abs_client(host, path, &s, layout, transform_tag)
             }
         }
-        "sftp" | "webdav" | "webdavs" | "nats" | "oss" => bail!(
-            "replica type {scheme:?} is not supported by this build of sluice yet; use a file://, s3://, gs:// or abs:// replica"
+        "sftp" => sftp_client(url, false, settings, layout, transform_tag),
+        "webdav" | "webdavs" | "nats" | "oss" => bail!(
+            "replica type {scheme:?} is not supported by this build of sluice yet; use a file://, s3://, gs://, abs:// or sftp:// replica"
         ),
         other => bail!(
-            "unknown replica URL scheme {other:?} in {url:?}: supported schemes are file://, s3://, gs:// and abs://"
+            "unknown replica URL scheme {other:?} in {url:?}: supported schemes are file://, s3://, gs://, abs:// and sftp://"
         ),
     }
 }
@@ -144,6 +146,60 @@ pub fn abs_client(
     Ok(Box::new(ObjectClient::new(store, path, layout, transform_tag)))
 }
 
+/// An SFTP replica from a URL (`sftp://USER[:PASSWORD]@HOST[:PORT]/PATH`), with
+/// the config's keys filling what the URL leaves out. As in Litestream, a URL on
+/// the command line names a path relative to the login directory
+/// (`TrimPrefix(Clean(path), "/")`), while `url:` in a config file keeps it as written.
+pub fn sftp_client(
+    url: &str,
+    from_config: bool,
+    settings: &ReplicaSettings,
+    layout: Option<LayoutSpec>,
+    transform_tag: Option<String>,
+) -> Result<Box<dyn ReplicaClient>> {
+    let u = url::Url::parse(url).map_err(|e| anyhow::anyhow!("invalid replica URL {url:?}: {e}"))?;
+    let host = match (u.host_str(), u.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    };
+    let decoded = percent_decode_str(u.path()).decode_utf8_lossy().to_string();
+    let path = if from_config { decoded } else { clean_path(&decoded).trim_start_matches('/').to_string() };
+    let mut s = settings.clone();
+    let user = percent_decode_str(u.username()).decode_utf8_lossy().to_string();
+    if s.user.as_deref().unwrap_or("").is_empty() && !user.is_empty() {
+        s.user = Some(user);
+    }
+    if s.password.as_deref().unwrap_or("").is_empty()
+        && let Some(p) = u.password()
+    {
+        s.password = Some(percent_decode_str(p).decode_utf8_lossy().to_string());
+    }
+    if s.host.as_deref().unwrap_or("").is_empty() {
+        s.host = Some(host);
+    }
+    sftp_client_from(&path, &s, layout, transform_tag)
+}
+
+/// An SFTP replica from config keys (`type: sftp`, `host:`, `user:`, `path:` ...).
+pub fn sftp_client_from(
+    path: &str,
+    settings: &ReplicaSettings,
+    layout: Option<LayoutSpec>,
+    transform_tag: Option<String>,
+) -> Result<Box<dyn ReplicaClient>> {
+    settings.refuse_age()?;
+    let store = SftpStore::new(SftpSettings {
+        host: settings.host.clone().unwrap_or_default(),
+        user: settings.user.clone().unwrap_or_default(),
+        password: settings.password.clone().filter(|p| !p.is_empty()),
+        key_path: settings.key_path.clone().filter(|p| !p.is_empty()),
+        host_key: settings.host_key.clone().filter(|p| !p.is_empty()),
+        insecure_ignore_host_key: settings.insecure_ignore_host_key.unwrap_or(false),
+    })?;
+    Ok(Box::new(ObjectClient::new(store, path, layout, transform_tag)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,7 +228,7 @@ mod tests {
     /// The backends not built yet are refused with one line naming the ones that are.
     #[test]
     fn backends_not_built_are_refused() {
-        for url in ["sftp://u@host/p", "webdav://host/p", "webdavs://host/p", "nats://host/b", "oss://bucket/p"] {
+        for url in ["webdav://host/p", "webdavs://host/p", "nats://host/b", "oss://bucket/p"] {
             let e = client_from_url(url, &ReplicaSettings::default()).err().unwrap().to_string();
             assert!(e.contains("not supported by this build") && e.contains("gs://"), "{e}");
             assert!(!e.contains('\n'), "{e}");

@@ -345,6 +345,16 @@ pub struct ReplicaSettings {
     pub account_name: Option<String>,
     pub account_key: Option<String>,
     pub sas_token: Option<String>,
+    /// SFTP: the server (`host` or `host:port`), login, and the server's key.
+    pub host: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub key_path: Option<String>,
+    pub host_key: Option<String>,
+    /// Accepted as Litestream does; Sluice writes one request at a time.
+    pub concurrent_writes: Option<bool>,
+    /// Accept any SFTP host key (Sluice's own key; off by default).
+    pub insecure_ignore_host_key: Option<bool>,
     /// Names of entries in `plugins:`.
     pub retention_plugin: Option<String>,
     pub transform_plugin: Option<String>,
@@ -435,6 +445,14 @@ impl ReplicaSettings {
             account_name: s.account_name.or_else(|| d.account_name.clone()),
             account_key: s.account_key.or_else(|| d.account_key.clone()),
             sas_token: s.sas_token.or_else(|| d.sas_token.clone()),
+            host: s.host.or_else(|| d.host.clone()),
+            user: s.user.or_else(|| d.user.clone()),
+            password: s.password.or_else(|| d.password.clone()),
+            key_path: s.key_path.or_else(|| d.key_path.clone()),
+            // As Litestream's SetDefaults: a host key is never taken from the top level.
+            host_key: s.host_key,
+            concurrent_writes: s.concurrent_writes.or(d.concurrent_writes),
+            insecure_ignore_host_key: s.insecure_ignore_host_key,
             retention_plugin: s.retention_plugin.or_else(|| d.retention_plugin.clone()),
             transform_plugin: s.transform_plugin.or_else(|| d.transform_plugin.clone()),
             layout_plugin: s.layout_plugin.or_else(|| d.layout_plugin.clone()),
@@ -1011,7 +1029,16 @@ impl Config {
         let client: Box<dyn ReplicaClient> = match (&r.url, kind) {
             (Some(_), _) if r.path.is_some() => bail!("replica url: and path: cannot both be set"),
             (Some(_), _) if r.settings.bucket.is_some() => bail!("replica url: and bucket: cannot both be set"),
+            (Some(url), _) if url.starts_with("sftp://") => {
+                crate::config::factory::sftp_client(url, true, &settings, layout.clone(), transform_tag.clone())?
+            }
             (Some(url), _) => client_from_url_with(url, &settings, layout.clone(), transform_tag.clone())?,
+            (None, "sftp") => crate::config::factory::sftp_client_from(
+                r.path.as_deref().unwrap_or(""),
+                &settings,
+                layout.clone(),
+                transform_tag.clone(),
+            )?,
             (None, "file") => {
                 let path = r.path.as_deref().ok_or_else(|| anyhow!("a replica needs a url: or a path:"))?;
                 if path.contains("://") {
@@ -1061,7 +1088,9 @@ impl Config {
                 }
             }
             (None, other) => {
-                bail!("replica type {other:?} is not supported by this build of sluice yet; use file, s3, gs or abs")
+                bail!(
+                    "replica type {other:?} is not supported by this build of sluice yet; use file, s3, gs, abs or sftp"
+                )
             }
         };
         let client: Box<dyn ReplicaClient> = match transform {

@@ -10,6 +10,7 @@ pub mod lease;
 pub mod metered;
 pub mod object;
 pub mod s3;
+pub mod sftp;
 pub mod tls;
 pub mod transform;
 

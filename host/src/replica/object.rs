@@ -57,7 +57,8 @@ pub trait ObjectStore: Send + Sync {
     fn kind(&self) -> &'static str;
     /// `gs://bucket`, for messages.
     fn root(&self) -> String;
-    /// The metadata key Litestream keeps the LTX timestamp under.
+    /// The metadata key Litestream keeps the LTX timestamp under ("": none; the
+    /// listing's time is the file's).
     fn timestamp_key(&self) -> &'static str;
     /// Every object whose key starts with `prefix`, sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<Listed>>;
@@ -67,6 +68,13 @@ pub trait ObjectStore: Send + Sync {
     fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, String)>>;
     /// Stores `data` under `key` atomically, with user `metadata`.
     fn put(&self, key: &str, data: &mut dyn Read, metadata: &[(&str, &str)], when: Precondition) -> Result<Put>;
+    /// Stores an LTX file: as [`ObjectStore::put`] with no precondition; a store
+    /// that keeps the timestamp elsewhere than in metadata (SFTP: the mtime)
+    /// overrides this.
+    fn put_ltx(&self, key: &str, data: &mut dyn Read, timestamp_ms: i64, metadata: &[(&str, &str)]) -> Result<Put> {
+        let _ = timestamp_ms;
+        self.put(key, data, metadata, Precondition::None)
+    }
     /// Deletes an object; one that is not there is no error.
     fn delete(&self, key: &str, when: Precondition) -> Result<()>;
 }
@@ -287,7 +295,7 @@ impl<S: ObjectStore> ReplicaClient for ObjectClient<S> {
             meta.push((TRANSFORM_META, t.as_str()));
         }
         let mut counted = Counted { inner: data, n: 0 };
-        self.store.put(&key, &mut counted, &meta, Precondition::None)?;
+        self.store.put_ltx(&key, &mut counted, file.timestamp_ms, &meta)?;
         self.tags.lock().unwrap().insert(key, self.transform_tag.clone());
         Ok(file.stored(counted.n))
     }
