@@ -144,6 +144,8 @@ fn assert_litestream_layout(server: &Server) {
             assert_eq!(secs, header.timestamp.div_euclid(1000), "{first}: the mtime is the LTX timestamp");
             return;
         }
+        // WebDAV keeps no timestamp of its own (Litestream reads getlastmodified).
+        Kind::Webdav => return,
     };
     let meta = server.metadata(first);
     let stamp = meta.get(name).unwrap_or_else(|| panic!("{first} has no {name} metadata: {meta:?}"));
@@ -466,4 +468,29 @@ fn sftp_host_keys_are_checked() {
     // Explicitly insecure.
     let o = run("        insecure-ignore-host-key: true\n");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn webdav_sluice_writes_litestream_reads() {
+    sluice_writes_litestream_reads(Kind::Webdav);
+}
+
+#[test]
+fn webdav_litestream_writes_sluice_takes_over() {
+    litestream_writes_sluice_takes_over(Kind::Webdav);
+}
+
+#[test]
+fn webdav_one_writer_per_path() {
+    one_writer_per_path(Kind::Webdav);
+}
+
+#[test]
+fn webdav_large_files_arrive_whole() {
+    large_files_arrive_whole(Kind::Webdav);
+}
+
+#[test]
+fn webdav_a_failed_upload_leaves_no_object() {
+    a_failed_upload_leaves_no_object(Kind::Webdav);
 }

@@ -20,6 +20,7 @@ pub enum Kind {
     Gcs,
     Azure,
     Sftp,
+    Webdav,
 }
 
 /// One running server holding one bucket (GCS) or container (Azure).
@@ -75,6 +76,7 @@ impl Server {
             Kind::Gcs => Server::gcs(),
             Kind::Azure => Server::azurite(),
             Kind::Sftp => Server::sshd(),
+            Kind::Webdav => Server::rclone_webdav(),
         }
     }
 
@@ -186,6 +188,50 @@ impl Server {
         panic!("sshd did not start: {}", std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
     }
 
+    /// `rclone serve webdav` (Debian `rclone`) over a temporary directory, with a
+    /// user and password.
+    pub fn rclone_webdav() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("rclone")
+                .args([
+                    "serve",
+                    "webdav",
+                    "--addr",
+                    &format!("127.0.0.1:{port}"),
+                    "--user",
+                    "sluice",
+                    "--pass",
+                    "secret",
+                ])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("rclone is not installed: `apt-get install rclone` (.ci/run does)");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() && child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "rclone did not start");
+                thread::sleep(Duration::from_millis(50));
+            }
+            if child.try_wait().unwrap().is_some() {
+                continue;
+            }
+            return Server { kind: Kind::Webdav, port, bucket: String::new(), child, sftp_dir: Some(dir) };
+        }
+        panic!("rclone serve webdav did not start");
+    }
+
+    fn webdav_store(&self) -> sluice::replica::webdav::WebdavStore {
+        sluice::replica::webdav::WebdavStore::new(sluice::replica::webdav::WebdavSettings {
+            url: format!("http://127.0.0.1:{}", self.port),
+            username: Some("sluice".into()),
+            password: Some("secret".into()),
+        })
+        .unwrap()
+    }
+
     fn sftp_paths(&self) -> &std::path::Path {
         self.sftp_dir.as_ref().unwrap().path()
     }
@@ -262,7 +308,7 @@ impl Server {
         match self.kind {
             Kind::Gcs => vec![("STORAGE_EMULATOR_HOST", format!("127.0.0.1:{}", self.port))],
             Kind::Azure => vec![("LITESTREAM_AZURE_ACCOUNT_KEY", AZURITE_KEY.into())],
-            Kind::Sftp => vec![],
+            Kind::Sftp | Kind::Webdav => vec![],
         }
     }
 
@@ -283,6 +329,10 @@ impl Server {
                 self.sftp_host_key(),
                 self.sftp_root().display()
             ),
+            Kind::Webdav => format!(
+                "      - type: webdav\n        webdav-url: http://127.0.0.1:{}\n        webdav-username: sluice\n        webdav-password: secret\n        path: {path}\n",
+                self.port
+            ),
         }
     }
 
@@ -296,6 +346,7 @@ impl Server {
             )),
             Kind::Azure => Box::new(self.azure_store()),
             Kind::Sftp => Box::new(self.sftp_store()),
+            Kind::Webdav => Box::new(self.webdav_store()),
         }
     }
 
@@ -319,6 +370,7 @@ impl Server {
                 }
                 l
             }
+            Kind::Webdav => self.webdav_store().list("").unwrap(),
         };
         listed.into_iter().map(|o| (o.key, o.size)).collect()
     }
@@ -333,7 +385,7 @@ impl Server {
                     .unwrap()
             }
             Kind::Azure => self.azure_store().list(key).unwrap(),
-            Kind::Sftp => return Default::default(),
+            Kind::Sftp | Kind::Webdav => return Default::default(),
         };
         listed.into_iter().find(|o| o.key == key).map(|o| o.metadata).unwrap_or_default()
     }

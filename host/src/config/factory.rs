@@ -19,6 +19,7 @@ use crate::replica::layout::LayoutSpec;
 use crate::replica::object::{ObjectClient, clean_path};
 use crate::replica::s3::{S3Client, S3Settings};
 use crate::replica::sftp::{SftpSettings, SftpStore};
+use crate::replica::webdav::{WebdavSettings, WebdavStore};
 use percent_encoding::percent_decode_str;
 
 /// A database replicated to one replica URL with default settings, as
@@ -104,11 +105,12 @@ pub fn client_from_url_with(
             }
         }
         "sftp" => sftp_client(url, false, settings, layout, transform_tag),
-        "webdav" | "webdavs" | "nats" | "oss" => bail!(
-            "replica type {scheme:?} is not supported by this build of sluice yet; use a file://, s3://, gs://, abs:// or sftp:// replica"
+        "webdav" | "webdavs" => webdav_client(url, settings, layout, transform_tag),
+        "nats" | "oss" => bail!(
+            "replica type {scheme:?} is not supported by this build of sluice yet; use a file://, s3://, gs://, abs://, sftp:// or webdav:// replica"
         ),
         other => bail!(
-            "unknown replica URL scheme {other:?} in {url:?}: supported schemes are file://, s3://, gs://, abs:// and sftp://"
+            "unknown replica URL scheme {other:?} in {url:?}: supported schemes are file://, s3://, gs://, abs://, sftp://, webdav:// and webdavs://"
         ),
     }
 }
@@ -200,6 +202,54 @@ pub fn sftp_client_from(
     Ok(Box::new(ObjectClient::new(store, path, layout, transform_tag)))
 }
 
+/// A WebDAV replica from a URL (`webdav[s]://[USER:PASSWORD@]HOST[:PORT]/PATH`),
+/// with `webdav-url`, `webdav-username` and `webdav-password` taking precedence.
+pub fn webdav_client(
+    url: &str,
+    settings: &ReplicaSettings,
+    layout: Option<LayoutSpec>,
+    transform_tag: Option<String>,
+) -> Result<Box<dyn ReplicaClient>> {
+    let u = url::Url::parse(url).map_err(|e| anyhow::anyhow!("invalid replica URL {url:?}: {e}"))?;
+    let mut s = settings.clone();
+    let http = if u.scheme() == "webdavs" { "https" } else { "http" };
+    if s.webdav_url.as_deref().unwrap_or("").is_empty() {
+        let host = match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => bail!("invalid replica URL {url:?}: a webdav replica needs a host"),
+        };
+        s.webdav_url = Some(format!("{http}://{host}"));
+    }
+    let user = percent_decode_str(u.username()).decode_utf8_lossy().to_string();
+    if s.webdav_username.as_deref().unwrap_or("").is_empty() && !user.is_empty() {
+        s.webdav_username = Some(user);
+    }
+    if s.webdav_password.as_deref().unwrap_or("").is_empty()
+        && let Some(p) = u.password()
+    {
+        s.webdav_password = Some(percent_decode_str(p).decode_utf8_lossy().to_string());
+    }
+    let path = percent_decode_str(u.path()).decode_utf8_lossy().to_string();
+    webdav_client_from(&clean_path(&path), &s, layout, transform_tag)
+}
+
+/// A WebDAV replica from config keys (`type: webdav`, `webdav-url:`, `path:` ...).
+pub fn webdav_client_from(
+    path: &str,
+    settings: &ReplicaSettings,
+    layout: Option<LayoutSpec>,
+    transform_tag: Option<String>,
+) -> Result<Box<dyn ReplicaClient>> {
+    settings.refuse_age()?;
+    let store = WebdavStore::new(WebdavSettings {
+        url: settings.webdav_url.clone().unwrap_or_default(),
+        username: settings.webdav_username.clone(),
+        password: settings.webdav_password.clone(),
+    })?;
+    Ok(Box::new(ObjectClient::new(store, path, layout, transform_tag)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,7 +278,7 @@ mod tests {
     /// The backends not built yet are refused with one line naming the ones that are.
     #[test]
     fn backends_not_built_are_refused() {
-        for url in ["webdav://host/p", "webdavs://host/p", "nats://host/b", "oss://bucket/p"] {
+        for url in ["nats://host/b", "oss://bucket/p"] {
             let e = client_from_url(url, &ReplicaSettings::default()).err().unwrap().to_string();
             assert!(e.contains("not supported by this build") && e.contains("gs://"), "{e}");
             assert!(!e.contains('\n'), "{e}");

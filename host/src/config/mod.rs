@@ -353,6 +353,10 @@ pub struct ReplicaSettings {
     pub host_key: Option<String>,
     /// Accepted as Litestream does; Sluice writes one request at a time.
     pub concurrent_writes: Option<bool>,
+    /// WebDAV: the server's URL and login.
+    pub webdav_url: Option<String>,
+    pub webdav_username: Option<String>,
+    pub webdav_password: Option<String>,
     /// Accept any SFTP host key (Sluice's own key; off by default).
     pub insecure_ignore_host_key: Option<bool>,
     /// Names of entries in `plugins:`.
@@ -453,6 +457,10 @@ impl ReplicaSettings {
             host_key: s.host_key,
             concurrent_writes: s.concurrent_writes.or(d.concurrent_writes),
             insecure_ignore_host_key: s.insecure_ignore_host_key,
+            // As Litestream's SetDefaults: the webdav-* keys are never taken from the top level.
+            webdav_url: s.webdav_url,
+            webdav_username: s.webdav_username,
+            webdav_password: s.webdav_password,
             retention_plugin: s.retention_plugin.or_else(|| d.retention_plugin.clone()),
             transform_plugin: s.transform_plugin.or_else(|| d.transform_plugin.clone()),
             layout_plugin: s.layout_plugin.or_else(|| d.layout_plugin.clone()),
@@ -1029,10 +1037,21 @@ impl Config {
         let client: Box<dyn ReplicaClient> = match (&r.url, kind) {
             (Some(_), _) if r.path.is_some() => bail!("replica url: and path: cannot both be set"),
             (Some(_), _) if r.settings.bucket.is_some() => bail!("replica url: and bucket: cannot both be set"),
+            (Some(url), _)
+                if (url.starts_with("webdav://") || url.starts_with("webdavs://")) && settings.webdav_url.is_some() =>
+            {
+                bail!("replica url: and webdav-url: cannot both be set")
+            }
             (Some(url), _) if url.starts_with("sftp://") => {
                 crate::config::factory::sftp_client(url, true, &settings, layout.clone(), transform_tag.clone())?
             }
             (Some(url), _) => client_from_url_with(url, &settings, layout.clone(), transform_tag.clone())?,
+            (None, "webdav" | "webdavs") => crate::config::factory::webdav_client_from(
+                r.path.as_deref().unwrap_or(""),
+                &settings,
+                layout.clone(),
+                transform_tag.clone(),
+            )?,
             (None, "sftp") => crate::config::factory::sftp_client_from(
                 r.path.as_deref().unwrap_or(""),
                 &settings,
@@ -1089,7 +1108,7 @@ impl Config {
             }
             (None, other) => {
                 bail!(
-                    "replica type {other:?} is not supported by this build of sluice yet; use file, s3, gs, abs or sftp"
+                    "replica type {other:?} is not supported by this build of sluice yet; use file, s3, gs, abs, sftp or webdav"
                 )
             }
         };

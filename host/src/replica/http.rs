@@ -38,6 +38,8 @@ static AGENT: LazyLock<ureq::Agent> = LazyLock::new(|| {
         .max_idle_connections_per_host(16)
         // GCS answers a resumable chunk with 308 (Resume Incomplete): an answer, not a redirect.
         .max_redirects(0)
+        // WebDAV: PROPFIND, MKCOL, MOVE.
+        .allow_non_standard_methods(true)
         .tls_config(tls)
         .build()
         .into()

@@ -13,6 +13,7 @@ pub mod s3;
 pub mod sftp;
 pub mod tls;
 pub mod transform;
+pub mod webdav;
 
 use std::fmt;
 use std::io::Read;

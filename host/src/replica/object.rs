@@ -49,6 +49,8 @@ pub enum Put {
     Written(String),
     /// The precondition failed.
     Conflict,
+    /// Written, but the store gave no version: it has no conditional writes.
+    Unsupported,
 }
 
 /// A flat object store. Keys are full keys in the bucket or container.
@@ -341,6 +343,7 @@ impl<S: ObjectStore> ReplicaClient for ObjectClient<S> {
         Ok(match self.store.put(&key, &mut &data[..], &[], when)? {
             Put::Written(v) => Conditional::Written(v),
             Put::Conflict => Conditional::Conflict,
+            Put::Unsupported => Conditional::Unsupported,
         })
     }
 
