@@ -584,3 +584,51 @@ fn nats_a_failed_upload_leaves_no_object() {
 fn nats_killed_mid_upload_loses_nothing() {
     killed_mid_upload_loses_nothing(Kind::Nats);
 }
+
+/// The lease's conditional writes, on the store itself: a create when the object
+/// exists, and a replace at a version that is no longer current, both fail;
+/// the write at the current version succeeds.
+fn conditional_writes_are_enforced(kind: Kind) {
+    use sluice::replica::object::{Precondition, Put};
+    let server = Server::start(kind);
+    let store = server.store();
+    let key = server.key("app/lock.json");
+    let first = match store.put(&key, &mut &b"one"[..], &[], Precondition::Absent).unwrap() {
+        Put::Written(v) => v,
+        _ => panic!("the first create succeeds"),
+    };
+    assert!(
+        matches!(store.put(&key, &mut &b"two"[..], &[], Precondition::Absent).unwrap(), Put::Conflict),
+        "a second create of {key} is refused"
+    );
+    let second = match store.put(&key, &mut &b"three"[..], &[], Precondition::Version(&first)).unwrap() {
+        Put::Written(v) => v,
+        _ => panic!("a replace at the current version succeeds"),
+    };
+    assert!(
+        matches!(store.put(&key, &mut &b"four"[..], &[], Precondition::Version(&first)).unwrap(), Put::Conflict),
+        "a replace at a stale version is refused"
+    );
+    let (data, now) = store.get_versioned(&key).unwrap().unwrap();
+    assert_eq!((data.as_slice(), now.as_str()), (&b"three"[..], second.as_str()));
+}
+
+#[test]
+fn gcs_conditional_writes_are_enforced() {
+    conditional_writes_are_enforced(Kind::Gcs);
+}
+
+#[test]
+fn azure_conditional_writes_are_enforced() {
+    conditional_writes_are_enforced(Kind::Azure);
+}
+
+#[test]
+fn sftp_conditional_writes_are_enforced() {
+    conditional_writes_are_enforced(Kind::Sftp);
+}
+
+#[test]
+fn nats_conditional_writes_are_enforced() {
+    conditional_writes_are_enforced(Kind::Nats);
+}
